@@ -65,6 +65,8 @@ pub enum RejectReason {
     NotFound,
     /// Bad room name (400).
     BadRoomName,
+    /// `role` query parameter other than `sub` or `pub` (400).
+    BadRole,
     /// Too many connections from this address (429).
     TooManyPerIp,
     /// Server at `max_connections`, `max_rooms`, or shutting down (503).
@@ -87,7 +89,8 @@ impl RejectReason {
             | RejectReason::BadUpgradeHeader
             | RejectReason::BadConnectionHeader
             | RejectReason::BadKey
-            | RejectReason::BadRoomName => 400,
+            | RejectReason::BadRoomName
+            | RejectReason::BadRole => 400,
         }
     }
 
@@ -108,13 +111,14 @@ impl RejectReason {
             RejectReason::ForbiddenOrigin => "forbidden_origin",
             RejectReason::NotFound => "not_found",
             RejectReason::BadRoomName => "bad_room_name",
+            RejectReason::BadRole => "bad_role",
             RejectReason::TooManyPerIp => "too_many_per_ip",
             RejectReason::Unavailable => "unavailable",
         }
     }
 
     /// All reasons, for metrics exposition.
-    pub const ALL: [RejectReason; 16] = [
+    pub const ALL: [RejectReason; 17] = [
         RejectReason::HeadTooLarge,
         RejectReason::TooManyHeaders,
         RejectReason::Malformed,
@@ -129,6 +133,7 @@ impl RejectReason {
         RejectReason::ForbiddenOrigin,
         RejectReason::NotFound,
         RejectReason::BadRoomName,
+        RejectReason::BadRole,
         RejectReason::TooManyPerIp,
         RejectReason::Unavailable,
     ];
@@ -150,6 +155,7 @@ impl RejectReason {
             RejectReason::ForbiddenOrigin => "origin not allowed\n",
             RejectReason::NotFound => "not found\n",
             RejectReason::BadRoomName => "room name must be 1-128 bytes of [A-Za-z0-9._~-]\n",
+            RejectReason::BadRole => "role must be sub or pub\n",
             RejectReason::TooManyPerIp => "too many connections from this address\n",
             RejectReason::Unavailable => "server unavailable\n",
         }
@@ -313,6 +319,8 @@ impl HttpRequest {
 
     /// `Content-Length` as a number: `Ok(None)` when absent, `Err` when
     /// malformed or given twice with different values.
+    // The caller only needs "bad" (answer 400); no detail to carry.
+    #[allow(clippy::result_unit_err)]
     pub fn content_length(&self) -> Result<Option<usize>, ()> {
         let mut found: Option<usize> = None;
         for (n, v) in &self.headers {
@@ -376,16 +384,22 @@ pub fn parse_request(buf: &[u8], limits: &HandshakeLimits) -> Result<ParsedReque
     let scan = &buf[..buf.len().min(limits.max_head_bytes.saturating_add(4))];
     let end = match head_end(scan) {
         Some(end) if end <= limits.max_head_bytes => end,
-        Some(_) => return Err(RejectReason::HeadTooLarge),
-        None if buf.len() >= limits.max_head_bytes => return Err(RejectReason::HeadTooLarge),
-        None => {
-            // Reject obvious garbage early instead of waiting for 8 KiB.
+        found => {
+            // No complete head within the limit (yet). Garbage already
+            // visible within the limit is refused as such, before the size
+            // check: the answer must not depend on how the bytes were split
+            // into reads (a prefix read alone would be refused as garbage,
+            // so the whole must be too). Otherwise wait, up to the limit.
+            let visible = &buf[..buf.len().min(limits.max_head_bytes)];
             let mut headers = vec![httparse::EMPTY_HEADER; limits.max_headers];
             let mut req = httparse::Request::new(&mut headers);
-            return match req.parse(buf) {
-                Ok(_) => Ok(ParsedRequest::Partial),
+            return match req.parse(visible) {
                 Err(httparse::Error::TooManyHeaders) => Err(RejectReason::TooManyHeaders),
                 Err(_) => Err(RejectReason::Malformed),
+                Ok(_) if found.is_some() || buf.len() >= limits.max_head_bytes => {
+                    Err(RejectReason::HeadTooLarge)
+                }
+                Ok(_) => Ok(ParsedRequest::Partial),
             };
         }
     };
@@ -688,8 +702,18 @@ mod tests {
             parse_request(&long.as_bytes()[..250], &limits),
             Err(RejectReason::HeadTooLarge)
         );
+        // GOOD is over 200 bytes, but its fifth header (past the limit of
+        // four) shows up first.
         assert_eq!(
             parse_request(GOOD.as_bytes(), &limits),
+            Err(RejectReason::TooManyHeaders)
+        );
+        let roomy = HandshakeLimits {
+            max_head_bytes: 200,
+            max_headers: 64,
+        };
+        assert_eq!(
+            parse_request(GOOD.as_bytes(), &roomy),
             Err(RejectReason::HeadTooLarge)
         );
         let many = "GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\nC: 3\r\nD: 4\r\nE: 5\r\n\r\n";
@@ -699,6 +723,64 @@ mod tests {
         );
         assert_eq!(RejectReason::HeadTooLarge.status(), 431);
         assert_eq!(RejectReason::TooManyHeaders.status(), 431);
+    }
+
+    /// The first answer other than `Partial` while bytes arrive in reads
+    /// of `step` bytes.
+    fn first_decision(
+        input: &[u8],
+        limits: &HandshakeLimits,
+        step: usize,
+    ) -> Result<ParsedRequest, Rejection> {
+        let mut end = 0;
+        loop {
+            end = (end + step).min(input.len());
+            match parse_request(&input[..end], limits) {
+                Ok(ParsedRequest::Partial) if end < input.len() => {}
+                other => return other,
+            }
+        }
+    }
+
+    #[test]
+    fn outcome_does_not_depend_on_read_sizes() {
+        // Regression (found by tests/protocol_props.rs): garbage within the
+        // first bytes was refused as malformed (400) when it arrived in small
+        // reads, but as too large (431) when the whole over-limit head came
+        // in one read.
+        let limits = HandshakeLimits {
+            max_head_bytes: 20,
+            max_headers: 0,
+        };
+        let input = b"}ET /chat HTTP/1.1\r\nUpgrade: websocket\nHost: server.example.com\r\n\x00";
+        let whole = parse_request(input, &limits);
+        assert_eq!(whole, Err(RejectReason::Malformed));
+        // Likewise too many headers before the size limit is reached.
+        let few = HandshakeLimits {
+            max_head_bytes: 200,
+            max_headers: 4,
+        };
+        for (input, limits) in [(&input[..], &limits), (GOOD.as_bytes(), &few)] {
+            let whole = parse_request(input, limits);
+            for step in 1..=input.len() {
+                assert_eq!(first_decision(input, limits, step), whole, "step {step}");
+            }
+        }
+        // Garbage visible only past the limit is still "too large".
+        let mut late = b"GET / HTTP/1.1\r\nHost: x\r\n".to_vec();
+        late.resize(200, b'a');
+        late.extend_from_slice(b"\x00\r\n\r\n");
+        assert_eq!(
+            parse_request(&late, &roomy_limits()),
+            Err(RejectReason::HeadTooLarge)
+        );
+    }
+
+    fn roomy_limits() -> HandshakeLimits {
+        HandshakeLimits {
+            max_head_bytes: 100,
+            max_headers: 64,
+        }
     }
 
     #[test]
