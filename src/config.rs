@@ -30,7 +30,7 @@ use toml::{Spanned, Value};
 
 /// Upper bound for `workers`: more event loops than this is a typo, not a
 /// deployment (and each one costs a thread plus its buffers).
-pub const MAX_WORKERS: usize = 1024;
+pub const MAX_WORKERS: usize = 64;
 /// Upper bound for `max_room_name_bytes`: room names are copied into every
 /// routing table entry and log line.
 pub const MAX_ROOM_NAME_LIMIT: usize = 1024;
@@ -1733,7 +1733,7 @@ mod tests {
             assert!(e.contains(&format!("key \"{key}\"")), "{key}: {e}");
             assert!(!e.contains('\n'));
         };
-        check(&|c| c.workers = 1025, "workers");
+        check(&|c| c.workers = MAX_WORKERS + 1, "workers");
         check(&|c| c.max_frame_bytes = 0, "max_frame_bytes");
         check(&|c| c.max_connections = 0, "max_connections");
         check(&|c| c.max_room_name_bytes = 0, "max_room_name_bytes");
@@ -1760,7 +1760,7 @@ mod tests {
         check(&|c| c.log_level = "verbose".into(), "log_level");
 
         let mut c = Config {
-            workers: 1024,
+            workers: MAX_WORKERS,
             max_room_name_bytes: 1024,
             ping_interval: Duration::ZERO,
             pong_timeout: Duration::ZERO, // fine: heartbeats are off

@@ -1,1 +1,11 @@
+//! wsrelay: a standalone, high-performance WebSocket relay.
+//!
+//! - [`protocol`]: the sans-IO RFC 6455 core (handshake, frames, masking,
+//!   message assembly, close handshake, client mode).
+//! - [`server`]: the relay engine (per-core mio loops, rooms, fan-out).
+//! - [`config`]: configuration file and flags; [`metrics`]: counters.
+
+pub mod config;
+pub mod metrics;
 pub mod protocol;
+pub mod server;

@@ -1,0 +1,305 @@
+//! Per-worker counters, summed only when read.
+//!
+//! Each worker owns one [`WorkerMetrics`] and is its only writer, so an
+//! increment is a plain load and store on a cache line no other core
+//! writes (no `lock` prefix, no contention on the message path). Readers
+//! (the stats line, `/metrics`) load every worker's counters and sum them.
+
+use crate::protocol::RejectReason;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A counter with a single writer.
+#[derive(Default, Debug)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    #[inline]
+    pub fn add(&self, n: u64) {
+        // Single writer: load + store is enough and avoids a locked RMW.
+        self.0.store(
+            self.0.load(Ordering::Relaxed).wrapping_add(n),
+            Ordering::Relaxed,
+        );
+    }
+    #[inline]
+    pub fn inc(&self) {
+        self.add(1)
+    }
+    #[inline]
+    pub fn sub(&self, n: u64) {
+        self.0.store(
+            self.0.load(Ordering::Relaxed).wrapping_sub(n),
+            Ordering::Relaxed,
+        );
+    }
+    #[inline]
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Close codes counted individually; anything else is "other".
+pub const CLOSE_CODES: [u16; 14] = [
+    1000, 1001, 1002, 1003, 1005, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014, 0,
+];
+
+/// Index into the close-code arrays (last slot: other codes).
+pub fn close_code_index(code: u16) -> usize {
+    CLOSE_CODES[..CLOSE_CODES.len() - 1]
+        .iter()
+        .position(|&c| c == code)
+        .unwrap_or(CLOSE_CODES.len() - 1)
+}
+
+/// Counters of one worker.
+#[derive(Default, Debug)]
+#[repr(align(128))]
+pub struct WorkerMetrics {
+    /// WebSocket connections open now (gauge).
+    pub connections_open: Counter,
+    /// TCP connections accepted.
+    pub connections_accepted: Counter,
+    /// WebSocket upgrades completed.
+    pub upgrades: Counter,
+    pub handshake_rejections: [Counter; RejectReason::ALL.len()],
+    pub messages_in: Counter,
+    pub bytes_in: Counter,
+    pub messages_out: Counter,
+    pub bytes_out: Counter,
+    /// Relayed messages enqueued to room members (local deliveries).
+    pub fanout_deliveries: Counter,
+    /// Messages handed to other workers.
+    pub fanout_remote: Counter,
+    /// Messages dropped for slow consumers (`slow_consumer = "drop"`).
+    pub drops: Counter,
+    pub slow_consumer_closes: Counter,
+    pub rate_limited: Counter,
+    pub ping_timeouts: Counter,
+    pub close_sent: [Counter; CLOSE_CODES.len()],
+    pub close_received: [Counter; CLOSE_CODES.len()],
+    pub http_requests: Counter,
+    pub publish_requests: Counter,
+    /// Times a full cross-worker queue paused publishers.
+    pub fanout_backpressure: Counter,
+}
+
+impl WorkerMetrics {
+    pub fn rejection(&self, reason: RejectReason) -> &Counter {
+        let i = RejectReason::ALL
+            .iter()
+            .position(|&r| r == reason)
+            .unwrap_or(0);
+        &self.handshake_rejections[i]
+    }
+}
+
+/// Totals over all workers, for the stats line.
+#[derive(Default, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Totals {
+    pub connections_open: u64,
+    pub connections_accepted: u64,
+    pub messages_in: u64,
+    pub bytes_in: u64,
+    pub messages_out: u64,
+    pub bytes_out: u64,
+    pub fanout_deliveries: u64,
+    pub drops: u64,
+    pub slow_consumer_closes: u64,
+    pub ping_timeouts: u64,
+}
+
+pub fn totals<'a>(workers: impl IntoIterator<Item = &'a WorkerMetrics>) -> Totals {
+    let mut t = Totals::default();
+    for w in workers {
+        t.connections_open += w.connections_open.get();
+        t.connections_accepted += w.connections_accepted.get();
+        t.messages_in += w.messages_in.get();
+        t.bytes_in += w.bytes_in.get();
+        t.messages_out += w.messages_out.get();
+        t.bytes_out += w.bytes_out.get();
+        t.fanout_deliveries += w.fanout_deliveries.get();
+        t.drops += w.drops.get();
+        t.slow_consumer_closes += w.slow_consumer_closes.get();
+        t.ping_timeouts += w.ping_timeouts.get();
+    }
+    t
+}
+
+/// Process-wide gauges read at scrape time.
+pub struct Gauges<'a> {
+    pub rooms_open: usize,
+    /// Messages waiting in each worker's cross-worker queue.
+    pub queue_depths: &'a [usize],
+    pub accepting: bool,
+}
+
+fn sum(workers: &[&WorkerMetrics], f: impl Fn(&WorkerMetrics) -> &Counter) -> u64 {
+    workers.iter().map(|w| f(w).get()).sum()
+}
+
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+/// Renders Prometheus text exposition format 0.0.4.
+pub fn render_prometheus(workers: &[&WorkerMetrics], gauges: &Gauges<'_>) -> String {
+    let mut o = String::with_capacity(8 * 1024);
+    type Family = (
+        &'static str,
+        &'static str,
+        &'static str,
+        fn(&WorkerMetrics) -> &Counter,
+    );
+    let simple: [Family; 15] = [
+        ("wsrelay_connections_open", "gauge", "WebSocket connections open now.", |w| &w.connections_open),
+        ("wsrelay_connections_accepted_total", "counter", "TCP connections accepted.", |w| &w.connections_accepted),
+        ("wsrelay_upgrades_total", "counter", "WebSocket upgrades completed.", |w| &w.upgrades),
+        ("wsrelay_messages_in_total", "counter", "Data messages received from clients.", |w| &w.messages_in),
+        ("wsrelay_bytes_in_total", "counter", "Bytes read from sockets.", |w| &w.bytes_in),
+        ("wsrelay_messages_out_total", "counter", "Data messages queued to clients.", |w| &w.messages_out),
+        ("wsrelay_bytes_out_total", "counter", "Bytes written to sockets.", |w| &w.bytes_out),
+        ("wsrelay_fanout_deliveries_total", "counter", "Relayed messages enqueued to room members.", |w| &w.fanout_deliveries),
+        ("wsrelay_fanout_remote_total", "counter", "Relayed messages handed to other workers.", |w| &w.fanout_remote),
+        ("wsrelay_dropped_messages_total", "counter", "Messages dropped for slow consumers (slow_consumer = drop) or rate limits (rate_limit_policy = drop).", |w| &w.drops),
+        ("wsrelay_slow_consumer_closes_total", "counter", "Connections closed with 1008 for exceeding max_outbound_bytes.", |w| &w.slow_consumer_closes),
+        ("wsrelay_rate_limited_total", "counter", "Messages over a connection's rate limit.", |w| &w.rate_limited),
+        ("wsrelay_ping_timeouts_total", "counter", "Connections closed for not answering a ping.", |w| &w.ping_timeouts),
+        ("wsrelay_http_requests_total", "counter", "Plain HTTP requests served.", |w| &w.http_requests),
+        ("wsrelay_publish_requests_total", "counter", "Accepted POST /publish requests.", |w| &w.publish_requests),
+    ];
+    for (name, kind, help, f) in simple {
+        family(&mut o, name, kind, help);
+        let _ = writeln!(o, "{name} {}", sum(workers, f));
+    }
+    family(
+        &mut o,
+        "wsrelay_handshake_rejections_total",
+        "counter",
+        "Requests refused at handshake, by reason.",
+    );
+    for (i, r) in RejectReason::ALL.iter().enumerate() {
+        let v: u64 = workers
+            .iter()
+            .map(|w| w.handshake_rejections[i].get())
+            .sum();
+        let _ = writeln!(
+            o,
+            "wsrelay_handshake_rejections_total{{reason=\"{}\",status=\"{}\"}} {v}",
+            r.label(),
+            r.status()
+        );
+    }
+    for (name, help, pick) in [
+        (
+            "wsrelay_close_codes_sent_total",
+            "Close frames sent, by code (0 = other).",
+            true,
+        ),
+        (
+            "wsrelay_close_codes_received_total",
+            "Close frames received, by code (1005 = no status, 0 = other).",
+            false,
+        ),
+    ] {
+        family(&mut o, name, "counter", help);
+        for (i, code) in CLOSE_CODES.iter().enumerate() {
+            let v: u64 = workers
+                .iter()
+                .map(|w| {
+                    if pick {
+                        w.close_sent[i].get()
+                    } else {
+                        w.close_received[i].get()
+                    }
+                })
+                .sum();
+            let label = if *code == 0 {
+                "other".to_string()
+            } else {
+                code.to_string()
+            };
+            let _ = writeln!(o, "{name}{{code=\"{label}\"}} {v}");
+        }
+    }
+    family(
+        &mut o,
+        "wsrelay_rooms_open",
+        "gauge",
+        "Rooms with at least one member.",
+    );
+    let _ = writeln!(o, "wsrelay_rooms_open {}", gauges.rooms_open);
+    family(
+        &mut o,
+        "wsrelay_fanout_queue_depth",
+        "gauge",
+        "Messages waiting in each worker's cross-worker queue.",
+    );
+    for (i, d) in gauges.queue_depths.iter().enumerate() {
+        let _ = writeln!(o, "wsrelay_fanout_queue_depth{{worker=\"{i}\"}} {d}");
+    }
+    family(
+        &mut o,
+        "wsrelay_fanout_backpressure_total",
+        "counter",
+        "Times a full cross-worker queue paused reading from publishers.",
+    );
+    let _ = writeln!(
+        o,
+        "wsrelay_fanout_backpressure_total {}",
+        sum(workers, |w| &w.fanout_backpressure)
+    );
+    family(
+        &mut o,
+        "wsrelay_accepting",
+        "gauge",
+        "1 while accepting connections, 0 once shutdown began.",
+    );
+    let _ = writeln!(o, "wsrelay_accepting {}", u8::from(gauges.accepting));
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_sum_across_workers_and_render() {
+        let a = WorkerMetrics::default();
+        let b = WorkerMetrics::default();
+        a.messages_in.add(3);
+        b.messages_in.add(4);
+        a.close_sent[close_code_index(1008)].inc();
+        b.close_sent[close_code_index(4000)].inc();
+        b.rejection(RejectReason::NotFound).inc();
+        a.connections_open.inc();
+        a.connections_open.inc();
+        a.connections_open.sub(1);
+        let text = render_prometheus(
+            &[&a, &b],
+            &Gauges {
+                rooms_open: 2,
+                queue_depths: &[0, 5],
+                accepting: true,
+            },
+        );
+        assert!(text
+            .contains("# TYPE wsrelay_messages_in_total counter\nwsrelay_messages_in_total 7\n"));
+        assert!(text.contains("wsrelay_connections_open 1\n"));
+        assert!(text.contains("wsrelay_close_codes_sent_total{code=\"1008\"} 1\n"));
+        assert!(text.contains("wsrelay_close_codes_sent_total{code=\"other\"} 1\n"));
+        assert!(text.contains(
+            "wsrelay_handshake_rejections_total{reason=\"not_found\",status=\"404\"} 1\n"
+        ));
+        assert!(text.contains("wsrelay_fanout_queue_depth{worker=\"1\"} 5\n"));
+        assert!(text.contains("wsrelay_rooms_open 2\n"));
+        // Every sample line belongs to a family announced with HELP and TYPE.
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let name = line.split(['{', ' ']).next().unwrap();
+            assert!(text.contains(&format!("# TYPE {name} ")), "{name}");
+            assert!(text.contains(&format!("# HELP {name} ")), "{name}");
+        }
+        assert_eq!(totals([&a, &b]).messages_in, 7);
+    }
+}

@@ -1,0 +1,292 @@
+//! The relay engine: per-core mio event loops ([`worker`]), each with its
+//! own `SO_REUSEPORT` listener and slab of connections, joined by bounded
+//! cross-worker queues for room fan-out ([`fanout`]).
+
+pub mod buffer_pool;
+pub mod connection;
+pub mod fanout;
+pub mod http;
+pub mod outbound;
+pub mod rate_limit;
+pub mod rooms;
+pub mod timer;
+pub mod worker;
+
+use crate::config::Config;
+use crate::metrics::{self, Totals, WorkerMetrics};
+use fanout::Mesh;
+use mio::net::TcpListener;
+use mio::{Poll, Waker};
+use rooms::{RoomDirectory, MAX_WORKERS};
+use std::collections::HashMap;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+/// State every worker can see.
+pub struct Shared {
+    pub config: Config,
+    pub directory: RoomDirectory,
+    pub mesh: Mesh,
+    pub metrics: Vec<Arc<WorkerMetrics>>,
+    /// Set once shutdown begins.
+    pub shutdown: AtomicBool,
+    /// Upgraded connections across all workers (for `max_connections`).
+    pub ws_connections: AtomicUsize,
+    /// Upgraded connections per peer address (only with a per-IP cap).
+    pub per_ip: Mutex<HashMap<IpAddr, u32>>,
+}
+
+/// Why the relay could not start.
+#[derive(Debug)]
+pub enum StartError {
+    /// The listen address could not be bound.
+    Bind {
+        addr: SocketAddr,
+        error: std::io::Error,
+    },
+    /// A configuration value the engine cannot honour.
+    Config(String),
+    Io(std::io::Error),
+}
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StartError::Bind { addr, error } => write!(f, "cannot listen on {addr}: {error}"),
+            StartError::Config(m) => write!(f, "config error: {m}"),
+            StartError::Io(e) => write!(f, "start-up failed: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+/// A running relay.
+pub struct ServerHandle {
+    shared: Arc<Shared>,
+    threads: Vec<JoinHandle<()>>,
+    local_addr: SocketAddr,
+    reuseport: bool,
+}
+
+impl ServerHandle {
+    /// The bound address (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Whether every worker has its own `SO_REUSEPORT` listener.
+    pub fn reuseport(&self) -> bool {
+        self.reuseport
+    }
+
+    pub fn workers(&self) -> usize {
+        self.shared.metrics.len()
+    }
+
+    /// Starts graceful shutdown: stop accepting, close every connection
+    /// with 1001, exit once all are closed or `shutdown_timeout` passes.
+    pub fn shutdown(&self) {
+        self.shared.shutdown.store(true, Ordering::Release);
+        for w in 0..self.shared.mesh.len() {
+            self.shared.mesh.wake(w);
+        }
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.threads.iter().all(|t| t.is_finished())
+    }
+
+    /// Waits for every worker to exit.
+    pub fn join(self) {
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+
+    /// Counters summed over workers.
+    pub fn totals(&self) -> Totals {
+        metrics::totals(self.shared.metrics.iter().map(|m| m.as_ref()))
+    }
+
+    pub fn rooms_open(&self) -> usize {
+        self.shared.directory.len()
+    }
+
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+}
+
+/// Binds a listener with `SO_REUSEADDR` and, where `reuseport`,
+/// `SO_REUSEPORT`, so each worker can own one on the same address and the
+/// kernel spreads incoming connections between them.
+fn bind(addr: SocketAddr, reuseport: bool) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    #[cfg(all(unix, not(any(target_os = "solaris", target_os = "illumos"))))]
+    if reuseport {
+        socket.set_reuse_port(true)?;
+    }
+    #[cfg(not(all(unix, not(any(target_os = "solaris", target_os = "illumos")))))]
+    if reuseport {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::Unsupported,
+            "SO_REUSEPORT",
+        ));
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    Ok(TcpListener::from_std(socket.into()))
+}
+
+/// Starts the workers and returns once every listener is bound.
+pub fn start(config: Config) -> Result<ServerHandle, StartError> {
+    let workers = config.effective_workers();
+    if workers == 0 || workers > MAX_WORKERS {
+        return Err(StartError::Config(format!(
+            "key \"workers\": {workers} workers requested, this build supports 1 to {MAX_WORKERS}"
+        )));
+    }
+    // The first listener fixes the port (the configured one, or one the
+    // kernel picks for port 0); the others join it with SO_REUSEPORT.
+    // Where SO_REUSEPORT is unavailable, every worker polls a duplicate of
+    // one listening socket instead (the kernel then wakes them in turn).
+    let (first, reuseport) = match bind(config.listen, true) {
+        Ok(l) => (l, true),
+        Err(e)
+            if e.kind() == std::io::ErrorKind::AddrInUse
+                || e.kind() == std::io::ErrorKind::AddrNotAvailable
+                || e.kind() == std::io::ErrorKind::PermissionDenied =>
+        {
+            return Err(StartError::Bind {
+                addr: config.listen,
+                error: e,
+            })
+        }
+        Err(_) => (
+            bind(config.listen, false).map_err(|error| StartError::Bind {
+                addr: config.listen,
+                error,
+            })?,
+            false,
+        ),
+    };
+    let local_addr = first.local_addr().map_err(StartError::Io)?;
+    let mut listeners = vec![first];
+    for _ in 1..workers {
+        let l = if reuseport {
+            bind(local_addr, true).map_err(|error| StartError::Bind {
+                addr: local_addr,
+                error,
+            })?
+        } else {
+            let std_listener: std::net::TcpListener = {
+                use std::os::fd::{AsRawFd, FromRawFd};
+                // SAFETY: `dup` returns a new descriptor we own exclusively;
+                // on failure (-1) we return before wrapping it.
+                let fd = unsafe { libc::dup(listeners[0].as_raw_fd()) };
+                if fd < 0 {
+                    return Err(StartError::Io(std::io::Error::last_os_error()));
+                }
+                // SAFETY: `fd` is a freshly duplicated, valid listening
+                // socket owned by nothing else.
+                unsafe { std::net::TcpListener::from_raw_fd(fd) }
+            };
+            TcpListener::from_std(std_listener)
+        };
+        listeners.push(l);
+    }
+
+    let mut polls = Vec::with_capacity(workers);
+    let mut wakers = Vec::with_capacity(workers);
+    for _ in 0..workers {
+        let poll = Poll::new().map_err(StartError::Io)?;
+        let waker = Arc::new(Waker::new(poll.registry(), worker::WAKER).map_err(StartError::Io)?);
+        polls.push(poll);
+        wakers.push(waker);
+    }
+    let (mesh, receivers) = Mesh::new(wakers, config.fanout_queue_len);
+    let pin = config.pin_cores;
+    let shared = Arc::new(Shared {
+        directory: RoomDirectory::new(config.max_rooms),
+        mesh,
+        metrics: (0..workers)
+            .map(|_| Arc::new(WorkerMetrics::default()))
+            .collect(),
+        shutdown: AtomicBool::new(false),
+        ws_connections: AtomicUsize::new(0),
+        per_ip: Mutex::new(HashMap::new()),
+        config,
+    });
+    let cores = if pin {
+        core_affinity::get_core_ids().unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    let mut threads = Vec::with_capacity(workers);
+    for (i, ((poll, listener), rx)) in polls.into_iter().zip(listeners).zip(receivers).enumerate() {
+        let worker =
+            worker::Worker::new(i, poll, listener, shared.clone(), rx).map_err(StartError::Io)?;
+        let core = if cores.is_empty() {
+            None
+        } else {
+            Some(cores[i % cores.len()])
+        };
+        let t = std::thread::Builder::new()
+            .name(format!("wsrelay-w{i}"))
+            .spawn(move || {
+                if let Some(core) = core {
+                    if !core_affinity::set_for_current(core) {
+                        log::warn!("worker {i}: could not pin to core {}", core.id);
+                    }
+                }
+                worker.run();
+            })
+            .map_err(StartError::Io)?;
+        threads.push(t);
+    }
+    Ok(ServerHandle {
+        shared,
+        threads,
+        local_addr,
+        reuseport,
+    })
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit. Returns the (soft,
+/// hard) limits now in force.
+pub fn raise_nofile_limit() -> std::io::Result<(u64, u64)> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we pass; no other effects.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: setrlimit reads the struct we pass; raising the soft
+        // limit up to the hard limit is always permitted.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            lim = raised;
+        }
+    }
+    #[allow(clippy::unnecessary_cast)] // rlim_t is not u64 everywhere
+    Ok((lim.rlim_cur as u64, lim.rlim_max as u64))
+}
+
+/// Descriptors a relay needs beyond its connections: listeners, epoll and
+/// waker descriptors per worker, stdio and some slack.
+pub fn nofile_overhead(workers: usize) -> u64 {
+    64 + 3 * workers as u64
+}

@@ -1,0 +1,176 @@
+//! Rooms: the process-wide directory and each worker's local membership.
+//!
+//! The [`RoomDirectory`] maps a room name to a shared [`RoomShared`] whose
+//! atomic bitmask says which workers currently have members. It is locked
+//! only when a worker's local membership of a room goes from zero to one or
+//! back (join/leave edges), never per message: a publishing worker reads
+//! the bitmask of a room it already holds with one atomic load to learn
+//! which other workers to hand the message to.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// Most workers the bitmask can name.
+pub const MAX_WORKERS: usize = 64;
+
+/// One room as seen by every worker.
+#[derive(Debug)]
+pub struct RoomShared {
+    pub id: u64,
+    pub name: Box<str>,
+    /// Bit `w` set while worker `w` has at least one member.
+    workers: AtomicU64,
+}
+
+impl RoomShared {
+    /// Workers with members, as a bitmask.
+    pub fn worker_mask(&self) -> u64 {
+        self.workers.load(Ordering::Acquire)
+    }
+}
+
+/// Why a join was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub enum JoinError {
+    /// `max_rooms` rooms exist already.
+    TooManyRooms,
+}
+
+#[derive(Default)]
+struct DirectoryInner {
+    rooms: HashMap<Box<str>, Arc<RoomShared>>,
+    next_id: u64,
+}
+
+/// The process-wide room directory.
+pub struct RoomDirectory {
+    inner: Mutex<DirectoryInner>,
+    max_rooms: usize,
+}
+
+impl RoomDirectory {
+    pub fn new(max_rooms: usize) -> Self {
+        RoomDirectory {
+            inner: Mutex::new(DirectoryInner::default()),
+            max_rooms,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, DirectoryInner> {
+        // A panic elsewhere must not take the directory down with it.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Worker `worker` gets its first member of `name`.
+    pub fn join(&self, name: &str, worker: usize) -> Result<Arc<RoomShared>, JoinError> {
+        let mut inner = self.lock();
+        if let Some(room) = inner.rooms.get(name) {
+            room.workers.fetch_or(1 << worker, Ordering::AcqRel);
+            return Ok(room.clone());
+        }
+        if inner.rooms.len() >= self.max_rooms {
+            return Err(JoinError::TooManyRooms);
+        }
+        inner.next_id += 1;
+        let room = Arc::new(RoomShared {
+            id: inner.next_id,
+            name: name.into(),
+            workers: AtomicU64::new(1 << worker),
+        });
+        inner.rooms.insert(name.into(), room.clone());
+        Ok(room)
+    }
+
+    /// Worker `worker` lost its last member of `room`; the room is removed
+    /// when no worker has members.
+    pub fn leave(&self, room: &RoomShared, worker: usize) {
+        let mut inner = self.lock();
+        let left = room.workers.fetch_and(!(1 << worker), Ordering::AcqRel) & !(1 << worker);
+        if left == 0 {
+            if let Some(r) = inner.rooms.get(&*room.name) {
+                if r.id == room.id {
+                    inner.rooms.remove(&*room.name);
+                }
+            }
+        }
+    }
+
+    /// The room by name, if it exists (for HTTP publish).
+    pub fn get(&self, name: &str) -> Option<Arc<RoomShared>> {
+        self.lock().rooms.get(name).cloned()
+    }
+
+    /// Rooms open now.
+    pub fn len(&self) -> usize {
+        self.lock().rooms.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A worker's members of one room.
+pub struct LocalRoom {
+    pub shared: Arc<RoomShared>,
+    /// Slab keys of members that receive messages. A member's position is
+    /// stored in its connection so leaving is O(1) (swap-remove).
+    pub receivers: Vec<usize>,
+    /// Members in total (receivers plus publish-only members).
+    pub members: usize,
+}
+
+/// Valid room name: 1..=max bytes of `[A-Za-z0-9._~-]`.
+pub fn valid_room_name(name: &str, max: usize) -> bool {
+    !name.is_empty()
+        && name.len() <= max
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'~' | b'-'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn directory_tracks_workers_and_removes_empty_rooms() {
+        let d = RoomDirectory::new(10);
+        let a0 = d.join("a", 0).unwrap();
+        let a1 = d.join("a", 1).unwrap();
+        assert_eq!(a0.id, a1.id);
+        assert_eq!(a0.worker_mask(), 0b11);
+        assert_eq!(d.len(), 1);
+        d.leave(&a0, 0);
+        assert_eq!(a1.worker_mask(), 0b10);
+        assert_eq!(d.len(), 1);
+        d.leave(&a1, 1);
+        assert_eq!(d.len(), 0);
+        assert!(d.get("a").is_none());
+        // A new room of the same name is a new room.
+        let again = d.join("a", 0).unwrap();
+        assert_ne!(again.id, a0.id);
+    }
+
+    #[test]
+    fn max_rooms_is_enforced() {
+        let d = RoomDirectory::new(2);
+        d.join("a", 0).unwrap();
+        d.join("b", 0).unwrap();
+        assert_eq!(d.join("c", 0).unwrap_err(), JoinError::TooManyRooms);
+        // Joining an existing room is still fine.
+        assert!(d.join("a", 1).is_ok());
+    }
+
+    #[test]
+    fn room_names() {
+        assert!(valid_room_name("chat.general_1~-x", 128));
+        assert!(valid_room_name(&"a".repeat(128), 128));
+        assert!(!valid_room_name(&"a".repeat(129), 128));
+        assert!(!valid_room_name("", 128));
+        assert!(!valid_room_name("a/b", 128));
+        assert!(!valid_room_name("a%20b", 128));
+        assert!(!valid_room_name("é", 128));
+    }
+}
