@@ -1,1 +1,96 @@
-fn main() {}
+//! wsrelay-load: WebSocket load generator (loopback only). See
+//! docs/loadtest.md.
+
+mod addr;
+mod cli;
+mod clock;
+mod conn;
+mod payload;
+mod plan;
+mod plot;
+mod report;
+mod run;
+mod selftest;
+mod sys;
+mod tracker;
+mod worker;
+
+use clap::Parser;
+use cli::{Cli, Cmd};
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    clock::init();
+    let cli = Cli::parse();
+    if let Cmd::SelftestDecode(a) = &cli.cmd {
+        let r = selftest::run(a.size, a.time);
+        let rate = r.messages as f64 / r.secs;
+        println!(
+            "selftest-decode: {} messages of {} B in {:.2}s: {}/s ({:.1} ns/message, {:.0}% of one core)",
+            r.messages,
+            a.size.max(payload::HEADER_LEN),
+            r.secs,
+            report::si(rate),
+            1e9 / rate,
+            100.0 * r.cpu_secs / r.secs
+        );
+        return ExitCode::SUCCESS;
+    }
+    let (setup, params) = match run::build_setup(&cli) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("wsrelay-load: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let limits = run::check_limits(&setup);
+    let summary = run::execute(setup, &cli.common, params, limits);
+    print!("{}", summary.table());
+    if let Some(path) = &cli.common.json {
+        match serde_json::to_string_pretty(&summary) {
+            Ok(j) => {
+                if let Err(e) = std::fs::write(path, j + "\n") {
+                    eprintln!("wsrelay-load: writing {}: {e}", path.display());
+                    return ExitCode::from(2);
+                }
+            }
+            Err(e) => eprintln!("wsrelay-load: JSON: {e}"),
+        }
+    }
+    if let Some(path) = &cli.common.plot {
+        let t0_warm = summary.warmup_s;
+        let points: Vec<plot::PlotPoint> = summary
+            .per_second
+            .iter()
+            .map(|s| {
+                let dur = s.dur_s.max(1e-3);
+                plot::PlotPoint {
+                    t: s.t_s,
+                    sent_per_s: s.sent as f64 / dur,
+                    recv_per_s: s.received as f64 / dur,
+                    p99_us: s.p99_us,
+                }
+            })
+            .collect();
+        let title = format!(
+            "wsrelay-load {} → {} ({} threads{})",
+            summary.scenario,
+            summary.url,
+            summary.threads,
+            if t0_warm > 0.0 {
+                format!(", first {t0_warm:.0}s warm-up")
+            } else {
+                String::new()
+            }
+        );
+        if let Err(e) = std::fs::write(path, plot::render(&title, &points)) {
+            eprintln!("wsrelay-load: writing {}: {e}", path.display());
+            return ExitCode::from(2);
+        }
+    }
+    if summary.pass {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}

@@ -1,0 +1,219 @@
+//! Command line.
+
+use crate::clock::parse_duration;
+use clap::{Args, Parser, Subcommand};
+use serde::Serialize;
+use std::path::PathBuf;
+use std::time::Duration;
+
+fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
+}
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "wsrelay-load",
+    version,
+    about = "WebSocket load generator for wsrelay (loopback only)",
+    long_about = "WebSocket load generator for wsrelay and the reference peers: mio event loops, \
+                  one per --threads, the wsrelay protocol core in client mode. Targets loopback \
+                  only; every run is bounded by --duration (and --max-messages) and stops by itself. \
+                  See docs/loadtest.md."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub common: Common,
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Args, Debug, Clone, Serialize)]
+pub struct Common {
+    /// Worker threads, each with its own mio Poll and share of connections.
+    #[arg(long, global = true, default_value_t = 1)]
+    pub threads: usize,
+    /// Server base URL (loopback only); a path here prefixes every route.
+    #[arg(long, global = true, default_value = "ws://127.0.0.1:9001")]
+    pub url: String,
+    /// How long load is applied (after --warmup).
+    #[arg(long, global = true, default_value = "10s", value_parser = parse_duration)]
+    #[serde(serialize_with = "secs")]
+    pub duration: Duration,
+    /// Cap on messages sent in total (churn: on cycles); stops early.
+    #[arg(long, global = true)]
+    pub max_messages: Option<u64>,
+    /// Load applied before measuring starts; excluded from the figures.
+    #[arg(long, global = true, default_value = "0s", value_parser = parse_duration)]
+    #[serde(serialize_with = "secs")]
+    pub warmup: Duration,
+    /// Grace period after sending stops for in-flight messages, before
+    /// counting loss (ends early once everything expected arrived).
+    #[arg(long, global = true, default_value = "1s", value_parser = parse_duration)]
+    #[serde(serialize_with = "secs")]
+    pub drain: Duration,
+    /// Write every figure as JSON to this file.
+    #[arg(long, global = true)]
+    pub json: Option<PathBuf>,
+    /// Write an SVG chart of received msgs/s and p99 per second.
+    #[arg(long, global = true)]
+    pub plot: Option<PathBuf>,
+    /// Source addresses to bind before connecting, spread round-robin:
+    /// `127.0.0.1-127.0.0.16` or a comma list. Needed past ~28k
+    /// connections to one server address (ephemeral ports).
+    #[arg(long, global = true)]
+    pub source: Option<String>,
+    /// New connections per second, per thread (paces the handshakes so
+    /// the server's accept backlog is not overrun).
+    #[arg(long, global = true, default_value_t = 2000.0)]
+    pub connect_rate: f64,
+    /// Most connection attempts in progress at once, per thread.
+    #[arg(long, global = true, default_value_t = 512)]
+    pub connect_concurrency: usize,
+    /// Time allowed for TCP connect plus the WebSocket handshake.
+    #[arg(long, global = true, default_value = "10s", value_parser = parse_duration)]
+    #[serde(serialize_with = "secs")]
+    pub connect_timeout: Duration,
+    /// Exit non-zero when (lost + duplicated + reordered + corrupted) /
+    /// expected exceeds this ratio.
+    #[arg(long, global = true, default_value_t = 0.0)]
+    pub max_loss: f64,
+    /// Pin worker i to CPU cpus[i % len], e.g. `--cpus 1` or `--cpus 2,3`.
+    #[arg(long, global = true)]
+    pub cpus: Option<String>,
+    /// No per-second progress lines on stderr.
+    #[arg(long, short = 'q', global = true)]
+    pub quiet: bool,
+}
+
+#[derive(Subcommand, Debug, Clone, Serialize)]
+pub enum Cmd {
+    /// C connections to /echo, each with K messages in flight (closed
+    /// loop), or an open-loop total --rate.
+    Echo(EchoArgs),
+    /// Subscribers and publishers over rooms /rooms/<prefix>-<i>;
+    /// publishers send at a fixed total rate (open loop).
+    Fanout(FanoutArgs),
+    /// Open C connections and hold them idle for --duration.
+    Connect(ConnectArgs),
+    /// Connect, exchange one message, close; over -c concurrent slots.
+    Churn(ChurnArgs),
+    /// Feed pre-encoded server frames through the receive path (no
+    /// sockets) and print the receive capacity of one core.
+    #[command(hide = true, name = "selftest-decode")]
+    SelftestDecode(SelftestArgs),
+}
+
+#[derive(Args, Debug, Clone, Serialize)]
+pub struct EchoArgs {
+    /// Connections.
+    #[arg(short = 'c', long = "connections", default_value_t = 10)]
+    pub connections: usize,
+    /// Messages kept in flight per connection (closed loop).
+    #[arg(long, default_value_t = 1)]
+    pub in_flight: usize,
+    /// Message size in bytes (at least 32, the header).
+    #[arg(long, default_value_t = 64)]
+    pub size: usize,
+    /// Open loop: total messages/s spread over the connections;
+    /// latency is measured from each message's intended send time.
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Route to connect to.
+    #[arg(long, default_value = "/echo")]
+    pub path: String,
+}
+
+#[derive(Args, Debug, Clone, Serialize)]
+pub struct FanoutArgs {
+    /// Subscribers (with --all-publish: members, each also publishing).
+    #[arg(long, default_value_t = 4)]
+    pub subscribers: usize,
+    /// Publishers (ignored with --all-publish).
+    #[arg(long, default_value_t = 1)]
+    pub publishers: usize,
+    /// Rooms; subscribers and publishers are spread round-robin.
+    #[arg(long, default_value_t = 1)]
+    pub rooms: usize,
+    /// Total messages/s over all publishers (open loop).
+    #[arg(long, default_value_t = 10000.0)]
+    pub rate: f64,
+    /// Message size in bytes (at least 32, the header).
+    #[arg(long, default_value_t = 64)]
+    pub size: usize,
+    /// Room names are /rooms/<prefix>-<i>.
+    #[arg(long, default_value = "load")]
+    pub room_prefix: String,
+    /// Append ?role=pub / ?role=sub (only for relays that support roles;
+    /// without it publishers also receive and those receipts are counted
+    /// apart).
+    #[arg(long)]
+    pub roles: bool,
+    /// Every member publishes (and subscribes): --subscribers members.
+    #[arg(long)]
+    pub all_publish: bool,
+}
+
+#[derive(Args, Debug, Clone, Serialize)]
+pub struct ConnectArgs {
+    /// Connections to open (one process holds up to ~19,000 under a
+    /// 20,000 open-files limit; run several processes for more).
+    #[arg(short = 'c', long = "connections", default_value_t = 1000)]
+    pub connections: usize,
+    /// Route to connect to.
+    #[arg(long, default_value = "/echo")]
+    pub path: String,
+}
+
+#[derive(Args, Debug, Clone, Serialize)]
+pub struct ChurnArgs {
+    /// Concurrent slots, each looping connect → message → close.
+    #[arg(short = 'c', long = "connections", default_value_t = 10)]
+    pub connections: usize,
+    /// Message size in bytes (at least 32).
+    #[arg(long, default_value_t = 64)]
+    pub size: usize,
+    /// Route to connect to.
+    #[arg(long, default_value = "/echo")]
+    pub path: String,
+}
+
+#[derive(Args, Debug, Clone, Serialize)]
+pub struct SelftestArgs {
+    #[arg(long, default_value_t = 64)]
+    pub size: usize,
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    #[serde(serialize_with = "secs")]
+    pub time: Duration,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn globals_after_the_subcommand() {
+        let c = Cli::try_parse_from([
+            "x",
+            "fanout",
+            "--subscribers",
+            "3",
+            "--threads",
+            "2",
+            "--duration",
+            "2s",
+        ])
+        .unwrap();
+        assert_eq!(c.common.threads, 2);
+        assert_eq!(c.common.duration, Duration::from_secs(2));
+        match c.cmd {
+            Cmd::Fanout(f) => assert_eq!(f.subscribers, 3),
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -1,0 +1,532 @@
+//! One client connection's protocol state and its receive path, free of
+//! sockets so that `selftest-decode` can drive it with canned bytes.
+//!
+//! The receive path works in place on a buffer the worker owns: frames
+//! are decoded and unmasked where they lie, a complete single-frame
+//! message is a borrow of that buffer, and nothing is allocated per
+//! message. Replies (pongs, close answers, the next closed-loop message)
+//! are appended to the connection's outbound Vec, which the worker
+//! writes until WouldBlock.
+
+use crate::payload;
+use crate::plan::Plan;
+use crate::tracker::{Seen, SeqTracker};
+use hdrhistogram::Histogram;
+use wsrelay::protocol::{
+    encode_client_frame, ClientHandshake, CloseCode, Event, FrameDecoder, MaskRng,
+    MessageAssembler, OpCode, Role,
+};
+
+/// Largest frame or message accepted from the server.
+pub const MAX_MESSAGE: usize = 64 << 20;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    Connecting,
+    Handshake,
+    Open,
+}
+
+/// Why a connection went away.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Removal {
+    /// Never opened: connect or handshake failure.
+    Failed(String),
+    /// Was open and went away without us asking.
+    Lost(String),
+    /// We sent close, the server answered and closed TCP.
+    Clean,
+    /// We sent close, but the handshake did not finish in time.
+    Unclean(String),
+    /// Still connecting when the run ended.
+    Abandoned,
+}
+
+/// A sender on this connection (open or closed loop).
+#[derive(Clone, Debug)]
+pub struct Sender {
+    pub id: u32,
+    pub seq: u64,
+    pub interval_ns: f64,
+    pub offset_ns: u64,
+    pub start_ns: u64,
+    /// Waiting for the outbound buffer to drain.
+    pub blocked: bool,
+}
+
+impl Sender {
+    #[inline]
+    pub fn intended(&self, seq: u64) -> u64 {
+        self.start_ns + (seq as f64 * self.interval_ns) as u64
+    }
+    pub fn closed_loop(&self) -> bool {
+        self.interval_ns == 0.0
+    }
+}
+
+pub struct ConnCore {
+    pub state: State,
+    pub gen: u32,
+    pub global: u32,
+    pub room: u32,
+    pub tracks: bool,
+    pub churn: bool,
+    pub hs: Option<ClientHandshake>,
+    /// Bytes of an incomplete frame (or handshake response) kept between
+    /// reads.
+    pub partial: Vec<u8>,
+    pub out: Vec<u8>,
+    pub out_pos: usize,
+    pub in_dirty: bool,
+    pub asm: MessageAssembler,
+    pub sender: Option<Sender>,
+    pub trackers: Vec<SeqTracker>,
+    pub started_ns: u64,
+    /// Connect/handshake or close deadline; 0: none.
+    pub deadline_ns: u64,
+    pub close_sent: bool,
+    pub close_recv: bool,
+    /// We started the close handshake.
+    pub we_closed: bool,
+    /// Set when the server closed an open connection on its own.
+    pub lost_reason: Option<String>,
+}
+
+impl ConnCore {
+    pub fn new(plan: &Plan, gen: u32, pubs_per_room: usize, now: u64) -> ConnCore {
+        ConnCore {
+            state: State::Connecting,
+            gen,
+            global: plan.global,
+            room: plan.room,
+            tracks: plan.tracks,
+            churn: plan.churn,
+            hs: None,
+            partial: Vec::new(),
+            out: Vec::new(),
+            out_pos: 0,
+            in_dirty: false,
+            asm: MessageAssembler::new(MAX_MESSAGE),
+            sender: plan.publisher.as_ref().map(|p| Sender {
+                id: p.id,
+                seq: 0,
+                interval_ns: p.interval_ns,
+                offset_ns: p.offset_ns,
+                start_ns: 0,
+                blocked: false,
+            }),
+            trackers: if plan.tracks {
+                vec![SeqTracker::default(); pubs_per_room.max(1)]
+            } else {
+                Vec::new()
+            },
+            started_ns: now,
+            deadline_ns: 0,
+            close_sent: false,
+            close_recv: false,
+            we_closed: false,
+            lost_reason: None,
+        }
+    }
+
+    pub fn pending_out(&self) -> usize {
+        self.out.len() - self.out_pos
+    }
+
+    /// Queues our close frame (code 1000) and starts the close deadline.
+    pub fn start_close(&mut self, rng: &mut MaskRng, now: u64, timeout_ns: u64) {
+        if self.close_sent {
+            return;
+        }
+        let code = CloseCode::NORMAL.0.to_be_bytes();
+        encode_client_frame(true, OpCode::Close, &code, rng.mask_key(), &mut self.out);
+        self.close_sent = true;
+        self.we_closed = true;
+        self.deadline_ns = now + timeout_ns;
+    }
+}
+
+/// Counters of one worker (summed over workers at the end).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Stats {
+    /// Data messages sent, and their payload bytes.
+    pub sent: u64,
+    pub sent_bytes: u64,
+    /// Tracked messages received (duplicates included), payload bytes.
+    pub recv: u64,
+    pub recv_bytes: u64,
+    /// Tracked messages that were new (not duplicates).
+    pub delivered: u64,
+    /// Messages received by connections that do not track (publishers'
+    /// own copies without --roles; idle connections).
+    pub other_recv: u64,
+    pub corrupted: u64,
+    /// Valid messages from a publisher of another room.
+    pub misrouted: u64,
+    pub pings: u64,
+    /// Deliveries expected from what this worker's publishers sent.
+    pub expected: u64,
+    pub attempted: u64,
+    pub established: u64,
+    pub failed: u64,
+    pub lost_conns: u64,
+    pub open_now: u64,
+    pub closes_clean: u64,
+    pub closes_unclean: u64,
+    pub cycles: u64,
+}
+
+/// The per-thread state the receive path needs besides the connection.
+pub struct Tls {
+    pub decoder: FrameDecoder,
+    pub rng: MaskRng,
+    pub template: Vec<u8>,
+    pub stats: Stats,
+    /// Latency of messages received in the current second.
+    pub hist: Histogram<u64>,
+    pub handshake: Histogram<u64>,
+    pub rooms: u32,
+    pub subs_in_room: Vec<u32>,
+    /// Sending allowed now (running, before the end, budget left).
+    pub may_send: bool,
+    pub send_end: u64,
+    pub budget: u64,
+    pub close_timeout_ns: u64,
+}
+
+pub fn new_hist() -> Histogram<u64> {
+    // 1 ns .. 100 s at 3 significant digits.
+    Histogram::new_with_bounds(1, 100_000_000_000, 3).expect("histogram bounds")
+}
+
+impl Tls {
+    pub fn new(size: usize, rooms: u32, subs_in_room: Vec<u32>, close_timeout_ns: u64) -> Tls {
+        Tls {
+            decoder: FrameDecoder::new(Role::Client, MAX_MESSAGE),
+            rng: MaskRng::new(),
+            template: payload::template(size),
+            stats: Stats::default(),
+            hist: new_hist(),
+            handshake: new_hist(),
+            rooms: rooms.max(1),
+            subs_in_room,
+            may_send: false,
+            send_end: 0,
+            budget: u64::MAX,
+            close_timeout_ns,
+        }
+    }
+
+    /// Appends one data message to `out`.
+    #[inline]
+    pub fn send(&mut self, out: &mut Vec<u8>, publisher: u32, seq: u64, room: u32, at_ns: u64) {
+        payload::write(&mut self.template, publisher, seq, at_ns);
+        encode_client_frame(
+            true,
+            OpCode::Binary,
+            &self.template,
+            self.rng.mask_key(),
+            out,
+        );
+        self.stats.sent += 1;
+        self.stats.sent_bytes += self.template.len() as u64;
+        self.stats.expected += self.subs_in_room.get(room as usize).copied().unwrap_or(0) as u64;
+        self.budget = self.budget.saturating_sub(1);
+        if self.budget == 0 {
+            self.may_send = false;
+        }
+    }
+}
+
+/// Result of feeding bytes to a connection.
+pub struct Fed {
+    /// Bytes used; the rest is an incomplete frame to keep.
+    pub consumed: usize,
+    pub opened: bool,
+    pub remove: Option<Removal>,
+}
+
+/// Feeds received bytes (handshake response, then frames) to `c`.
+pub fn feed(c: &mut ConnCore, buf: &mut [u8], now: u64, t: &mut Tls) -> Fed {
+    let mut pos = 0;
+    let mut opened = false;
+    if c.state == State::Handshake {
+        let hs = c.hs.as_ref().expect("handshake state without handshake");
+        match hs.parse_response(buf) {
+            Ok(None) => {
+                return Fed {
+                    consumed: 0,
+                    opened,
+                    remove: None,
+                }
+            }
+            Ok(Some(resp)) => {
+                c.hs = None;
+                c.state = State::Open;
+                c.deadline_ns = 0;
+                opened = true;
+                pos = resp.head_len;
+                t.stats.established += 1;
+                t.stats.open_now += 1;
+                t.handshake
+                    .saturating_record(now.saturating_sub(c.started_ns).max(1));
+            }
+            Err(e) => {
+                return Fed {
+                    consumed: 0,
+                    opened,
+                    remove: Some(Removal::Failed(format!("handshake: {e}"))),
+                }
+            }
+        }
+    }
+    while pos < buf.len() {
+        let f = match t.decoder.decode(&mut buf[pos..]) {
+            Ok(Some(f)) => f,
+            Ok(None) => break,
+            Err(e) => return protocol_error(c, t, pos, opened, e),
+        };
+        let (start, end) = (pos + f.payload.start, pos + f.payload.end);
+        pos += f.consumed;
+        if c.close_recv {
+            continue;
+        }
+        match c.asm.on_frame(&f.header, &buf[start..end]) {
+            Ok(Event::Message { data, .. }) => {
+                t.stats.recv_bytes += data.len() as u64;
+                if c.tracks {
+                    on_tracked(c.room, &mut c.trackers, data, now, t);
+                    // Closed loop: one message back, one more out.
+                    if let Some(s) = c.sender.as_mut() {
+                        if s.closed_loop() && t.may_send && !c.close_sent && now < t.send_end {
+                            t.send(&mut c.out, s.id, s.seq, c.room, now);
+                            s.seq += 1;
+                        }
+                    }
+                } else if c.churn {
+                    t.stats.recv += 1;
+                    if payload::check(data).is_err() {
+                        t.stats.corrupted += 1;
+                    }
+                    c.start_close(&mut t.rng, now, t.close_timeout_ns);
+                } else {
+                    t.stats.other_recv += 1;
+                }
+            }
+            Ok(Event::Fragment) | Ok(Event::Pong(_)) => {}
+            Ok(Event::Ping(p)) => {
+                t.stats.pings += 1;
+                if !c.close_sent {
+                    encode_client_frame(true, OpCode::Pong, p, t.rng.mask_key(), &mut c.out);
+                }
+            }
+            Ok(Event::Close { code, reason }) => {
+                c.close_recv = true;
+                if !c.close_sent {
+                    // Answer with the same code (RFC 6455 §5.5.1).
+                    let bytes;
+                    let body: &[u8] = match code {
+                        Some(code) => {
+                            bytes = code.0.to_be_bytes();
+                            &bytes
+                        }
+                        None => &[],
+                    };
+                    encode_client_frame(true, OpCode::Close, body, t.rng.mask_key(), &mut c.out);
+                    c.close_sent = true;
+                    let code = code.map_or("no code".to_string(), |c| c.0.to_string());
+                    let reason = if reason.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({})", reason.chars().take(40).collect::<String>())
+                    };
+                    c.lost_reason = Some(format!("server sent close {code}{reason}"));
+                }
+                // The server closes TCP next; do not wait forever.
+                c.deadline_ns = now + t.close_timeout_ns;
+            }
+            Err(e) => return protocol_error(c, t, pos, opened, e),
+        }
+    }
+    Fed {
+        consumed: pos,
+        opened,
+        remove: None,
+    }
+}
+
+fn protocol_error(
+    c: &mut ConnCore,
+    t: &mut Tls,
+    pos: usize,
+    opened: bool,
+    e: wsrelay::protocol::ProtocolError,
+) -> Fed {
+    if !c.close_sent {
+        let code = e.close_code().0.to_be_bytes();
+        encode_client_frame(true, OpCode::Close, &code, t.rng.mask_key(), &mut c.out);
+        c.close_sent = true;
+    }
+    Fed {
+        consumed: pos,
+        opened,
+        remove: Some(Removal::Lost(format!("protocol error: {}", e.reason()))),
+    }
+}
+
+/// A message received by a tracking connection: integrity, routing,
+/// sequence and latency.
+#[inline]
+fn on_tracked(room: u32, trackers: &mut [SeqTracker], data: &[u8], now: u64, t: &mut Tls) {
+    let h = match payload::check(data) {
+        Ok(h) => h,
+        Err(_) => {
+            t.stats.corrupted += 1;
+            return;
+        }
+    };
+    let idx = (h.publisher / t.rooms) as usize;
+    if h.publisher % t.rooms != room || idx >= trackers.len() {
+        t.stats.misrouted += 1;
+        return;
+    }
+    t.stats.recv += 1;
+    if trackers[idx].record(h.seq) != Seen::Duplicate {
+        t.stats.delivered += 1;
+    }
+    t.hist
+        .saturating_record(now.saturating_sub(h.sent_ns).max(1));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wsrelay::protocol::encode_frame;
+
+    fn sub_conn() -> ConnCore {
+        let plan = Plan {
+            global: 0,
+            path: "/rooms/x".into(),
+            room: 0,
+            publisher: None,
+            tracks: true,
+            churn: false,
+        };
+        let mut c = ConnCore::new(&plan, 1, 2, 0);
+        c.state = State::Open;
+        c
+    }
+
+    fn msg(publisher: u32, seq: u64, sent: u64) -> Vec<u8> {
+        let mut m = payload::template(64);
+        payload::write(&mut m, publisher, seq, sent);
+        let mut f = Vec::new();
+        encode_frame(true, OpCode::Binary, &m, &mut f);
+        f
+    }
+
+    #[test]
+    fn frames_split_anywhere_are_accounted_once() {
+        let mut wire = Vec::new();
+        for seq in 0..10 {
+            wire.extend(msg(0, seq, 5));
+            wire.extend(msg(1, seq, 5));
+        }
+        wire.extend([0x89, 0x02, b'h', b'i']); // ping
+        for cut in [1usize, 7, 70, 71, 100, wire.len() - 1] {
+            let mut c = sub_conn();
+            let mut t = Tls::new(64, 1, vec![1], 1);
+            let mut buf = wire[..cut].to_vec();
+            let fed = feed(&mut c, &mut buf, 10, &mut t);
+            assert!(fed.remove.is_none());
+            let mut rest = buf[fed.consumed..].to_vec();
+            rest.extend_from_slice(&wire[cut..]);
+            let fed2 = feed(&mut c, &mut rest, 10, &mut t);
+            assert_eq!(fed2.consumed, rest.len(), "cut {cut}");
+            assert_eq!(t.stats.recv, 20);
+            assert_eq!(t.stats.delivered, 20);
+            assert_eq!(t.stats.pings, 1);
+            assert_eq!(c.trackers[0].unique, 10);
+            assert_eq!(c.trackers[1].unique, 10);
+            assert_eq!(t.hist.len(), 20);
+            assert_eq!(t.hist.max(), 5);
+            // Pong queued, masked.
+            assert_eq!(c.out[0], 0x8a);
+            assert_eq!(c.out[1], 0x82);
+        }
+    }
+
+    #[test]
+    fn corruption_misrouting_and_duplicates() {
+        let mut c = sub_conn();
+        let mut t = Tls::new(64, 2, vec![1, 1], 1);
+        let mut wire = msg(0, 0, 1);
+        wire.extend(msg(0, 0, 1)); // duplicate
+        wire.extend(msg(1, 0, 1)); // publisher 1 is in room 1
+        let mut bad = msg(2, 0, 1);
+        let n = bad.len();
+        bad[n - 1] ^= 0xff;
+        wire.extend(bad);
+        let fed = feed(&mut c, &mut wire, 2, &mut t);
+        assert!(fed.remove.is_none());
+        assert_eq!(t.stats.recv, 2);
+        assert_eq!(t.stats.delivered, 1);
+        assert_eq!(c.trackers[0].dup, 1);
+        assert_eq!(t.stats.misrouted, 1);
+        assert_eq!(t.stats.corrupted, 1);
+    }
+
+    #[test]
+    fn server_close_is_answered_and_protocol_errors_fail() {
+        let mut c = sub_conn();
+        let mut t = Tls::new(64, 1, vec![1], 1);
+        let mut wire = vec![0x88, 0x02, 0x03, 0xe9]; // close 1001
+        let fed = feed(&mut c, &mut wire, 1, &mut t);
+        assert!(fed.remove.is_none());
+        assert!(c.close_recv && c.close_sent && !c.we_closed);
+        assert_eq!(c.out[0], 0x88);
+        assert!(c.lost_reason.as_deref().unwrap().contains("1001"));
+        let mut c = sub_conn();
+        let mut wire = vec![0x82, 0x81, 0, 0, 0, 0, 0]; // masked from server
+        let fed = feed(&mut c, &mut wire, 1, &mut t);
+        assert!(matches!(fed.remove, Some(Removal::Lost(_))));
+        assert_eq!(&c.out[..1], &[0x88]);
+    }
+
+    #[test]
+    fn closed_loop_sends_one_per_echo() {
+        let plan = Plan {
+            global: 3,
+            path: "/echo".into(),
+            room: 3,
+            publisher: Some(crate::plan::PubPlan {
+                id: 3,
+                interval_ns: 0.0,
+                offset_ns: 0,
+            }),
+            tracks: true,
+            churn: false,
+        };
+        let mut c = ConnCore::new(&plan, 1, 1, 0);
+        c.state = State::Open;
+        let mut t = Tls::new(64, 4, vec![1; 4], 1);
+        t.may_send = true;
+        t.send_end = u64::MAX;
+        t.budget = 1;
+        let mut wire = msg(3, 0, 1);
+        wire.extend(msg(3, 1, 1));
+        feed(&mut c, &mut wire, 5, &mut t);
+        assert_eq!(t.stats.recv, 2);
+        // Budget of one: one new message, then no more.
+        assert_eq!(t.stats.sent, 1);
+        assert_eq!(c.sender.as_ref().unwrap().seq, 1);
+        assert!(!t.may_send);
+        let mut dec = c.out.clone();
+        let d = FrameDecoder::new(Role::Server, 1 << 20)
+            .decode(&mut dec)
+            .unwrap()
+            .unwrap();
+        let h = payload::check(&dec[d.payload]).unwrap();
+        assert_eq!((h.publisher, h.seq, h.sent_ns), (3, 0, 5));
+    }
+}

@@ -1,0 +1,348 @@
+//! The end-of-run figures: a table on stdout and the same as JSON.
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+/// A latency distribution in microseconds.
+#[derive(Serialize, Default, Clone, Debug)]
+pub struct Lat {
+    pub count: u64,
+    pub mean_us: f64,
+    pub p50_us: f64,
+    pub p90_us: f64,
+    pub p99_us: f64,
+    pub p999_us: f64,
+    pub max_us: f64,
+}
+
+impl Lat {
+    pub fn from_hist(h: &Histogram<u64>) -> Lat {
+        if h.is_empty() {
+            return Lat::default();
+        }
+        let us = |ns: u64| ns as f64 / 1000.0;
+        Lat {
+            count: h.len(),
+            mean_us: h.mean() / 1000.0,
+            p50_us: us(h.value_at_quantile(0.50)),
+            p90_us: us(h.value_at_quantile(0.90)),
+            p99_us: us(h.value_at_quantile(0.99)),
+            p999_us: us(h.value_at_quantile(0.999)),
+            max_us: us(h.max()),
+        }
+    }
+}
+
+#[derive(Serialize, Default, Debug)]
+pub struct Conns {
+    pub planned: u64,
+    pub attempted: u64,
+    pub established: u64,
+    pub failed: u64,
+    pub failures: BTreeMap<String, u64>,
+    /// Connections open when the load started.
+    pub open_at_start: u64,
+    /// Established connections that went away without us asking.
+    pub lost: u64,
+    pub lost_reasons: BTreeMap<String, u64>,
+    pub closes_clean: u64,
+    pub closes_unclean: u64,
+    pub unclean_reasons: BTreeMap<String, u64>,
+    /// Close handshakes that completed but the server left TCP open.
+    pub close_without_server_fin: u64,
+    /// Established connections per second during the connect phase.
+    pub connect_rate_per_s: f64,
+    pub connect_phase_s: f64,
+    /// TCP connect start to the 101 response.
+    pub handshake_latency: Lat,
+}
+
+#[derive(Serialize, Default, Debug)]
+pub struct Msgs {
+    pub size: usize,
+    /// Over the whole run (warm-up and drain included).
+    pub sent: u64,
+    pub received: u64,
+    /// In the measured window (after warm-up, before sending stopped).
+    pub sent_per_s: f64,
+    pub received_per_s: f64,
+    pub sent_bytes_per_s: f64,
+    pub received_bytes_per_s: f64,
+    /// Receipts by connections that do not track (publishers' own
+    /// copies when rooms echo to the sender).
+    pub untracked_received: u64,
+    /// Deliveries expected from what was sent, and how they fared.
+    pub expected: u64,
+    pub delivered_unique: u64,
+    pub lost: u64,
+    pub duplicated: u64,
+    pub reordered: u64,
+    pub corrupted: u64,
+    pub misrouted: u64,
+    /// (lost + duplicated + reordered + corrupted + misrouted) / expected.
+    pub error_ratio: f64,
+    pub pings_answered: u64,
+}
+
+#[derive(Serialize, Default, Debug)]
+pub struct Churn {
+    pub cycles: u64,
+    pub cycles_per_s: f64,
+    /// Connect start to the server's TCP close after the close handshake.
+    pub cycle_latency: Lat,
+}
+
+#[derive(Serialize, Default, Debug)]
+pub struct Generator {
+    /// CPU time (user + sys) over wall time in the measured window, as a
+    /// percentage of one core: near 100 × threads means the generator,
+    /// not the server, may be the bottleneck.
+    pub cpu_percent_of_one_core: f64,
+    pub cpu_percent_whole_run: f64,
+    pub cpu_s: f64,
+    pub wall_s: f64,
+    pub nofile_soft: u64,
+    pub nofile_hard: u64,
+}
+
+#[derive(Serialize, Default, Debug, Clone)]
+pub struct Second {
+    /// End of this second, seconds since the load started.
+    pub t_s: f64,
+    /// Length of this interval (the last one may be shorter).
+    pub dur_s: f64,
+    pub sent: u64,
+    pub received: u64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub max_us: f64,
+    /// Part of the warm-up (excluded from the summary figures).
+    pub warmup: bool,
+}
+
+#[derive(Serialize, Default, Debug)]
+pub struct Summary {
+    pub tool: String,
+    pub scenario: String,
+    pub params: serde_json::Value,
+    pub url: String,
+    pub threads: usize,
+    pub warmup_s: f64,
+    /// Length of the measured window.
+    pub measured_s: f64,
+    pub connections: Conns,
+    pub messages: Msgs,
+    /// Intended send time (open loop) or send time (closed loop) to
+    /// receipt, for messages received after the warm-up.
+    pub latency: Lat,
+    /// How late the generator sent open-loop messages against their
+    /// schedule (large values: the generator could not keep up).
+    pub send_lag: Lat,
+    pub churn: Option<Churn>,
+    pub generator: Generator,
+    pub per_second: Vec<Second>,
+    pub pass: bool,
+    pub problems: Vec<String>,
+}
+
+pub fn si(v: f64) -> String {
+    if v >= 1e9 {
+        format!("{:.2}G", v / 1e9)
+    } else if v >= 1e6 {
+        format!("{:.2}M", v / 1e6)
+    } else if v >= 1e3 {
+        format!("{:.1}k", v / 1e3)
+    } else {
+        format!("{v:.0}")
+    }
+}
+
+pub fn us(v: f64) -> String {
+    if v >= 1e6 {
+        format!("{:.2}s", v / 1e6)
+    } else if v >= 1e3 {
+        format!("{:.2}ms", v / 1e3)
+    } else {
+        format!("{v:.1}µs")
+    }
+}
+
+fn lat_row(out: &mut String, name: &str, l: &Lat) {
+    if l.count == 0 {
+        let _ = writeln!(out, "  {name:<22} (none)");
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "  {name:<22} p50 {}  p90 {}  p99 {}  p99.9 {}  max {}  (n={})",
+        us(l.p50_us),
+        us(l.p90_us),
+        us(l.p99_us),
+        us(l.p999_us),
+        us(l.max_us),
+        l.count
+    );
+}
+
+fn reasons(out: &mut String, title: &str, m: &BTreeMap<String, u64>) {
+    for (k, v) in m {
+        let _ = writeln!(out, "    {title}: {k}: {v}");
+    }
+}
+
+impl Summary {
+    pub fn table(&self) -> String {
+        let mut o = String::new();
+        let c = &self.connections;
+        let m = &self.messages;
+        let _ = writeln!(
+            o,
+            "wsrelay-load {} → {}  ({} thread{}, measured {:.2}s{})",
+            self.scenario,
+            self.url,
+            self.threads,
+            if self.threads == 1 { "" } else { "s" },
+            self.measured_s,
+            if self.warmup_s > 0.0 {
+                format!(" after {:.0}s warm-up", self.warmup_s)
+            } else {
+                String::new()
+            }
+        );
+        let _ = writeln!(o, "connections");
+        let _ = writeln!(
+            o,
+            "  {:<22} {} planned, {} attempted, {} established, {} failed",
+            "connect", c.planned, c.attempted, c.established, c.failed
+        );
+        reasons(&mut o, "failed", &c.failures);
+        let _ = writeln!(
+            o,
+            "  {:<22} {}/s over {:.2}s",
+            "connect rate",
+            si(c.connect_rate_per_s),
+            c.connect_phase_s
+        );
+        lat_row(&mut o, "handshake", &c.handshake_latency);
+        let _ = writeln!(
+            o,
+            "  {:<22} {} lost during the run, {} clean closes, {} unclean",
+            "lifetime", c.lost, c.closes_clean, c.closes_unclean
+        );
+        reasons(&mut o, "lost", &c.lost_reasons);
+        reasons(&mut o, "unclean", &c.unclean_reasons);
+        if c.close_without_server_fin > 0 {
+            let _ = writeln!(
+                o,
+                "    server left TCP open after the close handshake: {}",
+                c.close_without_server_fin
+            );
+        }
+        if let Some(ch) = &self.churn {
+            let _ = writeln!(o, "churn");
+            let _ = writeln!(
+                o,
+                "  {:<22} {} cycles, {}/s",
+                "cycles",
+                ch.cycles,
+                si(ch.cycles_per_s)
+            );
+            lat_row(&mut o, "cycle", &ch.cycle_latency);
+        }
+        if m.sent > 0 || m.received > 0 {
+            let _ = writeln!(o, "messages ({} B)", m.size);
+            let _ = writeln!(
+                o,
+                "  {:<22} {}/s  {}B/s  ({} in total)",
+                "sent",
+                si(m.sent_per_s),
+                si(m.sent_bytes_per_s),
+                m.sent
+            );
+            let _ = writeln!(
+                o,
+                "  {:<22} {}/s  {}B/s  ({} in total)",
+                "received",
+                si(m.received_per_s),
+                si(m.received_bytes_per_s),
+                m.received
+            );
+            if m.untracked_received > 0 {
+                let _ = writeln!(
+                    o,
+                    "  {:<22} {} (publishers' own copies, not accounted)",
+                    "untracked received", m.untracked_received
+                );
+            }
+            let _ = writeln!(
+                o,
+                "  {:<22} expected {}  delivered {}  lost {}  dup {}  reordered {}  corrupted {}  misrouted {}  (error ratio {:.3e})",
+                "integrity",
+                m.expected,
+                m.delivered_unique,
+                m.lost,
+                m.duplicated,
+                m.reordered,
+                m.corrupted,
+                m.misrouted,
+                m.error_ratio
+            );
+            lat_row(&mut o, "latency", &self.latency);
+            lat_row(&mut o, "send lag (generator)", &self.send_lag);
+        }
+        let g = &self.generator;
+        let _ = writeln!(
+            o,
+            "generator\n  {:<22} {:.0}% of one core in the window ({:.0}% over the run; {:.2}s CPU / {:.2}s wall)",
+            "cpu", g.cpu_percent_of_one_core, g.cpu_percent_whole_run, g.cpu_s, g.wall_s
+        );
+        let _ = writeln!(
+            o,
+            "  {:<22} soft {} / hard {}",
+            "open files limit", g.nofile_soft, g.nofile_hard
+        );
+        if self.pass {
+            let _ = writeln!(o, "result: PASS");
+        } else {
+            let _ = writeln!(o, "result: FAIL");
+            for p in &self.problems {
+                let _ = writeln!(o, "  - {p}");
+            }
+        }
+        o
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_summary_and_formatting() {
+        let mut h = Histogram::<u64>::new_with_bounds(1, 100_000_000_000, 3).unwrap();
+        for v in 1..=1000u64 {
+            h.record(v * 1000).unwrap();
+        }
+        let l = Lat::from_hist(&h);
+        assert_eq!(l.count, 1000);
+        assert!((l.p50_us - 500.0).abs() < 1.0);
+        assert!((l.p99_us - 990.0).abs() < 1.0);
+        assert!((l.max_us - 1000.0).abs() < 1.0);
+        assert_eq!(Lat::from_hist(&Histogram::new(3).unwrap()).count, 0);
+        assert_eq!(si(2_500_000.0), "2.50M");
+        assert_eq!(us(1500.0), "1.50ms");
+        let s = Summary {
+            scenario: "echo".into(),
+            pass: false,
+            problems: vec!["3 connections failed".into()],
+            ..Default::default()
+        };
+        let t = s.table();
+        assert!(t.contains("FAIL") && t.contains("3 connections failed"));
+        let j = serde_json::to_value(&s).unwrap();
+        assert_eq!(j["scenario"], "echo");
+        assert!(j["latency"]["p99_us"].is_number());
+    }
+}

@@ -1,0 +1,622 @@
+//! The coordinator: builds the plan, starts the workers, moves them
+//! through the phases (connect, load, drain, close), prints progress and
+//! assembles the summary.
+
+use crate::addr::{parse_sources, parse_url};
+use crate::cli::{Cli, Cmd, Common};
+use crate::clock::{now_ns, SEC};
+use crate::conn::new_hist;
+use crate::payload::HEADER_LEN;
+use crate::plan::{self, Kind, Setup};
+use crate::report::{si, us, Churn, Generator, Lat, Second, Summary};
+use crate::sys;
+use crate::worker::{Interval, Shared, Worker, CLOSING, DRAINING, RUNNING};
+use hdrhistogram::Histogram;
+use std::sync::atomic::Ordering::*;
+use std::sync::Arc;
+use std::time::Duration;
+
+const CLOSE_TIMEOUT_NS: u64 = 2 * SEC;
+
+fn check_size(size: usize) -> Result<usize, String> {
+    if size < HEADER_LEN {
+        return Err(format!(
+            "--size {size} is below the {HEADER_LEN}-byte message header"
+        ));
+    }
+    if size > crate::conn::MAX_MESSAGE {
+        return Err(format!("--size {size} is over the 64 MiB limit"));
+    }
+    Ok(size)
+}
+
+/// Builds the run's setup from the command line.
+pub fn build_setup(cli: &Cli) -> Result<(Setup, serde_json::Value), String> {
+    let c = &cli.common;
+    let target = parse_url(&c.url)?;
+    let sources = match &c.source {
+        Some(s) => parse_sources(s)?,
+        None => Vec::new(),
+    };
+    if c.threads == 0 {
+        return Err("--threads must be at least 1".into());
+    }
+    if c.connect_rate <= 0.0 || c.connect_rate.is_nan() {
+        return Err("--connect-rate must be positive".into());
+    }
+    if c.duration.is_zero() {
+        return Err("--duration must be positive".into());
+    }
+    let cpus = match &c.cpus {
+        Some(s) => s
+            .split(',')
+            .map(|x| x.trim().parse::<usize>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| format!("bad --cpus {s:?} (example: 1 or 0,1)"))?,
+        None => Vec::new(),
+    };
+    let (kind, all, rooms, pubs_per_room, subs_in_room, n_pubs, size, in_flight, params) =
+        match &cli.cmd {
+            Cmd::Echo(a) => {
+                if a.connections == 0 {
+                    return Err("-c must be at least 1".into());
+                }
+                if let Some(r) = a.rate {
+                    if r <= 0.0 || r.is_nan() {
+                        return Err("--rate must be positive".into());
+                    }
+                }
+                if a.in_flight == 0 && a.rate.is_none() {
+                    return Err("--in-flight must be at least 1".into());
+                }
+                let plans = plan::echo_plans(a.connections, a.rate, &a.path);
+                (
+                    Kind::Echo,
+                    plans,
+                    a.connections as u32,
+                    1,
+                    vec![1; a.connections],
+                    a.connections,
+                    check_size(a.size)?,
+                    a.in_flight,
+                    serde_json::to_value(a).unwrap_or_default(),
+                )
+            }
+            Cmd::Fanout(a) => {
+                if a.rate <= 0.0 || a.rate.is_nan() {
+                    return Err("--rate must be positive".into());
+                }
+                if a.rooms == 0 {
+                    return Err("--rooms must be at least 1".into());
+                }
+                if a.subscribers == 0 || (!a.all_publish && a.publishers == 0) {
+                    return Err("fanout needs at least one subscriber and one publisher".into());
+                }
+                let f = plan::fanout_plans(
+                    a.subscribers,
+                    a.publishers,
+                    a.rooms,
+                    a.rate,
+                    &a.room_prefix,
+                    a.roles,
+                    a.all_publish,
+                );
+                (
+                    Kind::Fanout,
+                    f.plans,
+                    a.rooms as u32,
+                    f.pubs_per_room,
+                    f.subs_in_room,
+                    f.n_pubs,
+                    check_size(a.size)?,
+                    1,
+                    serde_json::to_value(a).unwrap_or_default(),
+                )
+            }
+            Cmd::Connect(a) => (
+                Kind::Connect,
+                plan::idle_plans(a.connections, &a.path, false),
+                1,
+                1,
+                vec![0],
+                0,
+                HEADER_LEN,
+                1,
+                serde_json::to_value(a).unwrap_or_default(),
+            ),
+            Cmd::Churn(a) => (
+                Kind::Churn,
+                plan::idle_plans(a.connections, &a.path, true),
+                1,
+                1,
+                vec![0],
+                0,
+                check_size(a.size)?,
+                1,
+                serde_json::to_value(a).unwrap_or_default(),
+            ),
+            Cmd::SelftestDecode(_) => return Err("not a load scenario".into()),
+        };
+    if all.is_empty() {
+        return Err("nothing to connect".into());
+    }
+    let planned = all.len();
+    let threads = c.threads.min(planned);
+    let plans = plan::deal(all, threads);
+    let budgets = plan::split_budget(c.max_messages, &plan::senders_per_thread(&plans));
+    let mut params = params;
+    if let (Some(obj), Ok(common)) = (params.as_object_mut(), serde_json::to_value(c)) {
+        obj.insert("common".into(), common);
+    }
+    Ok((
+        Setup {
+            kind,
+            target,
+            sources,
+            size,
+            threads,
+            rooms,
+            pubs_per_room,
+            subs_in_room,
+            n_pubs,
+            in_flight,
+            connect_interval_ns: (1e9 / c.connect_rate) as u64,
+            connect_concurrency: c.connect_concurrency.max(1),
+            connect_timeout_ns: c.connect_timeout.as_nanos() as u64,
+            close_timeout_ns: CLOSE_TIMEOUT_NS,
+            warmup_ns: c.warmup.as_secs_f64().ceil() as u64 * SEC,
+            duration_ns: c.duration.as_nanos() as u64,
+            cpus,
+            plans,
+            budgets,
+            planned,
+        },
+        params,
+    ))
+}
+
+/// Warns about limits that would cap the run.
+pub fn check_limits(setup: &Setup) -> (u64, u64) {
+    let (soft, hard) = sys::raise_nofile();
+    let need = setup.planned as u64 + 64;
+    if soft < need {
+        eprintln!(
+            "warning: open files limit is {soft} (hard {hard}) but {} connections need about {need}: \
+             at most ~{} will open; run several processes for more",
+            setup.planned,
+            soft.saturating_sub(64)
+        );
+    } else {
+        eprintln!("open files limit: {soft} (raised to the hard limit {hard})");
+    }
+    if let Some((lo, hi)) = sys::local_port_range() {
+        let ports = (hi - lo) as usize + 1;
+        let per_source = setup.planned.div_ceil(setup.sources.len().max(1));
+        if per_source > ports {
+            eprintln!(
+                "warning: {per_source} connections per source address but only {ports} ephemeral ports \
+                 ({lo}-{hi}); spread them with --source 127.0.0.1-127.0.0.N"
+            );
+        }
+    }
+    (soft, hard)
+}
+
+#[derive(Default)]
+struct Agg {
+    sent: u64,
+    recv: u64,
+    hist: Option<Histogram<u64>>,
+    reports: usize,
+    end_ns: u64,
+}
+
+struct Sample {
+    at: u64,
+    sent: u64,
+    recv: u64,
+    sent_bytes: u64,
+    recv_bytes: u64,
+    cpu: u64,
+    cycles: u64,
+}
+
+fn sample(shared: &Shared) -> Sample {
+    Sample {
+        at: now_ns(),
+        sent: shared.sum(|w| &w.sent),
+        recv: shared.sum(|w| &w.recv),
+        sent_bytes: shared.sum(|w| &w.sent_bytes),
+        recv_bytes: shared.sum(|w| &w.recv_bytes),
+        cpu: sys::cpu_ns(),
+        cycles: shared.sum(|w| &w.cycles),
+    }
+}
+
+struct Progress {
+    quiet: bool,
+    threads: usize,
+    t0: u64,
+    secs: Vec<Agg>,
+    printed: usize,
+    last_cpu: (u64, u64),
+}
+
+impl Progress {
+    fn add(&mut self, iv: Interval) {
+        let i = iv.idx as usize;
+        if self.secs.len() <= i {
+            self.secs.resize_with(i + 1, Agg::default);
+        }
+        let a = &mut self.secs[i];
+        a.sent += iv.sent;
+        a.recv += iv.recv;
+        a.reports += 1;
+        a.end_ns = a.end_ns.max(iv.end_ns);
+        match &mut a.hist {
+            Some(h) => {
+                let _ = h.add(&iv.hist);
+            }
+            None => a.hist = Some(iv.hist),
+        }
+    }
+
+    fn print_ready(&mut self, shared: &Shared, force: bool) {
+        while self.printed < self.secs.len()
+            && (self.secs[self.printed].reports >= self.threads || force)
+        {
+            let i = self.printed;
+            self.printed += 1;
+            if self.quiet {
+                continue;
+            }
+            let a = &self.secs[i];
+            let start = self.t0 + i as u64 * SEC;
+            let dur = (a.end_ns.saturating_sub(start) as f64 / 1e9).max(1e-3);
+            let p99 = a
+                .hist
+                .as_ref()
+                .filter(|h| !h.is_empty())
+                .map_or("-".to_string(), |h| {
+                    us(h.value_at_quantile(0.99) as f64 / 1e3)
+                });
+            let (now, cpu) = (now_ns(), sys::cpu_ns());
+            let cpu_pct = 100.0 * (cpu - self.last_cpu.1) as f64
+                / (now.saturating_sub(self.last_cpu.0)).max(1) as f64;
+            self.last_cpu = (now, cpu);
+            let phase = match shared.phase.load(Relaxed) {
+                RUNNING => "",
+                DRAINING => " drain",
+                _ => " close",
+            };
+            eprintln!(
+                "[{:>4}s{phase}] conns {} open {} failed {} lost | sent {}/s recv {}/s | p99 {} | cpu {:.0}%",
+                i + 1,
+                shared.sum(|w| &w.open_now),
+                shared.sum(|w| &w.failed),
+                shared.sum(|w| &w.lost_conns),
+                si(a.sent as f64 / dur),
+                si(a.recv as f64 / dur),
+                p99,
+                cpu_pct
+            );
+        }
+    }
+}
+
+pub fn execute(
+    setup: Setup,
+    common: &Common,
+    params: serde_json::Value,
+    limits: (u64, u64),
+) -> Summary {
+    let setup = Arc::new(setup);
+    let threads = setup.threads;
+    let shared = Arc::new(Shared::new(threads));
+    let (tx, rx) = crossbeam_channel::unbounded::<Interval>();
+    let run_start = (now_ns(), sys::cpu_ns());
+    let mut handles = Vec::new();
+    for id in 0..threads {
+        let w = match Worker::new(id, setup.clone(), shared.clone(), tx.clone()) {
+            Ok(w) => w,
+            Err(e) => {
+                eprintln!("worker {id}: {e}");
+                std::process::exit(2);
+            }
+        };
+        handles.push(
+            std::thread::Builder::new()
+                .name(format!("load-{id}"))
+                .spawn(move || w.run())
+                .expect("spawn worker"),
+        );
+    }
+    drop(tx);
+
+    // Connect phase.
+    let connect_start = now_ns();
+    let guard = connect_start
+        + (setup.planned as f64 / threads as f64 * setup.connect_interval_ns as f64) as u64
+        + setup.connect_timeout_ns
+        + 30 * SEC;
+    let mut next_line = connect_start + SEC;
+    while shared.ready.load(Acquire) < threads {
+        std::thread::sleep(Duration::from_millis(5));
+        let now = now_ns();
+        if now >= next_line && !common.quiet {
+            next_line += SEC;
+            eprintln!(
+                "[connect] {} of {} open, {} failed",
+                shared.sum(|w| &w.open_now),
+                setup.planned,
+                shared.sum(|w| &w.failed)
+            );
+        }
+        if now > guard {
+            eprintln!("warning: connect phase overran; starting the load anyway");
+            break;
+        }
+    }
+    let connect_end = now_ns();
+    let open_at_start = shared.sum(|w| &w.open_now);
+
+    // Load.
+    let t0 = now_ns() + 20_000_000;
+    let send_end = t0 + setup.warmup_ns + setup.duration_ns;
+    shared.t0.store(t0, Release);
+    shared.send_end.store(send_end, Release);
+    shared.phase.store(RUNNING, Release);
+    let mut progress = Progress {
+        quiet: common.quiet,
+        threads,
+        t0,
+        secs: Vec::new(),
+        printed: 0,
+        last_cpu: (t0, sys::cpu_ns()),
+    };
+    let measure_start = t0 + setup.warmup_ns;
+    let mut m0: Option<Sample> = None;
+    let m1 = loop {
+        if let Ok(iv) = rx.recv_timeout(Duration::from_millis(2)) {
+            progress.add(iv);
+            while let Ok(iv) = rx.try_recv() {
+                progress.add(iv);
+            }
+            progress.print_ready(&shared, false);
+        }
+        let now = now_ns();
+        if m0.is_none() && now >= measure_start {
+            m0 = Some(sample(&shared));
+        }
+        if now >= send_end || shared.done_sending.load(Acquire) >= threads {
+            break sample(&shared);
+        }
+    };
+    let m0 = m0.unwrap_or(Sample {
+        at: t0,
+        sent: 0,
+        recv: 0,
+        sent_bytes: 0,
+        recv_bytes: 0,
+        cpu: progress.last_cpu.1,
+        cycles: 0,
+    });
+
+    // Drain.
+    if matches!(setup.kind, Kind::Echo | Kind::Fanout) {
+        shared.phase.store(DRAINING, Release);
+        let drain_end = now_ns() + common.drain.as_nanos() as u64;
+        loop {
+            if let Ok(iv) = rx.recv_timeout(Duration::from_millis(2)) {
+                progress.add(iv);
+                progress.print_ready(&shared, false);
+            }
+            let delivered = shared.sum(|w| &w.delivered);
+            let expected = shared.sum(|w| &w.expected);
+            if now_ns() >= drain_end || delivered >= expected {
+                break;
+            }
+        }
+    }
+    shared.phase.store(CLOSING, Release);
+    let mut results = Vec::new();
+    for h in handles {
+        while !h.is_finished() {
+            if let Ok(iv) = rx.recv_timeout(Duration::from_millis(5)) {
+                progress.add(iv);
+                progress.print_ready(&shared, false);
+            }
+        }
+        results.push(h.join().expect("worker panicked"));
+    }
+    while let Ok(iv) = rx.try_recv() {
+        progress.add(iv);
+    }
+    progress.print_ready(&shared, true);
+    let run_end = (now_ns(), sys::cpu_ns());
+
+    // Assemble.
+    let mut s = Summary {
+        tool: format!("wsrelay-load {}", env!("CARGO_PKG_VERSION")),
+        scenario: setup.kind.name().into(),
+        params,
+        url: common.url.clone(),
+        threads,
+        warmup_s: setup.warmup_ns as f64 / 1e9,
+        ..Default::default()
+    };
+    let window = (m1.at.saturating_sub(m0.at) as f64 / 1e9).max(1e-9);
+    s.measured_s = window;
+    let mut stats = crate::conn::Stats::default();
+    let mut handshake = new_hist();
+    let mut lag = new_hist();
+    let mut cycle = new_hist();
+    let mut unique = vec![0u64; setup.n_pubs];
+    let mut sent_by_pub = vec![0u64; setup.n_pubs];
+    let (mut dup, mut reordered, mut no_fin) = (0, 0, 0);
+    let (mut first, mut last) = (u64::MAX, 0u64);
+    let c = &mut s.connections;
+    for r in &results {
+        let st = &r.stats;
+        stats.sent += st.sent;
+        stats.recv += st.recv;
+        stats.other_recv += st.other_recv;
+        stats.delivered += st.delivered;
+        stats.corrupted += st.corrupted;
+        stats.misrouted += st.misrouted;
+        stats.pings += st.pings;
+        c.attempted += st.attempted;
+        c.established += st.established;
+        c.failed += st.failed;
+        c.lost += st.lost_conns;
+        c.closes_clean += st.closes_clean;
+        c.closes_unclean += st.closes_unclean;
+        stats.cycles += st.cycles;
+        let _ = handshake.add(&r.handshake);
+        let _ = lag.add(&r.lag);
+        let _ = cycle.add(&r.cycle);
+        for (a, b) in unique.iter_mut().zip(&r.unique_by_pub) {
+            *a += b;
+        }
+        for (a, b) in sent_by_pub.iter_mut().zip(&r.sent_by_pub) {
+            *a += b;
+        }
+        dup += r.dup;
+        reordered += r.reordered;
+        no_fin += r.close_no_fin;
+        for (k, v) in &r.failures {
+            *c.failures.entry(k.clone()).or_insert(0) += v;
+        }
+        for (k, v) in &r.lost {
+            *c.lost_reasons.entry(k.clone()).or_insert(0) += v;
+        }
+        for (k, v) in &r.unclean {
+            *c.unclean_reasons.entry(k.clone()).or_insert(0) += v;
+        }
+        if r.first_attempt_ns > 0 {
+            first = first.min(r.first_attempt_ns);
+        }
+        last = last.max(r.last_open_ns);
+    }
+    c.planned = setup.planned as u64;
+    c.open_at_start = open_at_start;
+    c.close_without_server_fin = no_fin;
+    c.handshake_latency = Lat::from_hist(&handshake);
+    if setup.kind == Kind::Churn {
+        let cyc = m1.cycles - m0.cycles;
+        s.churn = Some(Churn {
+            cycles: stats.cycles,
+            cycles_per_s: cyc as f64 / window,
+            cycle_latency: Lat::from_hist(&cycle),
+        });
+        c.connect_phase_s = window;
+        c.connect_rate_per_s = cyc as f64 / window;
+    } else {
+        let end = if last > first { last } else { connect_end };
+        let span = (end.saturating_sub(first.min(connect_start)) as f64 / 1e9).max(1e-9);
+        c.connect_phase_s = (connect_end - connect_start) as f64 / 1e9;
+        c.connect_rate_per_s = c.established as f64 / span;
+    }
+
+    let mut expected = 0u64;
+    let mut lost = 0u64;
+    for (p, &sent) in sent_by_pub.iter().enumerate() {
+        let room = p % setup.rooms.max(1) as usize;
+        let e = sent * setup.subs_in_room.get(room).copied().unwrap_or(0) as u64;
+        expected += e;
+        lost += e.saturating_sub(unique[p]);
+    }
+    let m = &mut s.messages;
+    m.size = setup.size;
+    m.sent = stats.sent;
+    m.received = stats.recv;
+    m.sent_per_s = (m1.sent - m0.sent) as f64 / window;
+    m.received_per_s = (m1.recv - m0.recv) as f64 / window;
+    m.sent_bytes_per_s = (m1.sent_bytes - m0.sent_bytes) as f64 / window;
+    m.received_bytes_per_s = (m1.recv_bytes - m0.recv_bytes) as f64 / window;
+    m.untracked_received = stats.other_recv;
+    m.expected = expected;
+    m.delivered_unique = stats.delivered;
+    m.lost = lost;
+    m.duplicated = dup;
+    m.reordered = reordered;
+    m.corrupted = stats.corrupted;
+    m.misrouted = stats.misrouted;
+    let bad = lost + dup + reordered + stats.corrupted + stats.misrouted;
+    m.error_ratio = if expected > 0 {
+        bad as f64 / expected as f64
+    } else if bad > 0 {
+        1.0
+    } else {
+        0.0
+    };
+    m.pings_answered = stats.pings;
+
+    let warm_secs = (setup.warmup_ns / SEC) as usize;
+    let mut lat = new_hist();
+    for (i, a) in progress.secs.iter().enumerate() {
+        let start = t0 + i as u64 * SEC;
+        let dur = (a.end_ns.saturating_sub(start) as f64 / 1e9).max(1e-3);
+        let h = a.hist.as_ref();
+        let q = |q: f64| {
+            h.filter(|h| !h.is_empty())
+                .map_or(0.0, |h| h.value_at_quantile(q) as f64 / 1e3)
+        };
+        s.per_second.push(Second {
+            t_s: (a.end_ns.saturating_sub(t0)) as f64 / 1e9,
+            dur_s: dur,
+            sent: a.sent,
+            received: a.recv,
+            p50_us: q(0.5),
+            p99_us: q(0.99),
+            max_us: h.map_or(0.0, |h| h.max() as f64 / 1e3),
+            warmup: i < warm_secs,
+        });
+        if i >= warm_secs {
+            if let Some(h) = h {
+                let _ = lat.add(h);
+            }
+        }
+    }
+    s.latency = Lat::from_hist(&lat);
+    s.send_lag = Lat::from_hist(&lag);
+    s.generator = Generator {
+        cpu_percent_of_one_core: 100.0 * (m1.cpu - m0.cpu) as f64 / (window * 1e9),
+        cpu_percent_whole_run: 100.0 * (run_end.1 - run_start.1) as f64
+            / (run_end.0 - run_start.0).max(1) as f64,
+        cpu_s: (run_end.1 - run_start.1) as f64 / 1e9,
+        wall_s: (run_end.0 - run_start.0) as f64 / 1e9,
+        nofile_soft: limits.0,
+        nofile_hard: limits.1,
+    };
+
+    let c = &s.connections;
+    if c.failed > 0 {
+        s.problems
+            .push(format!("{} connection attempts failed", c.failed));
+    }
+    if setup.kind != Kind::Churn && c.established < c.planned {
+        s.problems.push(format!(
+            "only {} of {} connections were established",
+            c.established, c.planned
+        ));
+    }
+    if c.lost > 0 {
+        s.problems
+            .push(format!("{} connections were lost during the run", c.lost));
+    }
+    if s.messages.error_ratio > common.max_loss {
+        s.problems.push(format!(
+            "error ratio {:.3e} (lost {}, dup {}, reordered {}, corrupted {}, misrouted {}) exceeds --max-loss {}",
+            s.messages.error_ratio,
+            s.messages.lost,
+            s.messages.duplicated,
+            s.messages.reordered,
+            s.messages.corrupted,
+            s.messages.misrouted,
+            common.max_loss
+        ));
+    }
+    s.pass = s.problems.is_empty();
+    s
+}
