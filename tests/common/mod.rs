@@ -256,3 +256,523 @@ pub fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     }
     cond()
 }
+
+// ----- helpers for the engine_* integration tests ----------------------------
+
+/// `test_config()` with short shutdown and close timeouts, so teardown of a
+/// test relay is fast even when clients never answer the closing handshake.
+pub fn engine_config() -> Config {
+    Config {
+        shutdown_timeout: Duration::from_millis(500),
+        close_timeout: Duration::from_secs(2),
+        ..test_config()
+    }
+}
+
+/// A tungstenite client over a plain blocking `TcpStream`.
+pub type Ws = tungstenite::WebSocket<TcpStream>;
+
+/// Completes a tungstenite client handshake on `path` over `stream` and
+/// leaves a short read timeout (100 ms) on the socket, so reads can poll.
+pub fn ws_over(stream: TcpStream, addr: SocketAddr, path: &str) -> Ws {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    stream.set_nodelay(true).unwrap();
+    let (ws, resp) = tungstenite::client(format!("ws://{addr}{path}"), stream)
+        .unwrap_or_else(|e| panic!("tungstenite handshake on {path} failed: {e}"));
+    assert_eq!(resp.status().as_u16(), 101);
+    ws.get_ref()
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    ws
+}
+
+/// A tungstenite client connected to `path`.
+pub fn ws_connect(addr: SocketAddr, path: &str) -> Ws {
+    ws_over(TcpStream::connect(addr).unwrap(), addr, path)
+}
+
+/// Whether a tungstenite error is only a read timeout.
+pub fn ws_is_timeout(e: &tungstenite::Error) -> bool {
+    matches!(e, tungstenite::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock
+        || io.kind() == std::io::ErrorKind::TimedOut)
+}
+
+/// Next message of any kind (pings and pongs included) within `timeout`;
+/// `None` on timeout. Panics on any other error.
+pub fn ws_read(ws: &mut Ws, timeout: Duration) -> Option<tungstenite::Message> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match ws.read() {
+            Ok(m) => return Some(m),
+            Err(e) if ws_is_timeout(&e) => {
+                if Instant::now() >= deadline {
+                    return None;
+                }
+            }
+            Err(e) => panic!("tungstenite read failed: {e}"),
+        }
+    }
+}
+
+/// Next data or close message (skipping pings and pongs) within 5 s.
+pub fn ws_expect_data(ws: &mut Ws) -> tungstenite::Message {
+    use tungstenite::Message;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match ws_read(ws, left) {
+            Some(Message::Ping(_)) | Some(Message::Pong(_)) => continue,
+            Some(m) => return m,
+            None => panic!("no message within 5 s"),
+        }
+    }
+}
+
+/// Reads until a close frame; returns its code and reason (1005 and "" for
+/// an empty close). Skips data, pings and pongs. Panics after `timeout`.
+pub fn ws_expect_close(ws: &mut Ws, timeout: Duration) -> (u16, String) {
+    use tungstenite::Message;
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match ws_read(ws, left) {
+            Some(Message::Close(Some(f))) => return (u16::from(f.code), f.reason.into_owned()),
+            Some(Message::Close(None)) => return (1005, String::new()),
+            Some(_) => continue,
+            None => panic!("no close frame within {timeout:?}"),
+        }
+    }
+}
+
+/// After a close exchange: true once tungstenite reports the connection
+/// closed (the server closed TCP) within `timeout`.
+pub fn ws_wait_closed(ws: &mut Ws, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        match ws.read() {
+            Err(tungstenite::Error::ConnectionClosed) | Err(tungstenite::Error::AlreadyClosed) => {
+                return true
+            }
+            Err(e) if ws_is_timeout(&e) => continue,
+            Err(tungstenite::Error::Io(_)) | Err(tungstenite::Error::Protocol(_)) => return true,
+            Err(e) => panic!("unexpected error while waiting for close: {e}"),
+            Ok(_) => continue,
+        }
+    }
+    false
+}
+
+/// Each worker's `upgrades` counter.
+pub fn upgrades_by_worker(h: &ServerHandle) -> Vec<u64> {
+    h.shared()
+        .metrics
+        .iter()
+        .map(|m| m.upgrades.get())
+        .collect()
+}
+
+/// Runs `connect` (which must complete exactly one upgrade) and returns
+/// its result with the index of the worker that accepted it.
+pub fn on_which_worker<T>(h: &ServerHandle, connect: impl FnOnce() -> T) -> (T, usize) {
+    let before = upgrades_by_worker(h);
+    let t = connect();
+    let after = upgrades_by_worker(h);
+    let grew: Vec<usize> = (0..after.len())
+        .filter(|&w| after[w] != before[w])
+        .collect();
+    assert_eq!(
+        grew.len(),
+        1,
+        "one upgrade expected: {before:?} -> {after:?}"
+    );
+    (t, grew[0])
+}
+
+/// Writes `request` on a fresh connection and reads the answer until the
+/// server closes TCP or `timeout` passes. Returns the text and whether the
+/// server closed the connection (EOF or reset) in time.
+pub fn http_exchange(addr: SocketAddr, request: &[u8], timeout: Duration) -> (String, bool) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    let _ = s.write_all(request);
+    let deadline = Instant::now() + timeout;
+    let mut out = Vec::new();
+    let mut tmp = [0u8; 8192];
+    let closed = loop {
+        match s.read(&mut tmp) {
+            Ok(0) => break true,
+            Ok(n) => out.extend_from_slice(&tmp[..n]),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                if Instant::now() >= deadline {
+                    break false;
+                }
+            }
+            Err(_) => break true,
+        }
+    };
+    (String::from_utf8_lossy(&out).into_owned(), closed)
+}
+
+// ----- production-surface helpers (HTTP keep-alive, upgrades, metrics) -----
+
+/// One HTTP response, read by its `Content-Length`.
+#[derive(Debug, Clone)]
+pub struct HttpResponse {
+    pub status: u16,
+    /// Header names lower-cased.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// A keep-alive HTTP/1.1 client connection that reads responses one by
+/// one (each must carry `Content-Length`).
+pub struct HttpConn {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl HttpConn {
+    pub fn connect(addr: SocketAddr) -> HttpConn {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream.set_nodelay(true).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        HttpConn {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Writes raw bytes (errors ignored: the server may have closed).
+    pub fn send(&mut self, bytes: &[u8]) {
+        let _ = self.stream.write_all(bytes);
+    }
+
+    /// The next complete response; `None` if the server closed (or reset)
+    /// the connection or `timeout` passed first.
+    pub fn read_response(&mut self, timeout: Duration) -> Option<HttpResponse> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&self.buf[..end]).into_owned();
+                let mut lines = head.split("\r\n");
+                let status = status_of(lines.next().unwrap_or(""));
+                let headers: Vec<(String, String)> = lines
+                    .filter_map(|l| l.split_once(':'))
+                    .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+                    .collect();
+                let len: usize = headers
+                    .iter()
+                    .find(|(n, _)| n == "content-length")
+                    .map(|(_, v)| v.parse().expect("numeric Content-Length"))
+                    .expect("response has Content-Length");
+                if self.buf.len() >= end + 4 + len {
+                    let body = self.buf[end + 4..end + 4 + len].to_vec();
+                    self.buf.drain(..end + 4 + len);
+                    return Some(HttpResponse {
+                        status,
+                        headers,
+                        body,
+                    });
+                }
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            let mut tmp = [0u8; 16384];
+            match self.stream.read(&mut tmp) {
+                Ok(0) => return None,
+                Ok(n) => self.buf.extend_from_slice(&tmp[..n]),
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.kind() == std::io::ErrorKind::TimedOut => {}
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// Sends a request and returns its response (within 5 s).
+    pub fn request(&mut self, bytes: &[u8]) -> HttpResponse {
+        self.send(bytes);
+        self.read_response(Duration::from_secs(5))
+            .expect("a response before close/timeout")
+    }
+
+    /// True once the server has closed the connection (within `timeout`),
+    /// with no further bytes sent.
+    pub fn wait_closed(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            let mut tmp = [0u8; 4096];
+            match self.stream.read(&mut tmp) {
+                Ok(0) => return true,
+                Ok(n) => self.buf.extend_from_slice(&tmp[..n]),
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.kind() == std::io::ErrorKind::TimedOut => {}
+                Err(_) => return true,
+            }
+        }
+        false
+    }
+}
+
+/// `GET path` on a fresh keep-alive connection.
+pub fn http_get(addr: SocketAddr, path: &str) -> HttpResponse {
+    HttpConn::connect(addr)
+        .request(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes())
+}
+
+/// Sends an upgrade request for `path` (with `extra` header lines) and
+/// returns the status of the answer and the stream (still open after 101).
+pub fn upgrade_status(addr: SocketAddr, path: &str, extra: &str) -> (u16, TcpStream) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(&upgrade_request(path, extra)).unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match s.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => break,
+        }
+    }
+    (status_of(&String::from_utf8_lossy(&head)), s)
+}
+
+/// One sample of a Prometheus text exposition.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub name: String,
+    pub labels: Vec<(String, String)>,
+    pub value: f64,
+}
+
+/// A parsed Prometheus text-format (0.0.4) exposition.
+#[derive(Debug, Clone, Default)]
+pub struct Metrics {
+    pub samples: Vec<Sample>,
+    /// Family name → type.
+    pub types: Vec<(String, String)>,
+}
+
+fn parse_labels(s: &str) -> Result<Vec<(String, String)>, String> {
+    let mut out = Vec::new();
+    let mut rest = s;
+    loop {
+        rest = rest.trim_start_matches([' ', ',']);
+        if rest.is_empty() {
+            return Ok(out);
+        }
+        let (name, after) = rest
+            .split_once("=\"")
+            .ok_or_else(|| format!("bad label in {s:?}"))?;
+        let name = name.trim();
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            return Err(format!("bad label name {name:?}"));
+        }
+        let mut value = String::new();
+        let mut chars = after.char_indices();
+        let mut end = None;
+        while let Some((i, c)) = chars.next() {
+            match c {
+                '\\' => match chars.next() {
+                    Some((_, 'n')) => value.push('\n'),
+                    Some((_, c @ ('\\' | '"'))) => value.push(c),
+                    other => return Err(format!("bad escape {other:?} in {s:?}")),
+                },
+                '"' => {
+                    end = Some(i);
+                    break;
+                }
+                c => value.push(c),
+            }
+        }
+        let end = end.ok_or_else(|| format!("unterminated label value in {s:?}"))?;
+        out.push((name.to_string(), value));
+        rest = &after[end + 1..];
+    }
+}
+
+impl Metrics {
+    /// Parses and checks the exposition: every sample belongs to a family
+    /// announced by `# HELP` and `# TYPE` (before its samples), types are
+    /// valid, values are numbers, no sample appears twice.
+    pub fn parse(text: &str) -> Result<Metrics, String> {
+        let mut m = Metrics::default();
+        let mut helps: Vec<String> = Vec::new();
+        let mut seen: Vec<(String, Vec<(String, String)>)> = Vec::new();
+        for line in text.lines() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            if let Some(rest) = line.strip_prefix("# HELP ") {
+                let name = rest.split(' ').next().unwrap_or("").to_string();
+                if helps.contains(&name) {
+                    return Err(format!("HELP twice for {name}"));
+                }
+                helps.push(name);
+                continue;
+            }
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let mut it = rest.split(' ');
+                let name = it.next().unwrap_or("").to_string();
+                let kind = it.next().unwrap_or("").to_string();
+                if !["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind.as_str())
+                {
+                    return Err(format!("bad TYPE line {line:?}"));
+                }
+                if m.types.iter().any(|(n, _)| *n == name) {
+                    return Err(format!("TYPE twice for {name}"));
+                }
+                m.types.push((name, kind));
+                continue;
+            }
+            if line.starts_with('#') {
+                continue;
+            }
+            let (name_labels, value) = match line.find('}') {
+                Some(close) => (&line[..close + 1], line[close + 1..].trim()),
+                None => line
+                    .split_once(' ')
+                    .ok_or_else(|| format!("sample without value: {line:?}"))?,
+            };
+            let (name, labels) = match name_labels.split_once('{') {
+                Some((n, l)) => (n, parse_labels(l.strip_suffix('}').unwrap_or(l))?),
+                None => (name_labels, Vec::new()),
+            };
+            if name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b':')
+            {
+                return Err(format!("bad metric name in {line:?}"));
+            }
+            let value_str = value.split(' ').next().unwrap_or("");
+            let value: f64 = match value_str {
+                "+Inf" => f64::INFINITY,
+                "-Inf" => f64::NEG_INFINITY,
+                v => v
+                    .parse()
+                    .map_err(|_| format!("bad value {v:?} in {line:?}"))?,
+            };
+            let family = m
+                .types
+                .iter()
+                .map(|(n, _)| n.as_str())
+                .find(|f| {
+                    *f == name
+                        || ["_bucket", "_sum", "_count"]
+                            .iter()
+                            .any(|s| name.strip_suffix(s) == Some(f))
+                })
+                .ok_or_else(|| format!("sample {name} before/without # TYPE"))?
+                .to_string();
+            if !helps.contains(&family) {
+                return Err(format!("sample {name} without # HELP"));
+            }
+            let mut key_labels = labels.clone();
+            key_labels.sort();
+            let key = (name.to_string(), key_labels);
+            if seen.contains(&key) {
+                return Err(format!("duplicate sample {line:?}"));
+            }
+            seen.push(key);
+            m.samples.push(Sample {
+                name: name.to_string(),
+                labels,
+                value,
+            });
+        }
+        Ok(m)
+    }
+
+    /// The value of the sample with exactly these labels.
+    pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        self.samples
+            .iter()
+            .find(|s| {
+                s.name == name
+                    && s.labels.len() == labels.len()
+                    && labels
+                        .iter()
+                        .all(|(k, v)| s.labels.iter().any(|(a, b)| a == k && b == v))
+            })
+            .map(|s| s.value)
+    }
+
+    /// Value of an unlabelled sample; panics if absent.
+    pub fn value(&self, name: &str) -> f64 {
+        self.get(name, &[])
+            .unwrap_or_else(|| panic!("no sample {name}"))
+    }
+
+    pub fn type_of(&self, name: &str) -> Option<&str> {
+        self.types
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, t)| t.as_str())
+    }
+}
+
+/// `GET /metrics`, checked (200, content type 0.0.4) and parsed.
+pub fn scrape(addr: SocketAddr) -> Metrics {
+    let r = http_get(addr, "/metrics");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let ct = r.header("content-type").unwrap_or("");
+    assert!(
+        ct.starts_with("text/plain") && ct.contains("version=0.0.4"),
+        "content type {ct:?}"
+    );
+    Metrics::parse(&r.text()).unwrap_or_else(|e| panic!("{e}\n{}", r.text()))
+}
+
+/// Connects room/echo clients to `path` until every worker holds at least
+/// `min_each` of them (connecting one at a time and reading which
+/// worker's upgrade counter moved). Returns (worker, client) pairs.
+pub fn connect_on_every_worker(
+    h: &ServerHandle,
+    path: &str,
+    min_each: usize,
+) -> Vec<(usize, RawClient)> {
+    let workers = h.workers();
+    let mut out: Vec<(usize, RawClient)> = Vec::new();
+    for _ in 0..200 {
+        let done = (0..workers).all(|w| out.iter().filter(|(x, _)| *x == w).count() >= min_each);
+        if done {
+            return out;
+        }
+        let before = upgrades_by_worker(h);
+        let c = RawClient::connect(h.local_addr(), path);
+        let mut landed = None;
+        assert!(
+            eventually(Duration::from_secs(5), || {
+                let now = upgrades_by_worker(h);
+                landed = (0..workers).find(|&w| now[w] > before[w]);
+                landed.is_some()
+            }),
+            "no worker counted the upgrade"
+        );
+        out.push((landed.unwrap(), c));
+    }
+    panic!("connections never spread over all {workers} workers");
+}
