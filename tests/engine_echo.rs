@@ -1,0 +1,326 @@
+//! The /echo endpoint over real sockets: payload sizes and types with an
+//! independent client (tungstenite), fragmentation, control frames, the
+//! close handshake and a first frame sent together with the upgrade, with
+//! the raw-bytes client.
+
+mod common;
+use common::*;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+use tungstenite::Message;
+use wsrelay::protocol::{encode_client_frame, OpCode};
+
+const SIZES: [usize; 7] = [0, 1, 125, 126, 65535, 65536, 200_000];
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+#[test]
+fn echoes_binary_at_boundary_lengths_with_tungstenite() {
+    let h = start(engine_config());
+    let mut ws = ws_connect(h.local_addr(), "/echo");
+    for (i, &len) in SIZES.iter().enumerate() {
+        let data = pattern(len, i as u8);
+        ws.send(Message::Binary(data.clone())).unwrap();
+        match ws_expect_data(&mut ws) {
+            Message::Binary(got) => {
+                assert_eq!(got.len(), len);
+                assert!(got == data, "binary payload of {len} bytes differs");
+            }
+            other => panic!("len {len}: expected binary, got {other:?}"),
+        }
+    }
+    h.shutdown();
+    h.join();
+}
+
+#[test]
+fn echoes_text_at_boundary_lengths_with_tungstenite() {
+    let h = start(engine_config());
+    let mut ws = ws_connect(h.local_addr(), "/echo");
+    for &len in &SIZES {
+        // Mix multi-byte characters in, keeping the exact byte length.
+        let mut s = String::with_capacity(len);
+        while s.len() + 3 <= len {
+            s.push(if s.len() % 7 == 0 { '€' } else { 'x' });
+        }
+        while s.len() < len {
+            s.push('y');
+        }
+        assert_eq!(s.len(), len);
+        ws.send(Message::Text(s.clone())).unwrap();
+        match ws_expect_data(&mut ws) {
+            Message::Text(got) => assert!(got == s, "text of {len} bytes differs"),
+            other => panic!("len {len}: expected text, got {other:?}"),
+        }
+    }
+    h.shutdown();
+    h.join();
+}
+
+#[test]
+fn many_small_messages_echo_in_order() {
+    let h = start(engine_config());
+    let mut ws = ws_connect(h.local_addr(), "/echo");
+    // Write a burst without reading, then read everything back.
+    for i in 0..1000 {
+        ws.write(if i % 2 == 0 {
+            Message::Text(format!("m{i}"))
+        } else {
+            Message::Binary(format!("m{i}").into_bytes())
+        })
+        .unwrap();
+    }
+    ws.flush().unwrap();
+    for i in 0..1000 {
+        let m = ws_expect_data(&mut ws);
+        let want = format!("m{i}");
+        match (i % 2, m) {
+            (0, Message::Text(t)) => assert_eq!(t, want),
+            (1, Message::Binary(b)) => assert_eq!(b, want.as_bytes()),
+            (_, m) => panic!("message {i}: {m:?}"),
+        }
+    }
+    h.shutdown();
+    h.join();
+}
+
+#[test]
+fn fragmented_text_with_interleaved_ping_is_echoed_whole() {
+    let h = start(engine_config());
+    let mut c = RawClient::connect(h.local_addr(), "/echo");
+    c.send_frame(false, OpCode::Text, b"Hel");
+    c.send_frame(true, OpCode::Ping, b"mid");
+    c.send_frame(true, OpCode::Continuation, b"lo");
+    let pong = c.expect_frame();
+    assert_eq!(
+        (pong.opcode, pong.fin, pong.payload.as_slice()),
+        (OpCode::Pong, true, &b"mid"[..])
+    );
+    let msg = c.expect_frame();
+    assert_eq!(
+        (msg.opcode, msg.fin, msg.payload.as_slice()),
+        (OpCode::Text, true, &b"Hello"[..])
+    );
+    // A binary message in many fragments, one of them empty, and a
+    // multi-byte character split across text fragments.
+    c.send_frame(false, OpCode::Binary, &[1, 2]);
+    c.send_frame(false, OpCode::Continuation, &[]);
+    c.send_frame(false, OpCode::Continuation, &[3]);
+    c.send_frame(true, OpCode::Continuation, &[4, 5]);
+    let msg = c.expect_frame();
+    assert_eq!(
+        (msg.opcode, msg.payload.as_slice()),
+        (OpCode::Binary, &[1u8, 2, 3, 4, 5][..])
+    );
+    let euro = "€".as_bytes();
+    c.send_frame(false, OpCode::Text, &euro[..1]);
+    c.send_frame(true, OpCode::Continuation, &euro[1..]);
+    let msg = c.expect_frame();
+    assert_eq!((msg.opcode, msg.payload.as_slice()), (OpCode::Text, euro));
+    h.shutdown();
+    h.join();
+}
+
+#[test]
+fn frame_split_across_many_writes_is_reassembled() {
+    // The server must not depend on read boundaries: feed one frame a few
+    // bytes at a time.
+    let h = start(engine_config());
+    let mut c = RawClient::connect(h.local_addr(), "/echo");
+    let payload = pattern(300, 9);
+    let mut bytes = Vec::new();
+    encode_client_frame(true, OpCode::Binary, &payload, [1, 2, 3, 4], &mut bytes);
+    for chunk in bytes.chunks(7) {
+        c.send_raw(chunk);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let f = c.expect_frame();
+    assert_eq!((f.opcode, f.payload), (OpCode::Binary, payload));
+    h.shutdown();
+    h.join();
+}
+
+#[test]
+fn ping_gets_pong_with_same_payload_raw() {
+    let h = start(engine_config());
+    let mut c = RawClient::connect(h.local_addr(), "/echo");
+    for payload in [&b""[..], b"x", &[7u8; 125][..]] {
+        c.send_frame(true, OpCode::Ping, payload);
+        let f = c.expect_frame();
+        assert_eq!((f.opcode, f.payload.as_slice()), (OpCode::Pong, payload));
+    }
+    // An unsolicited pong is ignored (no answer, connection stays usable).
+    c.send_frame(true, OpCode::Pong, b"unsolicited");
+    c.send_text("still here");
+    let f = c.expect_frame();
+    assert_eq!(
+        (f.opcode, f.payload.as_slice()),
+        (OpCode::Text, &b"still here"[..])
+    );
+    h.shutdown();
+    h.join();
+}
+
+#[test]
+fn ping_gets_pong_with_same_payload_tungstenite() {
+    let h = start(engine_config());
+    let mut ws = ws_connect(h.local_addr(), "/echo");
+    ws.send(Message::Ping(b"are you there".to_vec())).unwrap();
+    loop {
+        match ws_read(&mut ws, Duration::from_secs(5)) {
+            Some(Message::Pong(p)) => {
+                assert_eq!(p, b"are you there");
+                break;
+            }
+            Some(Message::Ping(_)) => continue,
+            other => panic!("expected pong, got {other:?}"),
+        }
+    }
+    h.shutdown();
+    h.join();
+}
+
+#[test]
+fn close_is_echoed_then_tcp_closed_raw() {
+    let h = start(engine_config());
+    let mut c = RawClient::connect(h.local_addr(), "/echo");
+    c.send_close(1000, "bye");
+    let f = c.expect_frame();
+    assert_eq!(f.opcode, OpCode::Close);
+    assert_eq!(f.close_code().map(|(code, _)| code), Some(1000));
+    assert!(c.wait_eof(Duration::from_secs(3)), "server keeps TCP open");
+    // Close with an application code is echoed with that code.
+    let mut c = RawClient::connect(h.local_addr(), "/echo");
+    c.send_close(4321, "");
+    assert_eq!(c.expect_close(Duration::from_secs(5)).0, 4321);
+    assert!(c.wait_eof(Duration::from_secs(3)));
+    // An empty close is answered with an empty close.
+    let mut c = RawClient::connect(h.local_addr(), "/echo");
+    c.send_frame(true, OpCode::Close, b"");
+    let f = c.expect_frame();
+    assert_eq!((f.opcode, f.payload.len()), (OpCode::Close, 0));
+    assert!(c.wait_eof(Duration::from_secs(3)));
+    let received_1000: u64 = h
+        .shared()
+        .metrics
+        .iter()
+        .map(|m| m.close_received[wsrelay::metrics::close_code_index(1000)].get())
+        .sum();
+    assert_eq!(received_1000, 1);
+    h.shutdown();
+    h.join();
+}
+
+#[test]
+fn close_is_echoed_then_tcp_closed_tungstenite() {
+    let h = start(engine_config());
+    let mut ws = ws_connect(h.local_addr(), "/echo");
+    ws.close(Some(tungstenite::protocol::CloseFrame {
+        code: tungstenite::protocol::frame::coding::CloseCode::Normal,
+        reason: "bye".into(),
+    }))
+    .unwrap();
+    let (code, _) = ws_expect_close(&mut ws, Duration::from_secs(5));
+    assert_eq!(code, 1000);
+    assert!(ws_wait_closed(&mut ws, Duration::from_secs(3)));
+    h.shutdown();
+    h.join();
+}
+
+#[test]
+fn data_after_close_is_ignored() {
+    // After the client's close, further frames are not answered.
+    let h = start(engine_config());
+    let mut c = RawClient::connect(h.local_addr(), "/echo");
+    let mut bytes = Vec::new();
+    encode_client_frame(true, OpCode::Close, &[0x03, 0xe8], [9, 9, 9, 9], &mut bytes);
+    encode_client_frame(true, OpCode::Text, b"late", [1, 1, 1, 1], &mut bytes);
+    c.send_raw(&bytes);
+    let f = c.expect_frame();
+    assert_eq!(f.opcode, OpCode::Close);
+    assert!(
+        c.wait_eof(Duration::from_secs(3)),
+        "only EOF after the close"
+    );
+    h.shutdown();
+    h.join();
+}
+
+#[test]
+fn first_frame_in_same_write_as_upgrade_is_processed() {
+    let h = start(engine_config());
+    let mut s = TcpStream::connect(h.local_addr()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut bytes = upgrade_request("/echo", "");
+    encode_client_frame(
+        true,
+        OpCode::Text,
+        b"early",
+        [0xa1, 0xb2, 0xc3, 0xd4],
+        &mut bytes,
+    );
+    encode_client_frame(true, OpCode::Ping, b"p", [5, 6, 7, 8], &mut bytes);
+    s.write_all(&bytes).unwrap();
+    let mut got = Vec::new();
+    let mut tmp = [0u8; 4096];
+    // 101 head + text frame (2 + 5) + pong frame (2 + 1).
+    let head_end = loop {
+        if let Some(p) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            if got.len() >= p + 4 + 7 + 3 {
+                break p + 4;
+            }
+        }
+        let n = s.read(&mut tmp).unwrap();
+        assert!(n > 0, "EOF; got {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&tmp[..n]);
+    };
+    let head = String::from_utf8_lossy(&got[..head_end]);
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    assert!(head.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
+    // Unmasked server frames: FIN|text, len 5, "early"; FIN|pong, len 1, "p".
+    assert_eq!(
+        &got[head_end..],
+        &[&[0x81u8, 5][..], b"early", &[0x8a, 1], b"p"].concat()[..]
+    );
+    h.shutdown();
+    h.join();
+}
+
+#[test]
+fn partial_first_frame_in_upgrade_write_completes_later() {
+    let h = start(engine_config());
+    let mut c = RawClient::connect_tcp(h.local_addr());
+    let mut frame = Vec::new();
+    encode_client_frame(
+        true,
+        OpCode::Binary,
+        &pattern(1000, 3),
+        [1, 2, 3, 4],
+        &mut frame,
+    );
+    let mut bytes = upgrade_request("/echo", "");
+    bytes.extend_from_slice(&frame[..10]);
+    c.send_raw(&bytes);
+    // Read the 101 head byte by byte so no frame bytes are consumed here.
+    c.stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(c.stream.read(&mut b).unwrap(), 1);
+        head.push(b[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101 "));
+    std::thread::sleep(Duration::from_millis(50));
+    c.send_raw(&frame[10..]);
+    let f = c.expect_frame();
+    assert_eq!((f.opcode, f.payload), (OpCode::Binary, pattern(1000, 3)));
+    h.shutdown();
+    h.join();
+}
