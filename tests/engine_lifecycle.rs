@@ -1,0 +1,556 @@
+//! Timers and lifetimes: heartbeats, the handshake deadline, keep-alive
+//! idling, graceful shutdown in-process and of the real binary (SIGTERM),
+//! and the binary's start-up errors.
+
+mod common;
+use common::*;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+use tungstenite::Message;
+use wsrelay::config::Config;
+use wsrelay::protocol::OpCode;
+use wsrelay::server::ServerHandle;
+
+fn heartbeat_config() -> Config {
+    Config {
+        ping_interval: Duration::from_millis(200),
+        pong_timeout: Duration::from_millis(200),
+        ..engine_config()
+    }
+}
+
+fn ping_timeouts(h: &ServerHandle) -> u64 {
+    h.totals().ping_timeouts
+}
+
+/// `join()` in a thread; true if it returned within `timeout`.
+fn join_within(h: ServerHandle, timeout: Duration) -> bool {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        h.join();
+        let _ = tx.send(());
+    });
+    rx.recv_timeout(timeout).is_ok()
+}
+
+// ----- heartbeats ------------------------------------------------------------
+
+#[test]
+fn unanswered_ping_closes_the_connection() {
+    let h = start(heartbeat_config());
+    let mut c = RawClient::connect(h.local_addr(), "/echo");
+    let f = match c.read_frame(Duration::from_secs(3)) {
+        Read_::Frame(f) => f,
+        other => panic!("expected a ping, got {other:?}"),
+    };
+    assert_eq!(f.opcode, OpCode::Ping);
+    assert!(f.payload.len() <= 125);
+    // Never answered: dropped within pong_timeout (plus slack).
+    assert!(
+        c.wait_eof(Duration::from_secs(3)),
+        "connection must be closed after an unanswered ping"
+    );
+    assert!(eventually(Duration::from_secs(2), || ping_timeouts(&h) >= 1));
+    assert!(eventually(Duration::from_secs(2), || h
+        .totals()
+        .connections_open
+        == 0));
+    h.shutdown();
+    h.join();
+}
+
+#[test]
+fn tungstenite_client_answers_pings_and_stays_open() {
+    let h = start(heartbeat_config());
+    let mut ws = ws_connect(h.local_addr(), "/echo");
+    // Read (tungstenite answers each ping while reading) for several
+    // ping intervals and pong timeouts.
+    let mut pings = 0;
+    let until = Instant::now() + Duration::from_millis(1200);
+    while Instant::now() < until {
+        match ws_read(&mut ws, Duration::from_millis(100)) {
+            Some(Message::Ping(_)) => pings += 1,
+            Some(other) => panic!("unexpected {other:?}"),
+            None => {}
+        }
+    }
+    assert!(pings >= 2, "expected repeated pings, got {pings}");
+    ws.send(Message::Text("still open".into())).unwrap();
+    assert_eq!(ws_expect_data(&mut ws), Message::Text("still open".into()));
+    assert_eq!(ping_timeouts(&h), 0);
+    h.shutdown();
+    h.join();
+}
+
+#[test]
+fn raw_client_answering_pongs_stays_open() {
+    let h = start(heartbeat_config());
+    let mut c = RawClient::connect(h.local_addr(), "/rooms/hb");
+    let mut pings = 0;
+    let until = Instant::now() + Duration::from_millis(1500);
+    while Instant::now() < until {
+        match c.read_frame(Duration::from_millis(100)) {
+            Read_::Frame(f) if f.opcode == OpCode::Ping => {
+                pings += 1;
+                c.send_frame(true, OpCode::Pong, &f.payload);
+            }
+            Read_::Frame(f) => panic!("unexpected {f:?}"),
+            Read_::Eof => panic!("closed although every ping was answered"),
+            Read_::Timeout => {}
+        }
+    }
+    assert!(pings >= 2, "{pings}");
+    assert_eq!(ping_timeouts(&h), 0);
+    assert_eq!(h.totals().connections_open, 1);
+    h.shutdown();
+    h.join();
+}
+
+#[test]
+fn heartbeats_off_leave_idle_connections_alone() {
+    let h = start(Config {
+        ping_interval: Duration::ZERO,
+        handshake_timeout: Duration::from_millis(200),
+        ..engine_config()
+    });
+    let mut c = RawClient::connect(h.local_addr(), "/echo");
+    // Idle well past the handshake deadline: no ping, no close.
+    match c.read_frame(Duration::from_millis(800)) {
+        Read_::Timeout => {}
+        other => panic!("idle connection got {other:?}"),
+    }
+    c.send_text("x");
+    assert_eq!(c.expect_frame().payload, b"x");
+    h.shutdown();
+    h.join();
+}
+
+// ----- handshake deadline ------------------------------------------------------
+
+#[test]
+fn partial_request_head_is_dropped_at_the_handshake_deadline() {
+    let h = start(Config {
+        handshake_timeout: Duration::from_millis(300),
+        ..engine_config()
+    });
+    let t = Instant::now();
+    let mut c = RawClient::connect_tcp(h.local_addr());
+    c.send_raw(b"GET /echo HTTP/1.1\r\nHost: localhost\r\nUpgr");
+    assert!(c.wait_eof(Duration::from_secs(3)), "not disconnected");
+    // Not before the deadline (timer granularity is 10 ms).
+    assert!(
+        t.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        t.elapsed()
+    );
+    // A connection that sends nothing at all is dropped the same way.
+    let mut c = RawClient::connect_tcp(h.local_addr());
+    assert!(c.wait_eof(Duration::from_secs(3)));
+    // Trickling bytes does not extend the deadline.
+    let t = Instant::now();
+    let mut c = RawClient::connect_tcp(h.local_addr());
+    let mut closed = false;
+    for b in b"GET /echo HTTP/1.1\r\nHost: localhost\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa" {
+        c.send_raw(&[*b]);
+        if let Read_::Eof = c.read_frame(Duration::from_millis(30)) {
+            closed = true;
+            break;
+        }
+    }
+    assert!(
+        closed || c.wait_eof(Duration::from_secs(3)),
+        "trickled head kept the connection open"
+    );
+    assert!(t.elapsed() < Duration::from_secs(3));
+    h.shutdown();
+    h.join();
+}
+
+#[test]
+fn idle_keep_alive_http_connection_is_closed() {
+    let h = start(Config {
+        handshake_timeout: Duration::from_millis(300),
+        ..engine_config()
+    });
+    let mut s = TcpStream::connect(h.local_addr()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut buf = Vec::new();
+    let mut tmp = [0u8; 1024];
+    // The answer, then EOF once the connection idled past the deadline.
+    loop {
+        match s.read(&mut tmp) {
+            Ok(0) => break,
+            Ok(n) => buf.extend_from_slice(&tmp[..n]),
+            Err(e) => panic!("no EOF on an idle keep-alive connection: {e}"),
+        }
+    }
+    let text = String::from_utf8_lossy(&buf);
+    assert!(text.starts_with("HTTP/1.1 200 "), "{text}");
+    h.shutdown();
+    h.join();
+}
+
+// ----- graceful shutdown (in-process) -------------------------------------------
+
+#[test]
+fn shutdown_closes_every_connection_with_1001_and_exits_once_answered() {
+    let h = start(Config {
+        // Long: join() must return because everyone answered, not because
+        // the timeout passed.
+        shutdown_timeout: Duration::from_secs(30),
+        ..engine_config()
+    });
+    let addr = h.local_addr();
+    let mut ws_echo = ws_connect(addr, "/echo");
+    let mut ws_room = ws_connect(addr, "/rooms/bye");
+    let mut raw_echo = RawClient::connect(addr, "/echo");
+    let mut raw_room = RawClient::connect(addr, "/rooms/bye?role=sub");
+    // An idle plain-HTTP keep-alive connection is closed too.
+    let mut idle_http = TcpStream::connect(addr).unwrap();
+    idle_http
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    idle_http
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut tmp = [0u8; 1024];
+    assert!(idle_http.read(&mut tmp).unwrap() > 0);
+    assert!(eventually(Duration::from_secs(2), || h
+        .totals()
+        .connections_open
+        == 4));
+
+    let t = Instant::now();
+    h.shutdown();
+    for ws in [&mut ws_echo, &mut ws_room] {
+        assert_eq!(
+            ws_expect_close(ws, Duration::from_secs(5)),
+            (1001, "server shutting down".to_string())
+        );
+        // tungstenite answered the close while reading; then TCP closes.
+        assert!(ws_wait_closed(ws, Duration::from_secs(5)));
+    }
+    for c in [&mut raw_echo, &mut raw_room] {
+        assert_eq!(c.expect_close(Duration::from_secs(5)).0, 1001);
+        c.send_close(1001, "");
+        assert!(c.wait_eof(Duration::from_secs(5)));
+    }
+    let n = idle_http.read(&mut tmp).unwrap_or(0);
+    assert_eq!(n, 0, "idle keep-alive connection not closed");
+    // New connections are refused once the listeners are gone.
+    assert!(eventually(Duration::from_secs(5), || TcpStream::connect(
+        addr
+    )
+    .is_err()));
+    assert!(
+        join_within(h, Duration::from_secs(10)),
+        "join() did not return although every connection closed"
+    );
+    assert!(t.elapsed() < Duration::from_secs(20));
+}
+
+#[test]
+fn shutdown_gives_up_on_silent_clients_after_shutdown_timeout() {
+    let h = start(Config {
+        shutdown_timeout: Duration::from_millis(500),
+        ..engine_config()
+    });
+    let mut c = RawClient::connect(h.local_addr(), "/echo");
+    let mut w = ws_connect(h.local_addr(), "/rooms/x");
+    h.shutdown();
+    assert_eq!(c.expect_close(Duration::from_secs(5)).0, 1001);
+    // `c` never answers; `w` is never read (so never answers either).
+    assert!(join_within(h, Duration::from_secs(10)), "join() hung");
+    assert!(c.wait_eof(Duration::from_secs(3)));
+    let (code, _) = ws_expect_close(&mut w, Duration::from_secs(3));
+    assert_eq!(code, 1001);
+}
+
+#[test]
+fn shutdown_with_no_connections_is_immediate() {
+    let h = start(Config {
+        shutdown_timeout: Duration::from_secs(30),
+        ..engine_config()
+    });
+    h.shutdown();
+    assert!(join_within(h, Duration::from_secs(10)));
+}
+
+// ----- the real binary ------------------------------------------------------------
+
+const BIN: &str = env!("CARGO_BIN_EXE_wsrelay");
+
+/// A port that was free a moment ago.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn relay_cmd(args: &[&str]) -> Command {
+    let mut c = Command::new(BIN);
+    c.args(args)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    c
+}
+
+/// Waits for the child to exit; kills it (it is ours) after `timeout`.
+fn wait_exit(child: &mut Child, timeout: Duration) -> ExitStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("wsrelay did not exit within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn stderr_of(child: &mut Child) -> String {
+    let mut s = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut s);
+    }
+    s
+}
+
+/// Waits until `addr` answers /healthz with 200.
+fn wait_ready(child: &mut Child, addr: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("wsrelay exited early ({status}): {}", stderr_of(child));
+        }
+        if TcpStream::connect(addr).is_ok() {
+            let (resp, _) = http_exchange(
+                addr,
+                b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                Duration::from_secs(3),
+            );
+            if status_of(&resp) == 200 {
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "wsrelay never became ready");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+fn sigterm(child: &Child) {
+    // SAFETY: kill(2) on the pid of a child we spawned and have not reaped.
+    let rc = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    assert_eq!(rc, 0);
+}
+
+/// Starts the binary on a free port (retrying if another process grabs
+/// the port in between).
+fn spawn_relay(extra: &[&str]) -> (Child, SocketAddr) {
+    for _ in 0..5 {
+        let port = free_port();
+        let listen = format!("127.0.0.1:{port}");
+        let mut args = vec![
+            "--listen",
+            &listen,
+            "--workers",
+            "2",
+            "--max-connections",
+            "1000",
+            "--stats-interval",
+            "0",
+            "--shutdown-timeout",
+            "5s",
+        ];
+        args.extend_from_slice(extra);
+        let mut child = relay_cmd(&args).spawn().unwrap();
+        let addr: SocketAddr = listen.parse().unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        if let Some(status) = child.try_wait().unwrap() {
+            let err = stderr_of(&mut child);
+            if err.contains("cannot listen") {
+                continue; // port taken meanwhile
+            }
+            panic!("wsrelay exited at start ({status}): {err}");
+        }
+        wait_ready(&mut child, addr);
+        return (child, addr);
+    }
+    panic!("no free port found");
+}
+
+#[test]
+fn binary_sigterm_sends_1001_and_exits_zero() {
+    let (mut child, addr) = spawn_relay(&[]);
+    let mut ws = ws_connect(addr, "/echo");
+    ws.send(Message::Text("hi".into())).unwrap();
+    assert_eq!(ws_expect_data(&mut ws), Message::Text("hi".into()));
+    let mut room = RawClient::connect(addr, "/rooms/sig");
+    sigterm(&child);
+    assert_eq!(
+        ws_expect_close(&mut ws, Duration::from_secs(5)),
+        (1001, "server shutting down".to_string())
+    );
+    assert!(ws_wait_closed(&mut ws, Duration::from_secs(5)));
+    assert_eq!(room.expect_close(Duration::from_secs(5)).0, 1001);
+    room.send_close(1001, "");
+    assert!(room.wait_eof(Duration::from_secs(5)));
+    let status = wait_exit(&mut child, Duration::from_secs(10));
+    assert_eq!(status.code(), Some(0), "{}", stderr_of(&mut child));
+}
+
+fn temp_path(tag: &str) -> PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    std::env::temp_dir().join(format!(
+        "wsrelay-engine-{tag}-{}-{}.toml",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ))
+}
+
+#[test]
+fn binary_print_config_output_starts_the_relay() {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let out = relay_cmd(&[
+        "--print-config",
+        "--listen",
+        &listen,
+        "--ping-interval",
+        "45s",
+        "--max-connections",
+        "1000",
+        "--stats-interval",
+        "0",
+        "--echo-self",
+    ])
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("ping_interval = \"45s\""), "{text}");
+    assert!(text.contains(&listen), "{text}");
+    let path = temp_path("printed");
+    std::fs::write(&path, &text).unwrap();
+    let mut child = relay_cmd(&["--config", path.to_str().unwrap()])
+        .spawn()
+        .unwrap();
+    let addr: SocketAddr = listen.parse().unwrap();
+    wait_ready(&mut child, addr);
+    // The file's settings are in force: echo_self delivers our own message.
+    let mut ws = ws_connect(addr, "/rooms/printed");
+    ws.send(Message::Text("me".into())).unwrap();
+    assert_eq!(ws_expect_data(&mut ws), Message::Text("me".into()));
+    sigterm(&child);
+    assert_eq!(ws_expect_close(&mut ws, Duration::from_secs(5)).0, 1001);
+    assert!(ws_wait_closed(&mut ws, Duration::from_secs(5)));
+    let status = wait_exit(&mut child, Duration::from_secs(10));
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(status.code(), Some(0), "{}", stderr_of(&mut child));
+}
+
+#[test]
+fn binary_unknown_config_key_exits_2_with_one_line() {
+    let path = temp_path("bad");
+    std::fs::write(&path, "listen = \"127.0.0.1:0\"\nbogus_key = 1\n").unwrap();
+    let out = relay_cmd(&["--config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(lines[0].contains("bogus_key"), "{err}");
+    // Unknown flag: same contract.
+    let out = relay_cmd(&["--bogus-flag", "1"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains("--bogus-flag"), "{err}");
+}
+
+#[test]
+fn binary_unbindable_address_exits_2_naming_the_address() {
+    // A plain std listener (SO_REUSEADDR but not SO_REUSEPORT) holds the
+    // port: the relay's SO_REUSEPORT bind must fail with EADDRINUSE.
+    let holder = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = holder.local_addr().unwrap();
+    let listen = addr.to_string();
+    let out = relay_cmd(&[
+        "--listen",
+        &listen,
+        "--max-connections",
+        "1000",
+        "--log-level",
+        "error",
+    ])
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(lines[0].contains(&listen), "{err}");
+    assert!(
+        lines[0].to_ascii_lowercase().contains("in use"),
+        "expected EADDRINUSE: {err}"
+    );
+    // In-process start() reports the same as a Bind error.
+    let e = wsrelay::server::start(Config {
+        listen: addr,
+        ..engine_config()
+    })
+    .err()
+    .expect("bind must fail");
+    assert!(
+        matches!(&e, wsrelay::server::StartError::Bind { addr: a, .. } if *a == addr),
+        "{e}"
+    );
+    drop(holder);
+}
+
+// ----- close deadline -------------------------------------------------------------
+
+#[test]
+fn server_initiated_close_without_answer_is_dropped_after_close_timeout() {
+    let h = start(Config {
+        close_timeout: Duration::from_millis(300),
+        ..engine_config()
+    });
+    // A subscriber that publishes is closed by the server (1008); it
+    // never answers the close, so TCP is dropped at the close deadline.
+    let mut c = RawClient::connect(h.local_addr(), "/rooms/ro?role=sub");
+    c.send_text("not allowed");
+    let t = Instant::now();
+    let (code, reason) = c.expect_close(Duration::from_secs(5));
+    assert_eq!(code, 1008, "{reason}");
+    assert!(
+        c.wait_eof(Duration::from_secs(3)),
+        "no EOF after close_timeout"
+    );
+    assert!(
+        t.elapsed() >= Duration::from_millis(200),
+        "{:?}",
+        t.elapsed()
+    );
+    assert!(eventually(Duration::from_secs(2), || h
+        .totals()
+        .connections_open
+        == 0));
+    h.shutdown();
+    h.join();
+}
