@@ -267,7 +267,6 @@ fn max_room_name_bytes_limits_room_names() {
 
 /// The 400 text should state the configured limit, not the default one.
 #[test]
-#[ignore = "bug (minor): 400 body for a bad room name always says \"1-128 bytes\" (RejectReason::BadRoomName text in src/protocol/handshake.rs, and check_publish in src/server/http.rs) even when max_room_name_bytes is 8"]
 fn bad_room_name_message_states_the_configured_limit() {
     let h = start(Config {
         max_room_name_bytes: 8,

@@ -65,6 +65,11 @@ pub fn ws_route(
     })
 }
 
+/// The room-name rule, stated with the configured limit.
+pub fn room_name_rule(max: usize) -> String {
+    format!("room name must be 1-{max} bytes of [A-Za-z0-9._~-]\n")
+}
+
 /// Whether a path is a WebSocket endpoint (for 426 on plain requests).
 pub fn is_ws_path(path: &str) -> bool {
     path == "/echo" || path.starts_with("/rooms/")
@@ -97,7 +102,7 @@ pub fn text(status: u16, body: &str, keep_alive: bool) -> Vec<u8> {
 #[derive(Debug, PartialEq, Eq)]
 pub struct PublishReject {
     pub status: u16,
-    pub body: &'static str,
+    pub body: String,
     pub extra: &'static str,
 }
 
@@ -109,9 +114,9 @@ pub fn check_publish<'a>(
     max_body: usize,
     max_room_name_bytes: usize,
 ) -> Result<(&'a str, usize), PublishReject> {
-    let reject = |status, body| PublishReject {
+    let reject = |status, body: &str| PublishReject {
         status,
-        body,
+        body: body.to_string(),
         extra: "",
     };
     let room = req.path.strip_prefix("/publish/").unwrap_or("");
@@ -121,7 +126,7 @@ pub fn check_publish<'a>(
     if req.method != "POST" {
         return Err(PublishReject {
             status: 405,
-            body: "publish requires POST\n",
+            body: "publish requires POST\n".into(),
             extra: "Allow: POST\r\n",
         });
     }
@@ -132,15 +137,12 @@ pub fn check_publish<'a>(
     if !authorized {
         return Err(PublishReject {
             status: 401,
-            body: "missing or wrong bearer token\n",
+            body: "missing or wrong bearer token\n".into(),
             extra: "WWW-Authenticate: Bearer\r\n",
         });
     }
     if !valid_room_name(room, max_room_name_bytes) {
-        return Err(reject(
-            400,
-            "room name must be 1-128 bytes of [A-Za-z0-9._~-]\n",
-        ));
+        return Err(reject(400, &room_name_rule(max_room_name_bytes)));
     }
     if req.header("transfer-encoding").is_some() {
         return Err(reject(

@@ -140,6 +140,9 @@ pub struct Worker {
     shutdown_deadline: Option<u64>,
     scratch_timers: Vec<TimerEntry>,
     scratch_slow: Vec<usize>,
+    /// The event being handled reported the peer's write side closed: read
+    /// until EOF instead of stopping at a short read.
+    event_read_closed: bool,
 }
 
 impl Worker {
@@ -207,6 +210,7 @@ impl Worker {
             shutdown_deadline: None,
             scratch_timers: Vec::new(),
             scratch_slow: Vec::new(),
+            event_read_closed: false,
             shared,
             rx,
         })
@@ -225,7 +229,7 @@ impl Worker {
                 self.begin_shutdown();
             }
             if let Some(deadline) = self.shutdown_deadline {
-                if self.conns.is_empty() || self.now_ms >= deadline {
+                if self.now_ms >= deadline || self.only_idle_http_left() {
                     break;
                 }
             }
@@ -254,7 +258,9 @@ impl Worker {
                         if (event.is_readable() || event.is_read_closed() || event.is_error())
                             && self.is_live(key, generation)
                         {
+                            self.event_read_closed = event.is_read_closed() || event.is_error();
                             self.on_readable(key);
+                            self.event_read_closed = false;
                         }
                     }
                 }
@@ -600,10 +606,15 @@ impl Worker {
 
     /// Refuses a request with its status and closes after the answer.
     fn reject(&mut self, key: usize, reason: RejectReason) {
+        self.reject_with(key, reason, reason.response());
+    }
+
+    /// Refuses a request with a specific response.
+    fn reject_with(&mut self, key: usize, reason: RejectReason, response: Vec<u8>) {
         self.metrics.rejection(reason).inc();
         let close_timeout = self.limits.close_timeout_ms;
         let conn = &mut self.conns[key];
-        conn.out.push_parts(&[&reason.response()]);
+        conn.out.push_parts(&[&response]);
         conn.close_after_flush = true;
         let at = self.now_ms + close_timeout;
         self.schedule(key, at);
@@ -625,6 +636,15 @@ impl Worker {
             self.limits.max_room_name_bytes,
         ) {
             Ok(r) => r,
+            Err(RejectReason::BadRoomName) => {
+                let body = http::room_name_rule(self.limits.max_room_name_bytes);
+                self.reject_with(
+                    key,
+                    RejectReason::BadRoomName,
+                    http::text(400, &body, false),
+                );
+                return HttpFlow::Stop;
+            }
             Err(reason) => {
                 self.reject(key, reason);
                 return HttpFlow::Stop;
@@ -852,7 +872,8 @@ impl Worker {
                 start = 0;
             }
             let conn = &mut self.conns[key];
-            match conn.socket.read(&mut buf[end..]) {
+            let space = buf.len() - end;
+            let drained = match conn.socket.read(&mut buf[end..]) {
                 Ok(0) => {
                     self.store_read_buffer(key, buf, start, end);
                     self.remove(key, false);
@@ -863,6 +884,10 @@ impl Worker {
                     budget = budget.saturating_sub(n);
                     conn.last_activity_ms = self.now_ms;
                     self.metrics.bytes_in.add(n as u64);
+                    // A short read emptied the socket: with edge-triggered
+                    // polling the next arrival raises a new event, so the
+                    // read that would only return WouldBlock is skipped.
+                    n < space && !self.event_read_closed
                 }
                 Err(e) => {
                     self.store_read_buffer(key, buf, start, end);
@@ -875,10 +900,10 @@ impl Worker {
                         }
                     }
                 }
-            }
+            };
             let flow = self.process_frames(key, &mut buf, &mut start, end);
             self.store_read_buffer(key, buf, start, end);
-            if flow == Flow::Stop {
+            if flow == Flow::Stop || drained {
                 return;
             }
             if budget == 0 {
@@ -1438,14 +1463,21 @@ impl Worker {
                         self.close_with(key, CloseCode::GOING_AWAY, "server shutting down");
                     }
                 }
-                Phase::Http(st) => {
-                    if st.buf.is_empty() && conn.out.is_empty() {
-                        self.remove(key, false);
-                    }
-                }
+                // Idle keep-alive HTTP connections stay until the
+                // WebSockets are gone, so probes see /healthz answer 503.
+                Phase::Http(_) => {}
             }
         }
         self.flush_dirty();
+    }
+
+    /// During shutdown: nothing left but idle HTTP connections (no
+    /// WebSocket, no request being read or answered).
+    fn only_idle_http_left(&self) -> bool {
+        self.conns.iter().all(|(_, c)| match &c.phase {
+            Phase::Http(st) => st.buf.is_empty() && c.out.is_empty(),
+            Phase::WebSocket => false,
+        })
     }
 
     fn finish(&mut self) {
