@@ -73,6 +73,15 @@ pub struct Common {
     #[arg(long, global = true, default_value = "10s", value_parser = parse_duration)]
     #[serde(serialize_with = "secs")]
     pub connect_timeout: Duration,
+    /// Time allowed for the server's answer to our close frame.
+    #[arg(long, global = true, default_value = "5s", value_parser = parse_duration)]
+    #[serde(serialize_with = "secs")]
+    pub close_timeout: Duration,
+    /// After the close handshake, time allowed for the server to close
+    /// TCP before we do (RFC 6455 §7.1.1: the server closes first).
+    #[arg(long, global = true, default_value = "200ms", value_parser = parse_duration)]
+    #[serde(serialize_with = "secs")]
+    pub fin_wait: Duration,
     /// Exit non-zero when (lost + duplicated + reordered + corrupted) /
     /// expected exceeds this ratio.
     #[arg(long, global = true, default_value_t = 0.0)]

@@ -90,6 +90,8 @@ pub struct ConnCore {
     pub we_closed: bool,
     /// Set when the server closed an open connection on its own.
     pub lost_reason: Option<String>,
+    /// Churn: this connection's cycle was counted.
+    pub cycle_done: bool,
 }
 
 impl ConnCore {
@@ -126,6 +128,7 @@ impl ConnCore {
             close_recv: false,
             we_closed: false,
             lost_reason: None,
+            cycle_done: false,
         }
     }
 
@@ -152,7 +155,7 @@ pub struct Stats {
     /// Data messages sent, and their payload bytes.
     pub sent: u64,
     pub sent_bytes: u64,
-    /// Tracked messages received (duplicates included), payload bytes.
+    /// Tracked messages received (duplicates included) and their bytes.
     pub recv: u64,
     pub recv_bytes: u64,
     /// Tracked messages that were new (not duplicates).
@@ -192,6 +195,9 @@ pub struct Tls {
     pub send_end: u64,
     pub budget: u64,
     pub close_timeout_ns: u64,
+    /// After the close handshake, how long to wait for the server to
+    /// close TCP before closing it ourselves (RFC 6455 §7.1.1).
+    pub fin_wait_ns: u64,
 }
 
 pub fn new_hist() -> Histogram<u64> {
@@ -214,6 +220,7 @@ impl Tls {
             send_end: 0,
             budget: u64::MAX,
             close_timeout_ns,
+            fin_wait_ns: close_timeout_ns,
         }
     }
 
@@ -243,6 +250,9 @@ pub struct Fed {
     /// Bytes used; the rest is an incomplete frame to keep.
     pub consumed: usize,
     pub opened: bool,
+    /// A close frame arrived (the close handshake is complete if we had
+    /// sent ours).
+    pub closed: bool,
     pub remove: Option<Removal>,
 }
 
@@ -250,6 +260,7 @@ pub struct Fed {
 pub fn feed(c: &mut ConnCore, buf: &mut [u8], now: u64, t: &mut Tls) -> Fed {
     let mut pos = 0;
     let mut opened = false;
+    let mut closed = false;
     if c.state == State::Handshake {
         let hs = c.hs.as_ref().expect("handshake state without handshake");
         match hs.parse_response(buf) {
@@ -257,6 +268,7 @@ pub fn feed(c: &mut ConnCore, buf: &mut [u8], now: u64, t: &mut Tls) -> Fed {
                 return Fed {
                     consumed: 0,
                     opened,
+                    closed,
                     remove: None,
                 }
             }
@@ -275,6 +287,7 @@ pub fn feed(c: &mut ConnCore, buf: &mut [u8], now: u64, t: &mut Tls) -> Fed {
                 return Fed {
                     consumed: 0,
                     opened,
+                    closed,
                     remove: Some(Removal::Failed(format!("handshake: {e}"))),
                 }
             }
@@ -293,7 +306,6 @@ pub fn feed(c: &mut ConnCore, buf: &mut [u8], now: u64, t: &mut Tls) -> Fed {
         }
         match c.asm.on_frame(&f.header, &buf[start..end]) {
             Ok(Event::Message { data, .. }) => {
-                t.stats.recv_bytes += data.len() as u64;
                 if c.tracks {
                     on_tracked(c.room, &mut c.trackers, data, now, t);
                     // Closed loop: one message back, one more out.
@@ -305,6 +317,7 @@ pub fn feed(c: &mut ConnCore, buf: &mut [u8], now: u64, t: &mut Tls) -> Fed {
                     }
                 } else if c.churn {
                     t.stats.recv += 1;
+                    t.stats.recv_bytes += data.len() as u64;
                     if payload::check(data).is_err() {
                         t.stats.corrupted += 1;
                     }
@@ -343,7 +356,8 @@ pub fn feed(c: &mut ConnCore, buf: &mut [u8], now: u64, t: &mut Tls) -> Fed {
                     c.lost_reason = Some(format!("server sent close {code}{reason}"));
                 }
                 // The server closes TCP next; do not wait forever.
-                c.deadline_ns = now + t.close_timeout_ns;
+                c.deadline_ns = now + t.fin_wait_ns;
+                closed = true;
             }
             Err(e) => return protocol_error(c, t, pos, opened, e),
         }
@@ -351,6 +365,7 @@ pub fn feed(c: &mut ConnCore, buf: &mut [u8], now: u64, t: &mut Tls) -> Fed {
     Fed {
         consumed: pos,
         opened,
+        closed,
         remove: None,
     }
 }
@@ -370,6 +385,7 @@ fn protocol_error(
     Fed {
         consumed: pos,
         opened,
+        closed: false,
         remove: Some(Removal::Lost(format!("protocol error: {}", e.reason()))),
     }
 }
@@ -391,6 +407,7 @@ fn on_tracked(room: u32, trackers: &mut [SeqTracker], data: &[u8], now: u64, t: 
         return;
     }
     t.stats.recv += 1;
+    t.stats.recv_bytes += data.len() as u64;
     if trackers[idx].record(h.seq) != Seen::Duplicate {
         t.stats.delivered += 1;
     }

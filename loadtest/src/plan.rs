@@ -68,6 +68,7 @@ pub struct Setup {
     pub connect_concurrency: usize,
     pub connect_timeout_ns: u64,
     pub close_timeout_ns: u64,
+    pub fin_wait_ns: u64,
     pub warmup_ns: u64,
     pub duration_ns: u64,
     pub cpus: Vec<usize>,

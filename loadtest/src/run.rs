@@ -16,8 +16,6 @@ use std::sync::atomic::Ordering::*;
 use std::sync::Arc;
 use std::time::Duration;
 
-const CLOSE_TIMEOUT_NS: u64 = 2 * SEC;
-
 fn check_size(size: usize) -> Result<usize, String> {
     if size < HEADER_LEN {
         return Err(format!(
@@ -163,7 +161,8 @@ pub fn build_setup(cli: &Cli) -> Result<(Setup, serde_json::Value), String> {
             connect_interval_ns: (1e9 / c.connect_rate) as u64,
             connect_concurrency: c.connect_concurrency.max(1),
             connect_timeout_ns: c.connect_timeout.as_nanos() as u64,
-            close_timeout_ns: CLOSE_TIMEOUT_NS,
+            close_timeout_ns: c.close_timeout.as_nanos() as u64,
+            fin_wait_ns: c.fin_wait.as_nanos() as u64,
             warmup_ns: c.warmup.as_secs_f64().ceil() as u64 * SEC,
             duration_ns: c.duration.as_nanos() as u64,
             cpus,
@@ -377,13 +376,13 @@ pub fn execute(
     let measure_start = t0 + setup.warmup_ns;
     let mut m0: Option<Sample> = None;
     let m1 = loop {
-        if let Ok(iv) = rx.recv_timeout(Duration::from_millis(2)) {
+        // Sleep rather than block in the channel: a blocking receive
+        // spins and yields, stealing CPU from a worker on the same core.
+        std::thread::sleep(Duration::from_millis(2));
+        while let Ok(iv) = rx.try_recv() {
             progress.add(iv);
-            while let Ok(iv) = rx.try_recv() {
-                progress.add(iv);
-            }
-            progress.print_ready(&shared, false);
         }
+        progress.print_ready(&shared, false);
         let now = now_ns();
         if m0.is_none() && now >= measure_start {
             m0 = Some(sample(&shared));
@@ -407,10 +406,11 @@ pub fn execute(
         shared.phase.store(DRAINING, Release);
         let drain_end = now_ns() + common.drain.as_nanos() as u64;
         loop {
-            if let Ok(iv) = rx.recv_timeout(Duration::from_millis(2)) {
+            std::thread::sleep(Duration::from_millis(2));
+            while let Ok(iv) = rx.try_recv() {
                 progress.add(iv);
-                progress.print_ready(&shared, false);
             }
+            progress.print_ready(&shared, false);
             let delivered = shared.sum(|w| &w.delivered);
             let expected = shared.sum(|w| &w.expected);
             if now_ns() >= drain_end || delivered >= expected {
@@ -422,10 +422,11 @@ pub fn execute(
     let mut results = Vec::new();
     for h in handles {
         while !h.is_finished() {
-            if let Ok(iv) = rx.recv_timeout(Duration::from_millis(5)) {
+            std::thread::sleep(Duration::from_millis(5));
+            while let Ok(iv) = rx.try_recv() {
                 progress.add(iv);
-                progress.print_ready(&shared, false);
             }
+            progress.print_ready(&shared, false);
         }
         results.push(h.join().expect("worker panicked"));
     }

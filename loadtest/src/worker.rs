@@ -203,6 +203,7 @@ impl Worker {
             (budget, u64::MAX)
         };
         t.budget = msg_budget;
+        t.fin_wait_ns = setup.fin_wait_ns;
         let queue = if setup.kind == Kind::Churn {
             VecDeque::new()
         } else {
@@ -272,7 +273,12 @@ impl Worker {
             self.start_connects(now);
             if now >= self.next_scan {
                 self.scan_deadlines(now);
-                self.next_scan = now + SCAN_NS;
+                self.next_scan = now
+                    + if self.setup.kind == Kind::Churn {
+                        SCAN_NS / 10
+                    } else {
+                        SCAN_NS
+                    };
             }
             while self.phase >= RUNNING && now >= self.next_interval {
                 let end = self.next_interval;
@@ -284,7 +290,7 @@ impl Worker {
             }
             let again = std::mem::take(&mut self.again);
             for &idx in &again {
-                self.on_readable(idx);
+                self.on_readable(idx, false);
             }
             self.again = again;
             self.again.clear();
@@ -319,9 +325,10 @@ impl Worker {
                 }
                 let idx = tok.0;
                 let fail = ev.is_error();
-                let readable = ev.is_readable() || ev.is_read_closed();
+                let hup = ev.is_read_closed();
+                let readable = ev.is_readable() || hup;
                 let writable = ev.is_writable() || ev.is_write_closed();
-                self.on_event(idx, readable, writable, fail);
+                self.on_event(idx, readable, writable, fail, hup);
             }
         }
         self.finish()
@@ -396,7 +403,8 @@ impl Worker {
                     self.mark_dirty(idx);
                 }
             }
-            self.close_deadline = now + self.setup.close_timeout_ns + 100_000_000;
+            self.close_deadline =
+                now + self.setup.close_timeout_ns + self.setup.fin_wait_ns + 100_000_000;
         }
         self.phase = phase;
     }
@@ -558,7 +566,7 @@ impl Worker {
         }
     }
 
-    fn on_event(&mut self, idx: usize, readable: bool, writable: bool, fail: bool) {
+    fn on_event(&mut self, idx: usize, readable: bool, writable: bool, fail: bool, hup: bool) {
         let Some(conn) = self.conns.get_mut(idx).and_then(|c| c.as_mut()) else {
             return;
         };
@@ -590,14 +598,18 @@ impl Worker {
             }
         }
         if readable || fail {
-            self.on_readable(idx);
+            self.on_readable(idx, hup || fail);
         }
         if writable {
             self.flush(idx);
         }
     }
 
-    fn on_readable(&mut self, idx: usize) {
+    /// Reads and processes until WouldBlock, a short read (the socket is
+    /// drained: a later arrival raises a new edge), or MAX_READS. With
+    /// `hup` (the peer's FIN is already queued) it reads on to EOF, as no
+    /// further edge would come.
+    fn on_readable(&mut self, idx: usize, hup: bool) {
         for round in 0.. {
             let Some(conn) = self.conns.get_mut(idx).and_then(|c| c.as_mut()) else {
                 return;
@@ -640,13 +652,16 @@ impl Worker {
                     if fed.opened {
                         self.on_open(idx, now);
                     }
+                    if fed.closed {
+                        self.on_close_frame(idx, now);
+                    }
                     self.mark_dirty(idx);
                     if let Some(r) = fed.remove {
                         self.flush(idx);
                         self.remove(idx, r);
                         return;
                     }
-                    if !full {
+                    if !full && !hup {
                         return;
                     }
                     if round + 1 >= MAX_READS {
@@ -688,6 +703,27 @@ impl Worker {
             self.mark_dirty(idx);
         } else if self.phase >= RUNNING && self.phase < CLOSING {
             self.schedule_sender(idx, true);
+        }
+    }
+
+    /// Churn: the cycle ends with the close handshake; the slot starts
+    /// its next connection while this one waits for the server's FIN.
+    fn on_close_frame(&mut self, idx: usize, now: u64) {
+        let Some(conn) = self.conns[idx].as_mut() else {
+            return;
+        };
+        let c = &mut conn.core;
+        if !(c.churn && c.we_closed) || c.cycle_done {
+            return;
+        }
+        c.cycle_done = true;
+        let plan = conn.plan;
+        self.t.stats.cycles += 1;
+        self.cycle
+            .saturating_record(now.saturating_sub(c.started_ns).max(1));
+        self.cycle_budget = self.cycle_budget.saturating_sub(1);
+        if self.may_connect() {
+            self.start_conn(plan, now);
         }
     }
 
@@ -842,7 +878,6 @@ impl Worker {
         } else {
             self.t.stats.open_now -= 1;
         }
-        let churn_done = matches!(removal, Removal::Clean) && c.churn;
         match removal {
             Removal::Failed(r) => {
                 self.t.stats.failed += 1;
@@ -873,18 +908,8 @@ impl Worker {
             self.dup += tr.dup;
             self.reordered += tr.reordered;
         }
-        if c.churn {
-            if churn_done {
-                self.t.stats.cycles += 1;
-                self.cycle
-                    .saturating_record(now.saturating_sub(c.started_ns).max(1));
-                self.cycle_budget = self.cycle_budget.saturating_sub(1);
-                if self.may_connect() {
-                    self.start_conn(conn.plan, now);
-                }
-            } else {
-                self.retry_churn(conn.plan, now);
-            }
+        if c.churn && !c.cycle_done {
+            self.retry_churn(conn.plan, now);
         }
     }
 
