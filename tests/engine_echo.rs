@@ -324,3 +324,60 @@ fn partial_first_frame_in_upgrade_write_completes_later() {
     h.shutdown();
     h.join();
 }
+
+#[test]
+fn large_fragmented_message_with_pings_is_echoed_whole() {
+    // Fragments larger than the server's 64 KiB read buffer, a ping
+    // between them, reassembled into one 150 KiB message.
+    let h = start(engine_config());
+    let mut c = RawClient::connect(h.local_addr(), "/echo");
+    let data = pattern(150_000, 42);
+    let parts: Vec<&[u8]> = data.chunks(50_000).collect();
+    c.send_frame(false, OpCode::Binary, parts[0]);
+    c.send_frame(false, OpCode::Continuation, parts[1]);
+    c.send_frame(true, OpCode::Ping, b"between");
+    c.send_frame(true, OpCode::Continuation, parts[2]);
+    let pong = c.expect_frame();
+    assert_eq!(
+        (pong.opcode, pong.payload.as_slice()),
+        (OpCode::Pong, &b"between"[..])
+    );
+    let f = c.expect_frame();
+    assert_eq!(f.opcode, OpCode::Binary);
+    assert!(f.fin);
+    assert!(f.payload == data, "reassembled payload differs");
+    h.shutdown();
+    h.join();
+}
+
+#[test]
+fn close_sent_with_the_upgrade_request_is_answered() {
+    let h = start(engine_config());
+    let mut c = RawClient::connect_tcp(h.local_addr());
+    let mut bytes = upgrade_request("/echo", "");
+    encode_client_frame(true, OpCode::Close, &[0x03, 0xe8], [3, 1, 4, 1], &mut bytes);
+    c.send_raw(&bytes);
+    c.stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut got = Vec::new();
+    let mut tmp = [0u8; 1024];
+    loop {
+        match c.stream.read(&mut tmp) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&tmp[..n]),
+            Err(e) => panic!("no EOF after the close exchange: {e}"),
+        }
+    }
+    let p = got
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("101 head")
+        + 4;
+    assert!(got.starts_with(b"HTTP/1.1 101 "));
+    // Close frame with code 1000, then EOF.
+    assert_eq!(&got[p..p + 4], &[0x88, 2, 0x03, 0xe8]);
+    assert_eq!(got.len(), p + 4);
+    h.shutdown();
+    h.join();
+}
