@@ -82,6 +82,12 @@ pub struct Common {
     #[arg(long, global = true, default_value = "200ms", value_parser = parse_duration)]
     #[serde(serialize_with = "secs")]
     pub fin_wait: Duration,
+    /// Open-loop send granularity: messages due within one tick leave in
+    /// one pass (one write per connection). Smaller is more exact (see
+    /// the send-lag figure) but costs timer syscalls.
+    #[arg(long, global = true, default_value = "50us", value_parser = parse_duration)]
+    #[serde(serialize_with = "secs")]
+    pub tick: Duration,
     /// Exit non-zero when (lost + duplicated + reordered + corrupted) /
     /// expected exceeds this ratio.
     #[arg(long, global = true, default_value_t = 0.0)]

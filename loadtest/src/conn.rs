@@ -190,6 +190,9 @@ pub struct Tls {
     pub handshake: Histogram<u64>,
     pub rooms: u32,
     pub subs_in_room: Vec<u32>,
+    /// All-publish fanout: a member's own messages are not accounted
+    /// (relays differ on whether the sender gets its own copy).
+    pub skip_own: bool,
     /// Sending allowed now (running, before the end, budget left).
     pub may_send: bool,
     pub send_end: u64,
@@ -216,6 +219,7 @@ impl Tls {
             handshake: new_hist(),
             rooms: rooms.max(1),
             subs_in_room,
+            skip_own: false,
             may_send: false,
             send_end: 0,
             budget: u64::MAX,
@@ -307,7 +311,8 @@ pub fn feed(c: &mut ConnCore, buf: &mut [u8], now: u64, t: &mut Tls) -> Fed {
         match c.asm.on_frame(&f.header, &buf[start..end]) {
             Ok(Event::Message { data, .. }) => {
                 if c.tracks {
-                    on_tracked(c.room, &mut c.trackers, data, now, t);
+                    let own = c.sender.as_ref().map(|s| s.id);
+                    on_tracked(c.room, own, &mut c.trackers, data, now, t);
                     // Closed loop: one message back, one more out.
                     if let Some(s) = c.sender.as_mut() {
                         if s.closed_loop() && t.may_send && !c.close_sent && now < t.send_end {
@@ -393,7 +398,14 @@ fn protocol_error(
 /// A message received by a tracking connection: integrity, routing,
 /// sequence and latency.
 #[inline]
-fn on_tracked(room: u32, trackers: &mut [SeqTracker], data: &[u8], now: u64, t: &mut Tls) {
+fn on_tracked(
+    room: u32,
+    own: Option<u32>,
+    trackers: &mut [SeqTracker],
+    data: &[u8],
+    now: u64,
+    t: &mut Tls,
+) {
     let h = match payload::check(data) {
         Ok(h) => h,
         Err(_) => {
@@ -401,6 +413,10 @@ fn on_tracked(room: u32, trackers: &mut [SeqTracker], data: &[u8], now: u64, t: 
             return;
         }
     };
+    if t.skip_own && own == Some(h.publisher) {
+        t.stats.other_recv += 1;
+        return;
+    }
     let idx = (h.publisher / t.rooms) as usize;
     if h.publisher % t.rooms != room || idx >= trackers.len() {
         t.stats.misrouted += 1;

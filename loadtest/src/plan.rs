@@ -63,12 +63,16 @@ pub struct Setup {
     /// expected subs_in_room[r] times.
     pub subs_in_room: Vec<u32>,
     pub n_pubs: usize,
+    /// Receivers ignore their own publisher id (all-publish fanout).
+    pub skip_own: bool,
     pub in_flight: usize,
     pub connect_interval_ns: u64,
     pub connect_concurrency: usize,
     pub connect_timeout_ns: u64,
     pub close_timeout_ns: u64,
     pub fin_wait_ns: u64,
+    /// Open-loop sends are batched: at most one publisher pass per tick.
+    pub tick_ns: u64,
     pub warmup_ns: u64,
     pub duration_ns: u64,
     pub cpus: Vec<usize>,
@@ -216,6 +220,12 @@ pub fn fanout_plans(
             });
         }
     }
+    if all_publish {
+        // A member's messages are expected by the other members.
+        for n in subs_in_room.iter_mut() {
+            *n = n.saturating_sub(1);
+        }
+    }
     FanoutPlan {
         plans,
         subs_in_room,
@@ -273,7 +283,7 @@ mod tests {
         let a = fanout_plans(10, 0, 5, 100.0, "t", true, true);
         assert!(a.plans.iter().all(|p| p.tracks && p.publisher.is_some()));
         assert_eq!(a.n_pubs, 10);
-        assert_eq!(a.subs_in_room, vec![2; 5]);
+        assert_eq!(a.subs_in_room, vec![1; 5]);
         assert_eq!(a.plans[3].path, "/rooms/t-3");
     }
 

@@ -70,8 +70,8 @@ pub struct Msgs {
     pub received_per_s: f64,
     pub sent_bytes_per_s: f64,
     pub received_bytes_per_s: f64,
-    /// Receipts by connections that do not track (publishers' own
-    /// copies when rooms echo to the sender).
+    /// Receipts not accounted: publishers' copies when rooms deliver to
+    /// the sender (without --roles), members' own messages (all-publish).
     pub untracked_received: u64,
     /// Deliveries expected from what was sent, and how they fared.
     pub expected: u64,
@@ -272,7 +272,7 @@ impl Summary {
             if m.untracked_received > 0 {
                 let _ = writeln!(
                     o,
-                    "  {:<22} {} (publishers' own copies, not accounted)",
+                    "  {:<22} {} (senders' own copies, not accounted)",
                     "untracked received", m.untracked_received
                 );
             }

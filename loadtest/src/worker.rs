@@ -171,6 +171,7 @@ pub struct Worker {
     ready_signaled: bool,
     done_signaled: bool,
     close_deadline: u64,
+    next_pub_pass: u64,
     first_attempt: u64,
     last_open: u64,
     now: u64,
@@ -204,6 +205,7 @@ impl Worker {
         };
         t.budget = msg_budget;
         t.fin_wait_ns = setup.fin_wait_ns;
+        t.skip_own = setup.skip_own;
         let queue = if setup.kind == Kind::Churn {
             VecDeque::new()
         } else {
@@ -248,6 +250,7 @@ impl Worker {
             ready_signaled: false,
             done_signaled: false,
             close_deadline: u64::MAX,
+            next_pub_pass: 0,
             first_attempt: 0,
             last_open: 0,
             now: now_ns(),
@@ -285,8 +288,9 @@ impl Worker {
                 self.emit_interval(end);
                 self.next_interval += SEC;
             }
-            if self.phase >= RUNNING {
+            if self.phase >= RUNNING && now >= self.next_pub_pass {
                 self.run_publishers(now);
+                self.next_pub_pass = now + self.setup.tick_ns;
             }
             let again = std::mem::take(&mut self.again);
             for &idx in &again {
@@ -300,22 +304,33 @@ impl Worker {
             if self.phase == CLOSING && (self.live() == 0 || now >= self.close_deadline) {
                 break;
             }
-            let timeout = if !self.again.is_empty() {
-                Some(std::time::Duration::ZERO)
-            } else {
-                let next = self.next_deadline();
-                let now2 = now_ns();
-                if next <= now2 {
-                    Some(std::time::Duration::ZERO)
-                } else {
-                    self.timer.arm(next);
-                    Some(std::time::Duration::from_millis(250))
+            // Look for events without blocking first: arming the timer
+            // costs a syscall that is expensive on virtual machines, and
+            // under load there is nearly always something to do.
+            let mut timeout = Some(std::time::Duration::ZERO);
+            let mut polled = false;
+            if self.again.is_empty() && self.next_deadline() > now_ns() {
+                if let Err(e) = self.poll.poll(&mut events, timeout) {
+                    if e.kind() != io::ErrorKind::Interrupted {
+                        eprintln!("worker {}: poll: {e}", self.id);
+                        break;
+                    }
                 }
-            };
-            if let Err(e) = self.poll.poll(&mut events, timeout) {
-                if e.kind() != io::ErrorKind::Interrupted {
-                    eprintln!("worker {}: poll: {e}", self.id);
-                    break;
+                polled = !events.is_empty();
+                if !polled {
+                    let next = self.next_deadline();
+                    if next > now_ns() {
+                        self.timer.arm(next);
+                        timeout = Some(std::time::Duration::from_millis(250));
+                    }
+                }
+            }
+            if !polled {
+                if let Err(e) = self.poll.poll(&mut events, timeout) {
+                    if e.kind() != io::ErrorKind::Interrupted {
+                        eprintln!("worker {}: poll: {e}", self.id);
+                        break;
+                    }
                 }
             }
             for ev in events.iter() {
@@ -350,7 +365,7 @@ impl Worker {
             next = next.min(at);
         }
         if let Some(Reverse((at, _, _))) = self.heap.peek() {
-            next = next.min(*at);
+            next = next.min((*at).max(self.next_pub_pass));
         }
         if self.phase == CLOSING {
             next = next.min(self.close_deadline);
