@@ -806,3 +806,68 @@ fn close_frame_from_the_encoder_is_accepted() {
     rx.push(&wire).unwrap();
     assert_eq!(rx.out, vec![Out::Close(Some(4001), "bye".into())]);
 }
+
+// ---------------------------------------------------------------------------
+// Client mode: the server's handshake response under arbitrary chunking.
+
+proptest! {
+    #![proptest_config(config(128))]
+
+    #[test]
+    fn client_response_outcome_does_not_depend_on_chunking(
+        status in prop::sample::select(vec!["101 Switching Protocols", "200 OK", "404 Not Found"]),
+        upgrade in any::<bool>(),
+        connection in any::<bool>(),
+        right_accept in prop::bool::weighted(0.8),
+        protocol in prop::option::of(prop::sample::select(vec!["chat", "other"])),
+        pad in prop_oneof![0usize..100, 8000usize..8300, 9000usize..10_000],
+        trailing in prop::collection::vec(any::<u8>(), 0..16),
+        // Not byte by byte: each read re-parses the whole head (10 KB).
+        plan in prop::collection::vec(64usize..=4096, 1..6).prop_map(Chunking::Sizes),
+    ) {
+        use wsrelay::protocol::handshake::accept_key;
+        use wsrelay::protocol::{ClientHandshake, MaskRng};
+        let hs = ClientHandshake::new(&mut MaskRng::new()).with_protocols(&["chat"]);
+        let accept = if right_accept {
+            accept_key(hs.key().as_bytes())
+        } else {
+            "AAAAAAAAAAAAAAAAAAAAAAAAAAA=".to_string()
+        };
+        let mut resp = format!("HTTP/1.1 {status}\r\n");
+        if upgrade {
+            resp.push_str("Upgrade: websocket\r\n");
+        }
+        if connection {
+            resp.push_str("Connection: Upgrade\r\n");
+        }
+        resp.push_str(&format!("X-Pad: {}\r\n", "p".repeat(pad)));
+        resp.push_str(&format!("Sec-WebSocket-Accept: {accept}\r\n"));
+        if let Some(p) = protocol {
+            resp.push_str(&format!("Sec-WebSocket-Protocol: {p}\r\n"));
+        }
+        resp.push_str("\r\n");
+        let mut input = resp.into_bytes();
+        input.extend_from_slice(&trailing);
+
+        let whole = hs.parse_response(&input);
+        if let Ok(Some(r)) = &whole {
+            prop_assert!(r.head_len <= 8192 && r.head_len <= input.len());
+        }
+        let mut acc = Vec::new();
+        let mut decided = None;
+        for chunk in split(&input, &plan) {
+            acc.extend_from_slice(chunk);
+            match hs.parse_response(&acc) {
+                Ok(None) => {}
+                other => {
+                    decided = Some(other);
+                    break;
+                }
+            }
+        }
+        match decided {
+            Some(outcome) => prop_assert_eq!(outcome, whole),
+            None => prop_assert_eq!(whole, Ok(None)),
+        }
+    }
+}

@@ -35,6 +35,9 @@ impl MaskRng {
     }
 }
 
+/// Largest response head accepted from a server.
+const MAX_RESPONSE_HEAD: usize = 8192;
+
 /// Why a server's handshake response was refused.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ClientHandshakeError {
@@ -135,8 +138,13 @@ impl ClientHandshake {
         let mut headers = [httparse::EMPTY_HEADER; 32];
         let mut resp = httparse::Response::new(&mut headers);
         let head_len = match resp.parse(buf) {
+            // Over the limit even though complete: the same answer as when
+            // the head arrives in smaller reads and the limit is hit first.
+            Ok(httparse::Status::Complete(n)) if n > MAX_RESPONSE_HEAD => {
+                return Err(ClientHandshakeError::Malformed)
+            }
             Ok(httparse::Status::Complete(n)) => n,
-            Ok(httparse::Status::Partial) if buf.len() > 8192 => {
+            Ok(httparse::Status::Partial) if buf.len() > MAX_RESPONSE_HEAD => {
                 return Err(ClientHandshakeError::Malformed)
             }
             Ok(httparse::Status::Partial) => return Ok(None),
@@ -216,6 +224,34 @@ mod tests {
         for cut in 0..resp.len() {
             assert_eq!(hs.parse_response(&resp[..cut]), Ok(None));
         }
+    }
+
+    #[test]
+    fn oversized_complete_head_is_malformed() {
+        // Regression: a complete response head over 8 KiB was accepted when
+        // it arrived in one read, but refused when read in pieces (the
+        // partial-head limit was hit first).
+        let mut rng = MaskRng::new();
+        let hs = ClientHandshake::new(&mut rng);
+        let accept = accept_key(hs.key().as_bytes());
+        let pad = format!("X-Pad: {}\r\n", "a".repeat(9000));
+        let resp = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n{pad}Sec-WebSocket-Accept: {accept}\r\n\r\n"
+        );
+        let resp = resp.as_bytes();
+        assert_eq!(
+            hs.parse_response(resp),
+            Err(ClientHandshakeError::Malformed)
+        );
+        assert_eq!(
+            hs.parse_response(&resp[..8193]),
+            Err(ClientHandshakeError::Malformed)
+        );
+        // Just under the limit is fine.
+        let pad = "a".repeat(8192 - (resp.len() - 9000));
+        let ok = String::from_utf8_lossy(resp).replace(&"a".repeat(9000), &pad);
+        assert_eq!(ok.len(), 8192);
+        assert!(hs.parse_response(ok.as_bytes()).unwrap().is_some());
     }
 
     #[test]
