@@ -550,10 +550,10 @@ fn slow_consumer_drop_policy_keeps_the_connection_and_counts_drops() {
         assert_eq!(r.join().unwrap().unwrap(), published);
     }
     let drops = sum(&h, |m| m.drops.get());
-    assert!(
-        drops >= 200,
-        "every message after the first drop is dropped too: {drops}"
-    );
+    // Delivery resumes whenever the kernel takes more of the backlog (the
+    // queue is written before its bound is judged), so not every later
+    // message is dropped; the exact accounting is checked below.
+    assert!(drops >= 1, "no message was dropped: {drops}");
     assert_eq!(sum(&h, |m| m.slow_consumer_closes.get()), 0);
     // The stalled member reads: an increasing subsequence, then "end" (the
     // queue had room again by then? not necessarily) -- so read until
@@ -647,7 +647,6 @@ fn drain_count(
 // is closed as a "slow consumer" as soon as one burst exceeds
 // max_outbound_bytes, although its socket could take the data at once.
 #[test]
-#[ignore = "bug: fast subscriber closed as slow consumer when one publisher burst (one read) exceeds max_outbound_bytes; queue bound is checked before any write is attempted"]
 fn publisher_burst_does_not_close_a_fast_subscriber() {
     let h = start(Config {
         workers: 1,
@@ -679,7 +678,6 @@ fn publisher_burst_does_not_close_a_fast_subscriber() {
 // worker drains up to 4096 cross-worker messages per iteration before it
 // flushes anything.
 #[test]
-#[ignore = "bug: with default limits, a fast cross-worker subscriber is closed as slow consumer under a multi-publisher burst (inbox drained before any flush)"]
 fn multi_publisher_burst_does_not_close_a_fast_cross_worker_subscriber() {
     const PUBLISHERS: usize = 6;
     const PER: usize = 400;

@@ -294,6 +294,12 @@ impl SharedFrame {
         SharedFrame(Arc::from(v.into_boxed_slice()))
     }
 
+    /// Shares bytes that already hold one or more complete encoded frames
+    /// (a batch of messages for the same recipients).
+    pub fn from_encoded(frames: &[u8]) -> SharedFrame {
+        SharedFrame(Arc::from(frames))
+    }
+
     pub fn as_bytes(&self) -> &[u8] {
         &self.0
     }

@@ -72,6 +72,8 @@ pub struct Connection {
     pub close_after_flush: bool,
     /// Counted in the global and per-IP WebSocket connection totals.
     pub counted: bool,
+    /// Epoch of the last room batch this connection published into.
+    pub published_epoch: u32,
 }
 
 impl Connection {
@@ -98,6 +100,7 @@ impl Connection {
             in_ready: false,
             close_after_flush: false,
             counted: false,
+            published_epoch: 0,
         }
     }
 

@@ -23,7 +23,10 @@ use std::sync::Arc;
 /// A message from one worker to another.
 pub struct WorkerMsg {
     pub room: Arc<RoomShared>,
+    /// One or more complete frames, encoded once.
     pub frame: SharedFrame,
+    /// How many messages `frame` holds.
+    pub messages: u64,
 }
 
 /// The way into one worker.

@@ -119,6 +119,27 @@ pub struct LocalRoom {
     pub receivers: Vec<usize>,
     /// Members in total (receivers plus publish-only members).
     pub members: usize,
+    /// Messages published this loop iteration, not yet delivered.
+    pub batch: RoomBatch,
+}
+
+/// Encoded frames published into a room during one loop iteration,
+/// delivered together (see `Worker::flush_room`).
+#[derive(Default)]
+pub struct RoomBatch {
+    /// The frames, encoded back to back.
+    pub bytes: Vec<u8>,
+    pub frames: Vec<BatchFrame>,
+    /// Which batch this is (publishers remember it to skip their own).
+    pub epoch: u32,
+}
+
+/// One frame of a batch.
+pub struct BatchFrame {
+    /// Offset just past the frame in `RoomBatch::bytes`.
+    pub end: usize,
+    /// Slab key of the publishing connection (`usize::MAX`: HTTP publish).
+    pub publisher: usize,
 }
 
 /// Valid room name: 1..=max bytes of `[A-Za-z0-9._~-]`.

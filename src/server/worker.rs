@@ -13,7 +13,7 @@ use super::fanout::WorkerMsg;
 use super::http::{self, MemberRole, WsRoute};
 use super::outbound::Flush;
 use super::rate_limit::{RateLimiter, RateLimits};
-use super::rooms::{LocalRoom, RoomShared};
+use super::rooms::{BatchFrame, LocalRoom, RoomBatch, RoomShared};
 use super::timer::{DeadlineBuckets, TimerEntry};
 use super::Shared;
 use crate::config::{RateLimitPolicy, SlowConsumerPolicy};
@@ -46,6 +46,9 @@ const INBOX_BATCH: usize = 4096;
 const ACCEPT_BACKOFF_MS: u64 = 100;
 /// Timer granularity.
 const TIMER_GRANULARITY_MS: u64 = 10;
+/// A room batch is delivered early once it would hold more than this many
+/// bytes (or a quarter of `max_outbound_bytes`, if smaller).
+const ROOM_BATCH_BYTES: usize = 64 * 1024;
 /// Bytes read per call while a request head is arriving.
 const HTTP_READ_CHUNK: usize = 4096;
 
@@ -139,7 +142,13 @@ pub struct Worker {
     last_exhaustion_warning: u64,
     shutdown_deadline: Option<u64>,
     scratch_timers: Vec<TimerEntry>,
-    scratch_slow: Vec<usize>,
+    scratch_slow: Vec<(usize, u64)>,
+    /// Rooms with a batch to deliver this iteration.
+    pending_rooms: Vec<u64>,
+    /// Numbers room batches (to recognise a batch's publishers).
+    batch_epoch: u32,
+    /// A room batch is delivered once it would grow past this.
+    batch_cap: usize,
     /// The event being handled reported the peer's write side closed: read
     /// until EOF instead of stopping at a short read.
     event_read_closed: bool,
@@ -210,6 +219,9 @@ impl Worker {
             shutdown_deadline: None,
             scratch_timers: Vec::new(),
             scratch_slow: Vec::new(),
+            pending_rooms: Vec::new(),
+            batch_epoch: 0,
+            batch_cap: ROOM_BATCH_BYTES.min(c.max_outbound_bytes / 4).max(1),
             event_read_closed: false,
             shared,
             rx,
@@ -269,6 +281,7 @@ impl Worker {
             self.drain_overflow();
             self.process_ready();
             self.run_timers();
+            self.flush_rooms();
             if self.accept_more
                 || (self.accept_paused_until != 0 && self.now_ms >= self.accept_paused_until)
             {
@@ -296,7 +309,8 @@ impl Worker {
             wait_ms = wait_ms.min(self.accept_paused_until.saturating_sub(self.now_ms));
         }
         if let Some(d) = self.shutdown_deadline {
-            wait_ms = wait_ms.min(d.saturating_sub(self.now_ms));
+            // Also look again soon: other workers' WebSockets may be gone.
+            wait_ms = wait_ms.min(d.saturating_sub(self.now_ms)).min(50);
         }
         Some(Duration::from_millis(wait_ms))
     }
@@ -768,6 +782,7 @@ impl Worker {
                         shared,
                         receivers: Vec::new(),
                         members: 0,
+                        batch: RoomBatch::default(),
                     },
                 );
                 self.room_ids.insert(name.into(), id);
@@ -820,6 +835,8 @@ impl Worker {
         }
         room.members -= 1;
         if room.members == 0 {
+            // Messages its last members published still go to the others.
+            self.flush_room(room_id);
             if let Some(room) = self.rooms.remove(&room_id) {
                 self.room_ids.remove(&*room.shared.name);
                 self.shared.directory.leave(&room.shared, self.id);
@@ -1045,6 +1062,10 @@ impl Worker {
         match conn.attachment {
             Some(Attachment::Echo) => {
                 let header = encode_header(true, kind.opcode(), data.len(), None);
+                let len = header.as_bytes().len() + data.len();
+                if !conn.out.has_room(len, self.limits.max_outbound_bytes) {
+                    write_now(conn, &self.metrics);
+                }
                 if conn
                     .out
                     .try_push_parts(&[header.as_bytes(), data], self.limits.max_outbound_bytes)
@@ -1052,7 +1073,7 @@ impl Worker {
                     self.metrics.messages_out.inc();
                     self.mark_dirty(key);
                 } else {
-                    self.slow_consumer(key);
+                    self.slow_consumer(key, 1);
                 }
             }
             Some(Attachment::Room {
@@ -1062,8 +1083,7 @@ impl Worker {
                     self.close_with(key, CloseCode::POLICY_VIOLATION, "read-only member");
                     return Flow::Continue;
                 }
-                let frame = SharedFrame::encode(kind.opcode(), data);
-                self.publish(room_id, &frame, Some(key));
+                self.publish(room_id, kind, data, Some(key));
             }
             None => {}
         }
@@ -1072,31 +1092,95 @@ impl Worker {
 
     // ----- fan-out -----------------------------------------------------------
 
-    /// Delivers `frame` to the room's local receivers (except `exclude`
-    /// unless `echo_self`) and hands it to every other worker with members.
-    fn publish(&mut self, room_id: u64, frame: &SharedFrame, exclude: Option<usize>) {
+    /// Appends a message to the room's batch for this iteration. The batch
+    /// is delivered by [`Worker::flush_room`] at the end of the iteration
+    /// (or once it holds `ROOM_BATCH_BYTES`): one shared buffer, one
+    /// queue entry and one `writev` per member, however many messages.
+    fn publish(&mut self, room_id: u64, kind: MessageKind, data: &[u8], publisher: Option<usize>) {
+        let header = encode_header(true, kind.opcode(), data.len(), None);
+        let frame_len = header.as_bytes().len() + data.len();
         let Some(room) = self.rooms.get(&room_id) else {
             return;
         };
-        let exclude = if self.limits.echo_self { None } else { exclude };
-        for &member in &room.receivers {
-            if Some(member) == exclude {
-                continue;
+        if !room.batch.frames.is_empty() && room.batch.bytes.len() + frame_len > self.batch_cap {
+            // Deliver what is gathered first: a batch must fit in an empty
+            // outbound queue.
+            self.flush_room(room_id);
+        }
+        let Some(room) = self.rooms.get_mut(&room_id) else {
+            return;
+        };
+        let batch = &mut room.batch;
+        if batch.frames.is_empty() {
+            self.batch_epoch = self.batch_epoch.wrapping_add(1).max(1);
+            batch.epoch = self.batch_epoch;
+            self.pending_rooms.push(room_id);
+        }
+        batch.bytes.extend_from_slice(header.as_bytes());
+        batch.bytes.extend_from_slice(data);
+        batch.frames.push(BatchFrame {
+            end: batch.bytes.len(),
+            publisher: publisher.unwrap_or(usize::MAX),
+        });
+        if let Some(p) = publisher {
+            if let Some(conn) = self.conns.get_mut(p) {
+                conn.published_epoch = batch.epoch;
             }
-            deliver(
-                &mut self.conns,
-                &mut self.dirty,
-                &self.metrics,
-                self.limits.max_outbound_bytes,
-                &mut self.scratch_slow,
-                member,
-                frame,
-            );
+        }
+        if batch.bytes.len() >= self.batch_cap {
+            self.flush_room(room_id);
+        }
+    }
+
+    /// Delivers every room batch gathered this iteration.
+    fn flush_rooms(&mut self) {
+        for room_id in std::mem::take(&mut self.pending_rooms) {
+            self.flush_room(room_id);
+        }
+    }
+
+    /// Encodes the room's batch once into a shared buffer, enqueues it to
+    /// every local receiver (a member that published in it, without
+    /// `echo_self`, gets a copy without its own messages) and hands it to
+    /// every other worker with members.
+    fn flush_room(&mut self, room_id: u64) {
+        let Some(room) = self.rooms.get_mut(&room_id) else {
+            return;
+        };
+        if room.batch.frames.is_empty() {
+            return;
+        }
+        let frame = SharedFrame::from_encoded(&room.batch.bytes);
+        let count = room.batch.frames.len() as u64;
+        let filter =
+            !self.limits.echo_self && room.batch.frames.iter().any(|f| f.publisher != usize::MAX);
+        for &member in &room.receivers {
+            let own = filter
+                && self
+                    .conns
+                    .get(member)
+                    .is_some_and(|c| c.published_epoch == room.batch.epoch);
+            let sink = Sink {
+                dirty: &mut self.dirty,
+                metrics: &self.metrics,
+                limit: self.limits.max_outbound_bytes,
+                slow: &mut self.scratch_slow,
+            };
+            if own {
+                deliver_without_own(&mut self.conns, sink, member, &room.batch);
+            } else {
+                deliver(&mut self.conns, sink, member, &frame, count);
+            }
         }
         let remote = room.shared.worker_mask() & !(1u64 << self.id);
-        if remote != 0 {
-            let shared = room.shared.clone();
-            self.send_remote(remote, &shared, frame);
+        let shared = (remote != 0).then(|| room.shared.clone());
+        room.batch.bytes.clear();
+        room.batch.frames.clear();
+        if room.batch.bytes.capacity() > 4 * ROOM_BATCH_BYTES {
+            room.batch.bytes = Vec::new();
+        }
+        if let Some(shared) = shared {
+            self.send_remote(remote, &shared, &frame, count);
         }
         self.handle_slow_consumers();
     }
@@ -1107,40 +1191,45 @@ impl Worker {
         let Some(shared) = self.shared.directory.get(room) else {
             return (0, 0);
         };
-        let frame = SharedFrame::encode(kind.opcode(), body);
         let mask = shared.worker_mask();
-        let local = mask & (1u64 << self.id) != 0;
-        if local {
-            if let Some(&id) = self.room_ids.get(room) {
-                self.publish_local(id, &frame);
-            }
-        }
         let remote = mask & !(1u64 << self.id);
-        if remote != 0 {
-            self.send_remote(remote, &shared, &frame);
+        match self.room_ids.get(room) {
+            // Local members: the room batch also reaches the other workers.
+            Some(&id) => self.publish(id, kind, body, None),
+            None if remote != 0 => {
+                let frame = SharedFrame::encode(kind.opcode(), body);
+                self.send_remote(remote, &shared, &frame, 1);
+            }
+            None => {}
         }
+        let local = self.room_ids.contains_key(room);
         (usize::from(local), remote.count_ones() as usize)
     }
 
-    fn publish_local(&mut self, room_id: u64, frame: &SharedFrame) {
+    /// Delivers a batch from another worker to every local receiver.
+    fn deliver_remote_batch(&mut self, room_id: u64, frame: &SharedFrame, count: u64) {
         let Some(room) = self.rooms.get(&room_id) else {
             return;
         };
         for &member in &room.receivers {
-            deliver(
-                &mut self.conns,
-                &mut self.dirty,
-                &self.metrics,
-                self.limits.max_outbound_bytes,
-                &mut self.scratch_slow,
-                member,
-                frame,
-            );
+            let sink = Sink {
+                dirty: &mut self.dirty,
+                metrics: &self.metrics,
+                limit: self.limits.max_outbound_bytes,
+                slow: &mut self.scratch_slow,
+            };
+            deliver(&mut self.conns, sink, member, frame, count);
         }
         self.handle_slow_consumers();
     }
 
-    fn send_remote(&mut self, mut mask: u64, room: &Arc<RoomShared>, frame: &SharedFrame) {
+    fn send_remote(
+        &mut self,
+        mut mask: u64,
+        room: &Arc<RoomShared>,
+        frame: &SharedFrame,
+        count: u64,
+    ) {
         while mask != 0 {
             let w = mask.trailing_zeros() as usize;
             mask &= mask - 1;
@@ -1150,8 +1239,9 @@ impl Worker {
             let msg = WorkerMsg {
                 room: room.clone(),
                 frame: frame.clone(),
+                messages: count,
             };
-            self.metrics.fanout_remote.inc();
+            self.metrics.fanout_remote.add(count);
             self.wake_mask |= 1 << w;
             if !self.overflow[w].is_empty() {
                 self.overflow[w].push_back(msg);
@@ -1200,7 +1290,7 @@ impl Worker {
         self.inbox_more = false;
         for _ in 0..INBOX_BATCH {
             match self.rx.try_recv() {
-                Ok(msg) => self.publish_local(msg.room.id, &msg.frame),
+                Ok(msg) => self.deliver_remote_batch(msg.room.id, &msg.frame, msg.messages),
                 Err(_) => return,
             }
         }
@@ -1208,16 +1298,17 @@ impl Worker {
     }
 
     fn handle_slow_consumers(&mut self) {
-        while let Some(key) = self.scratch_slow.pop() {
+        while let Some((key, missed)) = self.scratch_slow.pop() {
             if self.conns.contains(key) {
-                self.slow_consumer(key);
+                self.slow_consumer(key, missed);
             }
         }
     }
 
-    fn slow_consumer(&mut self, key: usize) {
+    /// A member's queue cannot take `missed` more messages.
+    fn slow_consumer(&mut self, key: usize, missed: u64) {
         match self.limits.slow_consumer {
-            SlowConsumerPolicy::Drop => self.metrics.drops.inc(),
+            SlowConsumerPolicy::Drop => self.metrics.drops.add(missed),
             SlowConsumerPolicy::Close => {
                 let conn = &mut self.conns[key];
                 if conn.close.state() != CloseState::Open {
@@ -1471,13 +1562,14 @@ impl Worker {
         self.flush_dirty();
     }
 
-    /// During shutdown: nothing left but idle HTTP connections (no
-    /// WebSocket, no request being read or answered).
+    /// During shutdown: no WebSocket left in the process and nothing here
+    /// but idle HTTP connections (no request being read or answered).
     fn only_idle_http_left(&self) -> bool {
-        self.conns.iter().all(|(_, c)| match &c.phase {
-            Phase::Http(st) => st.buf.is_empty() && c.out.is_empty(),
-            Phase::WebSocket => false,
-        })
+        self.shared.ws_connections.load(Ordering::Acquire) == 0
+            && self.conns.iter().all(|(_, c)| match &c.phase {
+                Phase::Http(st) => st.buf.is_empty() && c.out.is_empty(),
+                Phase::WebSocket => false,
+            })
     }
 
     fn finish(&mut self) {
@@ -1488,16 +1580,34 @@ impl Worker {
     }
 }
 
-/// Enqueues a shared frame to one member; members over their outbound
-/// bound are collected in `slow` and handled after the fan-out loop.
+/// Where deliveries record their effects (disjoint from the slab).
+struct Sink<'a> {
+    dirty: &'a mut Vec<usize>,
+    metrics: &'a WorkerMetrics,
+    limit: usize,
+    /// Members over their outbound bound (with the messages they missed),
+    /// handled after the loop.
+    slow: &'a mut Vec<(usize, u64)>,
+}
+
+impl Sink<'_> {
+    fn delivered(&mut self, conn: &mut Connection, member: usize, count: u64) {
+        self.metrics.fanout_deliveries.add(count);
+        self.metrics.messages_out.add(count);
+        if !conn.dirty {
+            conn.dirty = true;
+            self.dirty.push(member);
+        }
+    }
+}
+
+/// Enqueues a shared buffer of `count` frames to one member.
 fn deliver(
     conns: &mut Slab<Connection>,
-    dirty: &mut Vec<usize>,
-    metrics: &WorkerMetrics,
-    limit: usize,
-    slow: &mut Vec<usize>,
+    mut sink: Sink<'_>,
     member: usize,
     frame: &SharedFrame,
+    count: u64,
 ) {
     let Some(conn) = conns.get_mut(member) else {
         return;
@@ -1505,16 +1615,67 @@ fn deliver(
     if !conn.close.can_send_data() || conn.close_after_flush {
         return;
     }
-    if conn.out.try_push_shared(frame, limit) {
-        metrics.fanout_deliveries.inc();
-        metrics.messages_out.inc();
-        if !conn.dirty {
-            conn.dirty = true;
-            dirty.push(member);
-        }
-    } else {
-        slow.push(member);
+    if !conn.out.has_room(frame.len(), sink.limit) {
+        write_now(conn, sink.metrics);
     }
+    if conn.out.try_push_shared(frame, sink.limit) {
+        sink.delivered(conn, member, count);
+    } else {
+        sink.slow.push((member, count));
+    }
+}
+
+/// Writes a connection's queue before its bound is judged: output is
+/// normally written once per loop iteration, and a burst read in one
+/// iteration must not make a client that reads promptly look slow.
+fn write_now(conn: &mut Connection, metrics: &WorkerMetrics) {
+    if let Ok((_, n)) = conn.out.flush(&mut conn.socket) {
+        metrics.bytes_out.add(n as u64);
+    }
+}
+
+/// Enqueues the frames of `batch` not published by `member` (a copy: the
+/// publisher does not receive its own messages without `echo_self`).
+fn deliver_without_own(
+    conns: &mut Slab<Connection>,
+    mut sink: Sink<'_>,
+    member: usize,
+    batch: &RoomBatch,
+) {
+    let Some(conn) = conns.get_mut(member) else {
+        return;
+    };
+    if !conn.close.can_send_data() || conn.close_after_flush {
+        return;
+    }
+    let mut start = 0;
+    let mut total = 0;
+    let mut count = 0;
+    for f in &batch.frames {
+        if f.publisher != member {
+            total += f.end - start;
+            count += 1;
+        }
+        start = f.end;
+    }
+    if count == 0 {
+        return;
+    }
+    if !conn.out.has_room(total, sink.limit) {
+        write_now(conn, sink.metrics);
+        if !conn.out.has_room(total, sink.limit) {
+            sink.slow.push((member, count));
+            return;
+        }
+    }
+    let mut start = 0;
+    for f in &batch.frames {
+        if f.publisher != member {
+            conn.out.push_parts(&[&batch.bytes[start..f.end]]);
+        }
+        start = f.end;
+    }
+    sink.delivered(conn, member, count);
 }
 
 #[allow(dead_code)]
