@@ -62,6 +62,7 @@ fn main() -> ExitCode {
         let points: Vec<plot::PlotPoint> = summary
             .per_second
             .iter()
+            .filter(|s| s.dur_s >= 0.25)
             .map(|s| {
                 let dur = s.dur_s.max(1e-3);
                 plot::PlotPoint {
@@ -73,10 +74,11 @@ fn main() -> ExitCode {
             })
             .collect();
         let title = format!(
-            "wsrelay-load {} → {} ({} threads{})",
+            "wsrelay-load {} → {} ({} thread{}{})",
             summary.scenario,
             summary.url,
             summary.threads,
+            if summary.threads == 1 { "" } else { "s" },
             if t0_warm > 0.0 {
                 format!(", first {t0_warm:.0}s warm-up")
             } else {

@@ -41,6 +41,24 @@ fn nice_max(v: f64) -> f64 {
     10.0 * p
 }
 
+fn fmt_num(v: f64) -> String {
+    if v.fract().abs() < 1e-9 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.1}")
+    }
+}
+
+fn fmt_us(v: f64) -> String {
+    if v >= 1e6 {
+        format!("{}s", fmt_num(v / 1e6))
+    } else if v >= 1e3 {
+        format!("{}ms", fmt_num(v / 1e3))
+    } else {
+        format!("{}µs", fmt_num(v))
+    }
+}
+
 fn fmt_si(v: f64) -> String {
     if v >= 1e9 {
         format!("{:.1}G", v / 1e9)
@@ -97,15 +115,21 @@ fn panel(svg: &mut String, p: &Panel, tmax: f64) {
             escape(&(p.unit)(v))
         );
     }
-    let ticks = 5usize;
-    for i in 0..=ticks {
-        let t = tmax * i as f64 / ticks as f64;
+    let step = nice_max(tmax / 6.0);
+    let mut i = 0;
+    loop {
+        let t = step * i as f64;
+        if t > tmax + 1e-9 {
+            break;
+        }
+        i += 1;
         let x = sx(t);
         let _ = writeln!(
             svg,
-            r##"<line x1="{x:.1}" y1="{y0}" x2="{x:.1}" y2="{:.1}" stroke="#888"/><text x="{x:.1}" y="{:.1}" font-size="11" text-anchor="middle">{t:.0}s</text>"##,
+            r##"<line x1="{x:.1}" y1="{y0}" x2="{x:.1}" y2="{:.1}" stroke="#888"/><text x="{x:.1}" y="{:.1}" font-size="11" text-anchor="middle">{}s</text>"##,
             y0 + 4.0,
-            y0 + 16.0
+            y0 + 16.0,
+            fmt_num(t)
         );
     }
     for (i, (name, color, pts)) in p.series.iter().enumerate() {
@@ -135,7 +159,9 @@ fn panel(svg: &mut String, p: &Panel, tmax: f64) {
 
 /// Renders the chart; `title` goes on top.
 pub fn render(title: &str, points: &[PlotPoint]) -> String {
-    let tmax = points.iter().map(|p| p.t).fold(1.0, f64::max);
+    let raw = points.iter().map(|p| p.t).fold(1.0, f64::max);
+    let step = nice_max(raw / 6.0);
+    let tmax = (raw / step).ceil() * step;
     let h = TOP + 2.0 * PANEL_H + GAP + 40.0;
     let mut svg = String::new();
     let _ = writeln!(
@@ -154,14 +180,14 @@ pub fn render(title: &str, points: &[PlotPoint]) -> String {
             unit: fmt_si,
             series: vec![
                 (
-                    "received",
-                    "#1f77b4",
-                    points.iter().map(|p| (p.t, p.recv_per_s)).collect(),
-                ),
-                (
                     "sent",
                     "#2ca02c",
                     points.iter().map(|p| (p.t, p.sent_per_s)).collect(),
+                ),
+                (
+                    "received",
+                    "#1f77b4",
+                    points.iter().map(|p| (p.t, p.recv_per_s)).collect(),
                 ),
             ],
         },
@@ -171,8 +197,8 @@ pub fn render(title: &str, points: &[PlotPoint]) -> String {
         &mut svg,
         &Panel {
             top: TOP + 10.0 + PANEL_H + GAP,
-            title: "p99 latency (µs) of messages received in each second",
-            unit: |v| format!("{v:.0}"),
+            title: "p99 latency of the messages received in each second",
+            unit: fmt_us,
             series: vec![(
                 "p99",
                 "#d62728",

@@ -358,7 +358,10 @@ impl Worker {
         if self.phase >= RUNNING {
             next = next.min(self.next_interval);
         }
-        if self.may_connect() && !self.queue.is_empty() {
+        if self.may_connect()
+            && !self.queue.is_empty()
+            && self.pending < self.setup.connect_concurrency
+        {
             next = next.min(self.next_connect);
         }
         if let Some(&(at, _)) = self.delayed.front() {
