@@ -95,6 +95,11 @@ pub struct Common {
     /// Pin worker i to CPU cpus[i % len], e.g. `--cpus 1` or `--cpus 2,3`.
     #[arg(long, global = true)]
     pub cpus: Option<String>,
+    /// Printable text payloads (hex header, letters, no newlines) sent as
+    /// text frames, for peers that relay only text or rewrite whitespace;
+    /// received messages are also split at '\n' (joined queues).
+    #[arg(long, global = true)]
+    pub text: bool,
     /// No per-second progress lines on stderr.
     #[arg(long, short = 'q', global = true)]
     pub quiet: bool,

@@ -8,13 +8,13 @@
 //! are appended to the connection's outbound Vec, which the worker
 //! writes until WouldBlock.
 
-use crate::payload;
+use crate::payload::{self, Format};
 use crate::plan::Plan;
 use crate::tracker::{Seen, SeqTracker};
 use hdrhistogram::Histogram;
 use wsrelay::protocol::{
     encode_client_frame, ClientHandshake, CloseCode, Event, FrameDecoder, MaskRng,
-    MessageAssembler, OpCode, Role,
+    MessageAssembler, MessageKind, OpCode, Role,
 };
 
 /// Largest frame or message accepted from the server.
@@ -184,6 +184,7 @@ pub struct Tls {
     pub decoder: FrameDecoder,
     pub rng: MaskRng,
     pub template: Vec<u8>,
+    pub format: Format,
     pub stats: Stats,
     /// Latency of messages received in the current second.
     pub hist: Histogram<u64>,
@@ -214,6 +215,7 @@ impl Tls {
             decoder: FrameDecoder::new(Role::Client, MAX_MESSAGE),
             rng: MaskRng::new(),
             template: payload::template(size),
+            format: Format::Binary,
             stats: Stats::default(),
             hist: new_hist(),
             handshake: new_hist(),
@@ -228,17 +230,21 @@ impl Tls {
         }
     }
 
+    /// Switches to printable payloads (`--text`).
+    pub fn set_format(&mut self, format: Format) {
+        self.format = format;
+        self.template = format.template(self.template.len());
+    }
+
     /// Appends one data message to `out`.
     #[inline]
     pub fn send(&mut self, out: &mut Vec<u8>, publisher: u32, seq: u64, room: u32, at_ns: u64) {
-        payload::write(&mut self.template, publisher, seq, at_ns);
-        encode_client_frame(
-            true,
-            OpCode::Binary,
-            &self.template,
-            self.rng.mask_key(),
-            out,
-        );
+        self.format.write(&mut self.template, publisher, seq, at_ns);
+        let opcode = match self.format {
+            Format::Binary => OpCode::Binary,
+            Format::Text => OpCode::Text,
+        };
+        encode_client_frame(true, opcode, &self.template, self.rng.mask_key(), out);
         self.stats.sent += 1;
         self.stats.sent_bytes += self.template.len() as u64;
         self.stats.expected += self.subs_in_room.get(room as usize).copied().unwrap_or(0) as u64;
@@ -308,27 +314,60 @@ pub fn feed(c: &mut ConnCore, buf: &mut [u8], now: u64, t: &mut Tls) -> Fed {
         if c.close_recv {
             continue;
         }
-        match c.asm.on_frame(&f.header, &buf[start..end]) {
+        let h = &f.header;
+        let ev =
+            if h.fin && matches!(h.opcode, OpCode::Text | OpCode::Binary) && !c.asm.in_message() {
+                // Fast path: a whole message in one frame, a borrow of the read
+                // buffer. Text is not UTF-8 checked here: load payloads are
+                // binary, and some peers relay them as text frames (gorilla's
+                // chat example); the checksum catches any damage.
+                Ok(Event::Message {
+                    kind: MessageKind::Binary,
+                    data: &buf[start..end],
+                })
+            } else {
+                c.asm.on_frame(h, &buf[start..end])
+            };
+        match ev {
             Ok(Event::Message { data, .. }) => {
-                if c.tracks {
-                    let own = c.sender.as_ref().map(|s| s.id);
-                    on_tracked(c.room, own, &mut c.trackers, data, now, t);
-                    // Closed loop: one message back, one more out.
-                    if let Some(s) = c.sender.as_mut() {
-                        if s.closed_loop() && t.may_send && !c.close_sent && now < t.send_end {
-                            t.send(&mut c.out, s.id, s.seq, c.room, now);
-                            s.seq += 1;
+                // (Captures the connection's fields one by one, so it can
+                // run while `data` still borrows the assembler.)
+                let mut on_data = |piece: &[u8], t: &mut Tls| {
+                    if c.tracks {
+                        let own = c.sender.as_ref().map(|s| s.id);
+                        on_tracked(c.room, own, &mut c.trackers, piece, now, t);
+                        // Closed loop: one message back, one more out.
+                        if let Some(s) = c.sender.as_mut() {
+                            if s.closed_loop() && t.may_send && !c.close_sent && now < t.send_end {
+                                t.send(&mut c.out, s.id, s.seq, c.room, now);
+                                s.seq += 1;
+                            }
                         }
+                    } else if c.churn {
+                        t.stats.recv += 1;
+                        t.stats.recv_bytes += piece.len() as u64;
+                        if t.format.check(piece).is_err() {
+                            t.stats.corrupted += 1;
+                        }
+                        if !c.close_sent {
+                            let code = CloseCode::NORMAL.0.to_be_bytes();
+                            let key = t.rng.mask_key();
+                            encode_client_frame(true, OpCode::Close, &code, key, &mut c.out);
+                            c.close_sent = true;
+                            c.we_closed = true;
+                            c.deadline_ns = now + t.close_timeout_ns;
+                        }
+                    } else {
+                        t.stats.other_recv += 1;
                     }
-                } else if c.churn {
-                    t.stats.recv += 1;
-                    t.stats.recv_bytes += data.len() as u64;
-                    if payload::check(data).is_err() {
-                        t.stats.corrupted += 1;
+                };
+                if t.format == Format::Text && data.contains(&b'\n') {
+                    // Peers that join queued messages with '\n'.
+                    for piece in data.split(|&b| b == b'\n') {
+                        on_data(piece, t);
                     }
-                    c.start_close(&mut t.rng, now, t.close_timeout_ns);
                 } else {
-                    t.stats.other_recv += 1;
+                    on_data(data, t);
                 }
             }
             Ok(Event::Fragment) | Ok(Event::Pong(_)) => {}
@@ -406,7 +445,7 @@ fn on_tracked(
     now: u64,
     t: &mut Tls,
 ) {
-    let h = match payload::check(data) {
+    let h = match t.format.check(data) {
         Ok(h) => h,
         Err(_) => {
             t.stats.corrupted += 1;
@@ -524,6 +563,35 @@ mod tests {
         let fed = feed(&mut c, &mut wire, 1, &mut t);
         assert!(matches!(fed.remove, Some(Removal::Lost(_))));
         assert_eq!(&c.out[..1], &[0x88]);
+    }
+
+    #[test]
+    fn text_payloads_joined_with_newlines_are_split() {
+        let mut c = sub_conn();
+        let mut t = Tls::new(80, 1, vec![1], 1);
+        t.set_format(Format::Text);
+        let mut joined = Vec::new();
+        for seq in 0..3 {
+            let mut m = Format::Text.template(80);
+            Format::Text.write(&mut m, 1, seq, 1);
+            if seq > 0 {
+                joined.push(b'\n');
+            }
+            joined.extend_from_slice(&m);
+        }
+        let mut wire = Vec::new();
+        // Fragmented text frame, as gorilla writes a joined queue.
+        encode_frame(false, OpCode::Text, &joined[..100], &mut wire);
+        encode_frame(true, OpCode::Continuation, &joined[100..], &mut wire);
+        let fed = feed(&mut c, &mut wire, 2, &mut t);
+        assert!(fed.remove.is_none());
+        assert_eq!(t.stats.recv, 3);
+        assert_eq!(c.trackers[1].unique, 3);
+        assert_eq!(t.stats.corrupted, 0);
+        // What we send is a text frame.
+        let mut out = Vec::new();
+        t.send(&mut out, 0, 0, 0, 1);
+        assert_eq!(out[0], 0x81);
     }
 
     #[test]

@@ -16,7 +16,113 @@
 //! few nanoseconds, and any change confined to a single word always
 //! changes it (xor then multiply by an odd constant are bijections).
 
+//!
+//! `--text` uses a printable variant for peers that relay only text or
+//! rewrite whitespace (gorilla's chat example): magic `WSRT`, then the
+//! same fields as lowercase hex (8 + 16 + 16 + 16 digits, 60 bytes in
+//! all), padding of letters, and messages never contain `\n` so that
+//! frames that join queued messages with `\n` can be split apart.
+
 pub const MAGIC: [u8; 4] = *b"WSRL";
+pub const TEXT_MAGIC: [u8; 4] = *b"WSRT";
+pub const TEXT_HEADER_LEN: usize = 60;
+
+/// Binary (default) or printable payloads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Binary,
+    Text,
+}
+
+impl Format {
+    pub fn header_len(self) -> usize {
+        match self {
+            Format::Binary => HEADER_LEN,
+            Format::Text => TEXT_HEADER_LEN,
+        }
+    }
+
+    pub fn template(self, size: usize) -> Vec<u8> {
+        match self {
+            Format::Binary => template(size),
+            Format::Text => {
+                let mut v = vec![b'-'; size.max(TEXT_HEADER_LEN)];
+                for (i, b) in v.iter_mut().enumerate().skip(TEXT_HEADER_LEN) {
+                    *b = b'a' + (i * 7 % 26) as u8;
+                }
+                v
+            }
+        }
+    }
+
+    #[inline]
+    pub fn write(self, buf: &mut [u8], publisher: u32, seq: u64, sent_ns: u64) {
+        match self {
+            Format::Binary => write(buf, publisher, seq, sent_ns),
+            Format::Text => {
+                buf[0..4].copy_from_slice(&TEXT_MAGIC);
+                hex(&mut buf[4..12], publisher as u64);
+                hex(&mut buf[12..28], seq);
+                hex(&mut buf[28..44], sent_ns);
+                let c = text_checksum(buf);
+                hex(&mut buf[44..60], c);
+            }
+        }
+    }
+
+    #[inline]
+    pub fn check(self, msg: &[u8]) -> Result<Header, Corrupt> {
+        match self {
+            Format::Binary => check(msg),
+            Format::Text => {
+                if msg.len() < TEXT_HEADER_LEN {
+                    return Err(Corrupt::Short);
+                }
+                if msg[0..4] != TEXT_MAGIC {
+                    return Err(Corrupt::BadMagic);
+                }
+                let stored = unhex(&msg[44..60]).ok_or(Corrupt::BadChecksum)?;
+                if stored != text_checksum(msg) {
+                    return Err(Corrupt::BadChecksum);
+                }
+                let f = |r: std::ops::Range<usize>| unhex(&msg[r]).ok_or(Corrupt::BadChecksum);
+                Ok(Header {
+                    publisher: f(4..12)? as u32,
+                    seq: f(12..28)?,
+                    sent_ns: f(28..44)?,
+                })
+            }
+        }
+    }
+}
+
+fn text_checksum(msg: &[u8]) -> u64 {
+    let h = fnv_words(FNV_OFFSET, &msg[..44]);
+    fnv_words(h, &msg[TEXT_HEADER_LEN..])
+}
+
+#[inline]
+fn hex(out: &mut [u8], v: u64) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let n = out.len();
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = DIGITS[((v >> (4 * (n - 1 - i))) & 0xf) as usize];
+    }
+}
+
+#[inline]
+fn unhex(s: &[u8]) -> Option<u64> {
+    let mut v = 0u64;
+    for &c in s {
+        let d = match c {
+            b'0'..=b'9' => c - b'0',
+            b'a'..=b'f' => c - b'a' + 10,
+            _ => return None,
+        };
+        v = (v << 4) | d as u64;
+    }
+    Some(v)
+}
 pub const HEADER_LEN: usize = 32;
 
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
@@ -139,6 +245,28 @@ mod tests {
                 assert!(check(&c).is_err(), "flip at {byte}.{bit} undetected");
             }
         }
+    }
+
+    #[test]
+    fn text_format_round_trip_is_printable_and_checked() {
+        let f = Format::Text;
+        let mut m = f.template(100);
+        f.write(&mut m, 0xdead_beef, u64::MAX - 1, 1_234_567);
+        assert!(m.iter().all(|b| b.is_ascii_graphic()), "{m:?}");
+        assert!(std::str::from_utf8(&m).is_ok());
+        let h = f.check(&m).unwrap();
+        assert_eq!(
+            (h.publisher, h.seq, h.sent_ns),
+            (0xdead_beef, u64::MAX - 1, 1_234_567)
+        );
+        for i in 0..m.len() {
+            let mut c = m.clone();
+            c[i] = if c[i] == b'x' { b'y' } else { b'x' };
+            assert!(f.check(&c).is_err(), "change at {i} undetected");
+        }
+        assert_eq!(f.check(&m[..59]), Err(Corrupt::Short));
+        assert_eq!(Format::Binary.check(&m), Err(Corrupt::BadMagic));
+        assert_eq!(f.header_len(), 60);
     }
 
     #[test]

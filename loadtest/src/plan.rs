@@ -54,6 +54,7 @@ pub struct Setup {
     pub target: Target,
     pub sources: Vec<IpAddr>,
     pub size: usize,
+    pub format: crate::payload::Format,
     pub threads: usize,
     /// Publisher p belongs to room p % rooms and is tracked at index
     /// p / rooms by the subscribers of that room.

@@ -6,7 +6,7 @@ use crate::addr::{parse_sources, parse_url};
 use crate::cli::{Cli, Cmd, Common};
 use crate::clock::{now_ns, SEC};
 use crate::conn::new_hist;
-use crate::payload::HEADER_LEN;
+use crate::payload::Format;
 use crate::plan::{self, Kind, Setup};
 use crate::report::{si, us, Churn, Generator, Lat, Second, Summary};
 use crate::sys;
@@ -16,10 +16,16 @@ use std::sync::atomic::Ordering::*;
 use std::sync::Arc;
 use std::time::Duration;
 
-fn check_size(size: usize) -> Result<usize, String> {
-    if size < HEADER_LEN {
+fn check_size(size: usize, format: Format) -> Result<usize, String> {
+    let min = format.header_len();
+    if size < min {
         return Err(format!(
-            "--size {size} is below the {HEADER_LEN}-byte message header"
+            "--size {size} is below the {min}-byte message header{}",
+            if format == Format::Text {
+                " (--text)"
+            } else {
+                ""
+            }
         ));
     }
     if size > crate::conn::MAX_MESSAGE {
@@ -45,6 +51,7 @@ pub fn build_setup(cli: &Cli) -> Result<(Setup, serde_json::Value), String> {
     if c.duration.is_zero() {
         return Err("--duration must be positive".into());
     }
+    let format = if c.text { Format::Text } else { Format::Binary };
     let cpus = match &c.cpus {
         Some(s) => s
             .split(',')
@@ -75,7 +82,7 @@ pub fn build_setup(cli: &Cli) -> Result<(Setup, serde_json::Value), String> {
                     1,
                     vec![1; a.connections],
                     a.connections,
-                    check_size(a.size)?,
+                    check_size(a.size, format)?,
                     a.in_flight,
                     serde_json::to_value(a).unwrap_or_default(),
                 )
@@ -106,7 +113,7 @@ pub fn build_setup(cli: &Cli) -> Result<(Setup, serde_json::Value), String> {
                     f.pubs_per_room,
                     f.subs_in_room,
                     f.n_pubs,
-                    check_size(a.size)?,
+                    check_size(a.size, format)?,
                     1,
                     serde_json::to_value(a).unwrap_or_default(),
                 )
@@ -118,7 +125,7 @@ pub fn build_setup(cli: &Cli) -> Result<(Setup, serde_json::Value), String> {
                 1,
                 vec![0],
                 0,
-                HEADER_LEN,
+                format.header_len(),
                 1,
                 serde_json::to_value(a).unwrap_or_default(),
             ),
@@ -129,7 +136,7 @@ pub fn build_setup(cli: &Cli) -> Result<(Setup, serde_json::Value), String> {
                 1,
                 vec![0],
                 0,
-                check_size(a.size)?,
+                check_size(a.size, format)?,
                 1,
                 serde_json::to_value(a).unwrap_or_default(),
             ),
@@ -152,6 +159,7 @@ pub fn build_setup(cli: &Cli) -> Result<(Setup, serde_json::Value), String> {
             target,
             sources,
             size,
+            format,
             threads,
             rooms,
             pubs_per_room,

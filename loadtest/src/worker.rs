@@ -206,6 +206,7 @@ impl Worker {
         t.budget = msg_budget;
         t.fin_wait_ns = setup.fin_wait_ns;
         t.skip_own = setup.skip_own;
+        t.set_format(setup.format);
         let queue = if setup.kind == Kind::Churn {
             VecDeque::new()
         } else {
