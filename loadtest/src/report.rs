@@ -65,6 +65,9 @@ pub struct Msgs {
     /// Over the whole run (warm-up and drain included).
     pub sent: u64,
     pub received: u64,
+    /// Generated but still queued in the generator when the connection
+    /// closed (the server had stopped reading); not counted as sent.
+    pub unsent_at_end: u64,
     /// In the measured window (after warm-up, before sending stopped).
     pub sent_per_s: f64,
     pub received_per_s: f64,
@@ -269,6 +272,13 @@ impl Summary {
                 si(m.received_bytes_per_s),
                 m.received
             );
+            if m.unsent_at_end > 0 {
+                let _ = writeln!(
+                    o,
+                    "  {:<22} {} (queued in the generator at the end: the server stopped reading)",
+                    "unsent", m.unsent_at_end
+                );
+            }
             if m.untracked_received > 0 {
                 let _ = writeln!(
                     o,

@@ -464,7 +464,7 @@ pub fn execute(
     let mut cycle = new_hist();
     let mut unique = vec![0u64; setup.n_pubs];
     let mut sent_by_pub = vec![0u64; setup.n_pubs];
-    let (mut dup, mut reordered, mut no_fin) = (0, 0, 0);
+    let (mut dup, mut reordered, mut no_fin, mut unsent) = (0, 0, 0, 0);
     let (mut first, mut last) = (u64::MAX, 0u64);
     let c = &mut s.connections;
     for r in &results {
@@ -495,6 +495,7 @@ pub fn execute(
         dup += r.dup;
         reordered += r.reordered;
         no_fin += r.close_no_fin;
+        unsent += r.unsent;
         for (k, v) in &r.failures {
             *c.failures.entry(k.clone()).or_insert(0) += v;
         }
@@ -539,7 +540,8 @@ pub fn execute(
     }
     let m = &mut s.messages;
     m.size = setup.size;
-    m.sent = stats.sent;
+    m.sent = stats.sent - unsent;
+    m.unsent_at_end = unsent;
     m.received = stats.recv;
     m.sent_per_s = (m1.sent - m0.sent) as f64 / window;
     m.received_per_s = (m1.recv - m0.recv) as f64 / window;

@@ -116,6 +116,9 @@ pub struct WorkerResult {
     pub dup: u64,
     pub reordered: u64,
     pub close_no_fin: u64,
+    /// Messages generated but still queued unsent when their connection
+    /// ended (the server was not reading).
+    pub unsent: u64,
     pub failures: BTreeMap<String, u64>,
     pub lost: BTreeMap<String, u64>,
     pub unclean: BTreeMap<String, u64>,
@@ -157,6 +160,7 @@ pub struct Worker {
     dup: u64,
     reordered: u64,
     close_no_fin: u64,
+    unsent: u64,
     failures: BTreeMap<String, u64>,
     lost: BTreeMap<String, u64>,
     unclean: BTreeMap<String, u64>,
@@ -237,6 +241,7 @@ impl Worker {
             dup: 0,
             reordered: 0,
             close_no_fin: 0,
+            unsent: 0,
             failures: BTreeMap::new(),
             lost: BTreeMap::new(),
             unclean: BTreeMap::new(),
@@ -914,8 +919,22 @@ impl Worker {
             Removal::Abandoned => {}
         }
         if let Some(s) = &c.sender {
+            // Messages still queued here never reached the server: they
+            // are not owed to anyone. All data frames of a run have one
+            // size, so the queue's length tells how many there are.
+            let size = self.t.template.len();
+            let frame = size
+                + if size < 126 {
+                    6
+                } else if size < 65536 {
+                    8
+                } else {
+                    14
+                };
+            let unsent = (c.pending_out() / frame) as u64;
+            self.unsent += unsent;
             if let Some(v) = self.sent_by_pub.get_mut(s.id as usize) {
-                *v += s.seq;
+                *v += s.seq.saturating_sub(unsent);
             }
         }
         let rooms = self.setup.rooms as usize;
@@ -976,6 +995,7 @@ impl Worker {
             dup: self.dup,
             reordered: self.reordered,
             close_no_fin: self.close_no_fin,
+            unsent: self.unsent,
             failures: self.failures,
             lost: self.lost,
             unclean: self.unclean,
