@@ -246,6 +246,8 @@ struct Progress {
     quiet: bool,
     threads: usize,
     t0: u64,
+    warmup_ns: u64,
+    send_end: u64,
     secs: Vec<Agg>,
     printed: usize,
     last_cpu: (u64, u64),
@@ -293,10 +295,12 @@ impl Progress {
             let cpu_pct = 100.0 * (cpu - self.last_cpu.1) as f64
                 / (now.saturating_sub(self.last_cpu.0)).max(1) as f64;
             self.last_cpu = (now, cpu);
-            let phase = match shared.phase.load(Relaxed) {
-                RUNNING => "",
-                DRAINING => " drain",
-                _ => " close",
+            let phase = if start >= self.send_end {
+                " after"
+            } else if start < self.t0 + self.warmup_ns {
+                " warm"
+            } else {
+                ""
             };
             eprintln!(
                 "[{:>4}s{phase}] conns {} open {} failed {} lost | sent {}/s recv {}/s | p99 {} | cpu {:.0}%",
@@ -379,6 +383,8 @@ pub fn execute(
         quiet: common.quiet,
         threads,
         t0,
+        warmup_ns: setup.warmup_ns,
+        send_end,
         secs: Vec::new(),
         printed: 0,
         last_cpu: (t0, sys::cpu_ns()),
