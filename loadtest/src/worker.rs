@@ -155,6 +155,7 @@ pub struct Worker {
     lag: Histogram<u64>,
     cycle: Histogram<u64>,
     cycle_budget: u64,
+    cycles_started: u64,
     unique_by_pub: Vec<u64>,
     sent_by_pub: Vec<u64>,
     dup: u64,
@@ -236,6 +237,7 @@ impl Worker {
             lag: new_hist(),
             cycle: new_hist(),
             cycle_budget,
+            cycles_started: 0,
             unique_by_pub: vec![0; setup.n_pubs],
             sent_by_pub: vec![0; setup.n_pubs],
             dup: 0,
@@ -465,7 +467,7 @@ impl Worker {
         if !self.done_signaled && self.phase >= RUNNING {
             let exhausted = match self.setup.kind {
                 Kind::Echo | Kind::Fanout => self.t.budget == 0,
-                Kind::Churn => self.cycle_budget == 0,
+                Kind::Churn => self.cycle_budget == 0 && self.t.stats.cycles >= self.cycles_started,
                 Kind::Connect => false,
             };
             if now >= self.send_end || exhausted {
@@ -536,6 +538,13 @@ impl Worker {
     }
 
     fn start_conn(&mut self, pi: usize, now: u64) {
+        if self.setup.kind == Kind::Churn {
+            // --max-messages counts cycles started, so the cap is exact.
+            self.cycles_started += 1;
+            if self.cycle_budget != u64::MAX {
+                self.cycle_budget -= 1;
+            }
+        }
         self.t.stats.attempted += 1;
         if self.first_attempt == 0 {
             self.first_attempt = now;
@@ -562,6 +571,7 @@ impl Worker {
             self.free.push(idx);
             self.t.stats.failed += 1;
             bump(&mut self.failures, format!("register: {}", err_name(&e)));
+            self.retry_churn(pi, now);
             return;
         }
         self.gen = self.gen.wrapping_add(1);
@@ -575,8 +585,17 @@ impl Worker {
         self.pending += 1;
     }
 
+    /// A churn cycle failed: give its budget back and retry after a
+    /// short back-off.
     fn retry_churn(&mut self, pi: usize, now: u64) {
-        if self.setup.kind == Kind::Churn && self.may_connect() {
+        if self.setup.kind != Kind::Churn {
+            return;
+        }
+        self.cycles_started -= 1;
+        if self.cycle_budget != u64::MAX {
+            self.cycle_budget += 1;
+        }
+        if self.may_connect() {
             self.delayed.push_back((now + CHURN_BACKOFF_NS, pi));
         }
     }
@@ -745,7 +764,6 @@ impl Worker {
         self.t.stats.cycles += 1;
         self.cycle
             .saturating_record(now.saturating_sub(c.started_ns).max(1));
-        self.cycle_budget = self.cycle_budget.saturating_sub(1);
         if self.may_connect() {
             self.start_conn(plan, now);
         }
