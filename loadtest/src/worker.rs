@@ -592,9 +592,7 @@ impl Worker {
             return;
         }
         self.cycles_started -= 1;
-        if self.cycle_budget != u64::MAX {
-            self.cycle_budget += 1;
-        }
+        self.cycle_budget = self.cycle_budget.saturating_add(1);
         if self.may_connect() {
             self.delayed.push_back((now + CHURN_BACKOFF_NS, pi));
         }
