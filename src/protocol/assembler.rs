@@ -50,11 +50,22 @@ pub enum Event<'a> {
 }
 
 /// Per-connection message reassembly state.
+///
+/// Kept to two words while no fragmented message is in progress (the
+/// common case for 100k+ idle connections): the gather state is boxed
+/// and allocated only when a message arrives in fragments.
 #[derive(Debug)]
 pub struct MessageAssembler {
     max_message_bytes: usize,
-    /// Kind of the fragmented message in progress, if any.
-    in_progress: Option<MessageKind>,
+    gather: Option<Box<Gather>>,
+}
+
+/// State of a fragmented message.
+#[derive(Debug)]
+struct Gather {
+    /// Kind of the message in progress; `None` once it completed (the
+    /// buffer is kept for the returned borrow).
+    kind: Option<MessageKind>,
     buffer: Vec<u8>,
     utf8: Utf8Validator,
 }
@@ -63,27 +74,28 @@ impl MessageAssembler {
     pub fn new(max_message_bytes: usize) -> Self {
         MessageAssembler {
             max_message_bytes,
-            in_progress: None,
-            buffer: Vec::new(),
-            utf8: Utf8Validator::new(),
+            gather: None,
         }
     }
 
     /// Whether a fragmented message is being gathered.
     pub fn in_message(&self) -> bool {
-        self.in_progress.is_some()
+        self.gather.as_ref().is_some_and(|g| g.kind.is_some())
     }
 
     /// Bytes held for an unfinished fragmented message.
     pub fn buffered_bytes(&self) -> usize {
-        self.buffer.len()
+        match &self.gather {
+            Some(g) if g.kind.is_some() => g.buffer.len(),
+            _ => 0,
+        }
     }
 
-    /// Releases the gather buffer (e.g. when the connection goes idle or
+    /// Releases the gather state (e.g. when the connection goes idle or
     /// closes), so a finished large message does not pin memory.
     pub fn release_memory(&mut self) {
-        if self.in_progress.is_none() {
-            self.buffer = Vec::new();
+        if !self.in_message() {
+            self.gather = None;
         }
     }
 
@@ -98,7 +110,7 @@ impl MessageAssembler {
             OpCode::Pong => Ok(Event::Pong(payload)),
             OpCode::Close => parse_close(payload),
             OpCode::Text | OpCode::Binary => {
-                if self.in_progress.is_some() {
+                if self.in_message() {
                     return Err(ProtocolError::ExpectedContinuation);
                 }
                 let kind = if header.opcode == OpCode::Text {
@@ -118,36 +130,45 @@ impl MessageAssembler {
                         data: payload,
                     });
                 }
-                self.utf8.reset();
-                if kind == MessageKind::Text && self.utf8.feed(payload).is_err() {
+                let g = self.gather.get_or_insert_with(|| {
+                    Box::new(Gather {
+                        kind: None,
+                        buffer: Vec::new(),
+                        utf8: Utf8Validator::new(),
+                    })
+                });
+                g.utf8.reset();
+                if kind == MessageKind::Text && g.utf8.feed(payload).is_err() {
                     return Err(ProtocolError::InvalidUtf8);
                 }
-                self.buffer.clear();
-                self.buffer.extend_from_slice(payload);
-                self.in_progress = Some(kind);
+                g.buffer.clear();
+                g.buffer.extend_from_slice(payload);
+                g.kind = Some(kind);
                 Ok(Event::Fragment)
             }
             OpCode::Continuation => {
-                let kind = self
-                    .in_progress
-                    .ok_or(ProtocolError::UnexpectedContinuation)?;
-                if self.buffer.len() + payload.len() > self.max_message_bytes {
+                let g = match self.gather.as_mut() {
+                    Some(g) if g.kind.is_some() => g,
+                    _ => return Err(ProtocolError::UnexpectedContinuation),
+                };
+                let kind = g.kind.ok_or(ProtocolError::UnexpectedContinuation)?;
+                if g.buffer.len() + payload.len() > self.max_message_bytes {
                     return Err(ProtocolError::MessageTooLarge);
                 }
                 if kind == MessageKind::Text {
-                    self.utf8
+                    g.utf8
                         .feed(payload)
                         .map_err(|_| ProtocolError::InvalidUtf8)?;
                     if header.fin {
-                        self.utf8.finish().map_err(|_| ProtocolError::InvalidUtf8)?;
+                        g.utf8.finish().map_err(|_| ProtocolError::InvalidUtf8)?;
                     }
                 }
-                self.buffer.extend_from_slice(payload);
+                g.buffer.extend_from_slice(payload);
                 if header.fin {
-                    self.in_progress = None;
+                    g.kind = None;
                     Ok(Event::Message {
                         kind,
-                        data: &self.buffer,
+                        data: &g.buffer,
                     })
                 } else {
                     Ok(Event::Fragment)

@@ -174,8 +174,10 @@ impl OutboundQueue {
                 n = 0;
             }
         }
-        if self.items.is_empty() && self.items.capacity() > 64 {
-            // Do not pin a large ring after a burst.
+        if self.items.is_empty() {
+            // An idle connection holds no queue memory: release the ring
+            // (re-allocating it for the next burst costs far less than the
+            // write that follows).
             self.items = VecDeque::new();
         }
     }
@@ -270,6 +272,19 @@ mod tests {
         let mut expected = f.as_bytes().to_vec();
         expected.extend_from_slice(&[0x88, 0x00]);
         assert_eq!(w.out, expected);
+    }
+
+    #[test]
+    fn an_empty_queue_holds_no_memory() {
+        let mut q = OutboundQueue::new();
+        q.push_parts(&[b"HTTP/1.1 101 Switching Protocols\r\n\r\n"]);
+        let mut w = Trickle {
+            out: Vec::new(),
+            cap: 1000,
+            budget: 1000,
+        };
+        q.flush(&mut w).unwrap();
+        assert_eq!(q.items.capacity(), 0);
     }
 
     #[test]

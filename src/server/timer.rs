@@ -18,7 +18,8 @@ use std::collections::BTreeMap;
 /// tick it was armed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TimerEntry {
-    pub key: usize,
+    /// Slab key (keys fit in 32 bits: they are part of the mio token).
+    pub key: u32,
     pub generation: u32,
     pub tick: u64,
 }
@@ -55,7 +56,7 @@ impl DeadlineBuckets {
             .entry(tick)
             .or_insert_with(|| spare.pop().unwrap_or_default())
             .push(TimerEntry {
-                key,
+                key: key as u32,
                 generation,
                 tick,
             });
@@ -114,6 +115,7 @@ mod tests {
         t.expire(100, &mut out);
         let keys: Vec<_> = out.iter().map(|e| e.key).collect();
         assert_eq!(keys, vec![1, 2]);
+        assert_eq!(std::mem::size_of::<TimerEntry>(), 16);
         out.clear();
         t.expire(109, &mut out);
         assert!(out.is_empty());
