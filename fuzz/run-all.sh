@@ -6,8 +6,12 @@
 #
 # Works on the stable toolchain: cargo fuzz passes -Z flags (sanitizer,
 # coverage instrumentation) that stable rustc accepts with RUSTC_BOOTSTRAP=1.
-# Logs: fuzz/target/run-all/<target>.log. Corpora persist in fuzz/corpus/,
-# crashes land in fuzz/artifacts/<target>/. Exits 1 if any target crashed.
+# Logs: fuzz/target/run-all/<target>.log. Corpora persist in fuzz/corpus/
+# (seeded from fuzz/seeds/<target>/ where that exists), crashes land in
+# fuzz/artifacts/<target>/. Exits 1 if any target crashed.
+#
+# FUZZ_IDLE=1 runs the fuzzers at idle CPU priority (chrt --idle 0), so they
+# only use CPU that nothing else wants (e.g. beside benchmarks).
 set -uo pipefail
 
 secs="${1:-600}"
@@ -28,6 +32,11 @@ fi
 
 cargo fuzz build || exit 1
 
+prio=()
+if [ "${FUZZ_IDLE:-0}" = 1 ]; then
+    prio=(chrt --idle 0)
+fi
+
 logs=target/run-all
 mkdir -p "$logs"
 failed=0
@@ -35,7 +44,13 @@ summary=()
 for t in $(cargo fuzz list); do
     echo "== $t: ${secs}s" >&2
     start=$(date +%s)
-    if cargo fuzz run "$t" -- -max_total_time="$secs" -print_final_stats=1 >"$logs/$t.log" 2>&1; then
+    # New inputs go to the first directory; seeds are only read.
+    mkdir -p "corpus/$t"
+    dirs=("corpus/$t")
+    if [ -d "seeds/$t" ]; then
+        dirs+=("seeds/$t")
+    fi
+    if "${prio[@]}" cargo fuzz run "$t" "${dirs[@]}" -- -max_total_time="$secs" -print_final_stats=1 >"$logs/$t.log" 2>&1; then
         status=ok
     else
         status="CRASH (see $logs/$t.log, fuzz/artifacts/$t/)"
