@@ -120,6 +120,9 @@ now_s() { date +%s.%N; }
 
 # ---- relay -----------------------------------------------------------------------
 log "relay: $RELAY ${RELAY_ARGS[*]}"
+RELAY_VERSION=$("$RELAY" --version)
+RELAY_BUILT=$(date -r "$RELAY" '+%F %T')
+GIT_HEAD=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null)
 "$RELAY" "${RELAY_ARGS[@]}" >"$OUT/relay.log" 2>&1 &
 RELAY_PID=$!
 for _ in $(seq 1 50); do [ "$(healthz)" = 200 ] && break; sleep 0.1; done
@@ -234,9 +237,9 @@ read -r HEALTH_TOTAL HEALTH_OK HEALTH_MAX_S RSS_PEAK_KB GAUGE_PEAK < <(awk -v a=
     { if ($2 > rss) rss = $2; if ($3 > g) g = $3 }
     END { printf "%d %d %.3f %d %d\n", n, ok, mx, rss, g }' "$OUT/monitor.tsv")
 cat >"$OUT/run.env" <<EOF
-GIT_HEAD=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null)
-RELAY_VERSION=$("$RELAY" --version)
-RELAY_BUILT=$(date -r "$RELAY" '+%F %T')
+GIT_HEAD=$GIT_HEAD
+RELAY_VERSION=$RELAY_VERSION
+RELAY_BUILT=$RELAY_BUILT
 RELAY_ARGS=${RELAY_ARGS[*]}
 STEADY_CMD=${STEADY_CMD[*]}
 STEADY_CONNS=$STEADY_CONNS
