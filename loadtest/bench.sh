@@ -1,0 +1,368 @@
+#!/usr/bin/env bash
+# Fixed scenario set, run against wsrelay and the reference peers in one go, so
+# every figure has its peers measured in the same run beside it.
+#
+#   loadtest/bench.sh                                   # default: every server, every scenario, 3 runs
+#   loadtest/bench.sh --server wsrelay --server tt-peer-readbuf4096 --scenarios echo,fanout-1k
+#   loadtest/bench.sh --server 'mine=/path/to/server --port {port}' --runs 1 --duration 3
+#
+# Servers (named, or NAME=CMD / CMD with {port} for anything else):
+#   wsrelay              target/release/wsrelay --workers 1, pinned to core 0
+#   wsrelay-w2           target/release/wsrelay --workers 2, NOT pinned (both cores); the generator
+#                        is not pinned either (--threads 2). Runs only the fan-out scenarios.
+#   tt-peer              tokio-tungstenite peer, default 128 KiB read buffer
+#   tt-peer-readbuf4096  the same with --read-buf 4096 (the fair, tuned setting)
+#   node-ws              Node.js + ws 8
+#   go-gorilla           gorilla/websocket chat-shaped peer: echo, idle and churn only (its rooms join
+#                        queued messages into one frame, so fan-out deliveries are not comparable)
+# Every server except wsrelay-w2 runs on core 0 (taskset -c 0), the generator on core 1.
+#
+# Scenarios: echo echo-large fanout-1k fanout-10k rooms-100x100 idle-echo idle-rooms churn
+#            fanout-1k-8000 (wsrelay and wsrelay-w2 only, unless a custom server)
+#
+# Output (--out DIR, default target/bench/<date>): json/<scenario>__<server>__<run>.json (the generator's
+# --json), runs.tsv (one line per run), summary.tsv and summary.json (medians), summary.md (the table).
+# Each scenario is run --runs times (default 3); servers are interleaved within each run.
+# While measuring, /tmp/wsrelay-bench.lock exists (other heavy jobs wait for it to disappear).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+GEN=${WSRELAY_LOAD:-$ROOT/target/release/wsrelay-load}
+RELAY=${WSRELAY_BIN:-$ROOT/target/release/wsrelay}
+PEERS=${PEERS_DIR:-/work/peers-build}
+LOCK=/tmp/wsrelay-bench.lock
+
+RUNS=3
+DURATION=5            # seconds of measured load per run (after warm-up)
+RATE_10K=100          # msgs/s for fanout-10k (x 10,000 subscribers = 1M deliveries/s)
+RATE_ROOMS=2000       # total msgs/s for rooms-100x100 (x 99 other members = ~198k deliveries/s)
+IDLE_CONNS=15000
+BASE_PORT=${BENCH_BASE_PORT:-24400}
+OUT=""
+SCENARIOS="echo,echo-large,fanout-1k,fanout-10k,rooms-100x100,idle-echo,idle-rooms,churn,fanout-1k-8000"
+SERVERS=()
+BUILD=1
+
+usage() { sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'; cat <<EOF
+
+Options:
+  --server S         named server or 'NAME=CMD {port}' / 'CMD {port}' (repeatable; default: all named)
+  --servers a,b,c    named list
+  --scenarios a,b,c  subset of scenarios (default: all)
+  --runs N           runs per scenario (default $RUNS)
+  --duration SECS    measured seconds per run (default $DURATION)
+  --rate-10k R       fanout-10k rate (default $RATE_10K msgs/s)
+  --rate-rooms R     rooms-100x100 total rate (default $RATE_ROOMS msgs/s)
+  --idle N           idle connections (default $IDLE_CONNS)
+  --out DIR          output directory
+  --no-build         do not run cargo build --release first
+EOF
+}
+
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --server) SERVERS+=("$2"); shift 2 ;;
+        --servers) IFS=, read -r -a more <<<"$2"; SERVERS+=("${more[@]}"); shift 2 ;;
+        --scenarios) SCENARIOS=$2; shift 2 ;;
+        --runs) RUNS=$2; shift 2 ;;
+        --duration) DURATION=${2%s}; shift 2 ;;
+        --rate-10k) RATE_10K=$2; shift 2 ;;
+        --rate-rooms) RATE_ROOMS=$2; shift 2 ;;
+        --idle) IDLE_CONNS=$2; shift 2 ;;
+        --out) OUT=$2; shift 2 ;;
+        --no-build) BUILD=0; shift ;;
+        -h|--help) usage; exit 0 ;;
+        *) echo "unknown option: $1" >&2; usage >&2; exit 2 ;;
+    esac
+done
+[[ ${#SERVERS[@]} -eq 0 ]] && SERVERS=(wsrelay tt-peer-readbuf4096 tt-peer node-ws go-gorilla wsrelay-w2)
+OUT=${OUT:-$ROOT/target/bench/$(date +%Y%m%d-%H%M%S)}
+mkdir -p "$OUT/json" "$OUT/log"
+IFS=, read -r -a SCEN_LIST <<<"$SCENARIOS"
+
+if [[ $BUILD -eq 1 ]]; then
+    (cd "$ROOT" && cargo build --release -p wsrelay -p wsrelay-load 2>&1 | tail -1)
+fi
+
+# ---- servers -----------------------------------------------------------------------------------
+declare -A CMD PIN
+CUSTOM_N=0
+SERVER_NAMES=()
+for s in "${SERVERS[@]}"; do
+    case "$s" in
+        wsrelay) CMD[$s]="$RELAY --listen 127.0.0.1:{port} --workers 1 --stats-interval 0 --log-level warn"; PIN[$s]=1 ;;
+        wsrelay-w2) CMD[$s]="$RELAY --listen 127.0.0.1:{port} --workers 2 --stats-interval 0 --log-level warn"; PIN[$s]=0 ;;
+        tt-peer) CMD[$s]="$PEERS/tokio-tungstenite/target/release/tt-peer --port {port}"; PIN[$s]=1 ;;
+        tt-peer-readbuf4096) CMD[$s]="$PEERS/tokio-tungstenite/target/release/tt-peer --port {port} --read-buf 4096"; PIN[$s]=1 ;;
+        node-ws) CMD[$s]="node $PEERS/node-ws/server.js --port {port}"; PIN[$s]=1 ;;
+        go-gorilla) CMD[$s]="$PEERS/bin/go-gorilla-peer -port {port}"; PIN[$s]=1 ;;
+        *=*) n=${s%%=*}; CMD[$n]=${s#*=}; PIN[$n]=1; s=$n ;;
+        *'{port}'*) CUSTOM_N=$((CUSTOM_N + 1)); n=custom$CUSTOM_N; CMD[$n]=$s; PIN[$n]=1; s=$n ;;
+        *) echo "unknown server '$s' (named: wsrelay wsrelay-w2 tt-peer tt-peer-readbuf4096 node-ws go-gorilla, or a command with {port})" >&2; exit 2 ;;
+    esac
+    SERVER_NAMES+=("$s")
+done
+
+# Which server runs which scenario; anything else is recorded as skipped with the reason.
+skip_reason() { # server scenario -> prints a reason, or nothing
+    local s=$1 sc=$2
+    case "$s" in
+        wsrelay-w2) [[ $sc == fanout-1k || $sc == fanout-1k-8000 ]] || echo "two-worker comparison runs fan-out only" ;;
+        go-gorilla) case "$sc" in
+                fanout*|rooms*) echo "coalesces queued room messages into one frame: deliveries not comparable" ;;
+            esac ;;
+        wsrelay) ;;
+        tt-peer|tt-peer-readbuf4096|node-ws) [[ $sc == fanout-1k-8000 ]] && echo "two-worker comparison is wsrelay only" ;;
+    esac
+    return 0
+}
+
+# ---- scenarios: generator arguments ------------------------------------------------------------
+scenario_args() { # scenario -> generator subcommand arguments
+    local d=${DURATION}s
+    case "$1" in
+        echo) echo "echo -c 64 --in-flight 8 --size 32 --duration $d --warmup 1s" ;;
+        echo-large) echo "echo -c 16 --in-flight 1 --size 65536 --duration $d --warmup 1s" ;;
+        fanout-1k) echo "fanout --subscribers 1000 --publishers 1 --rate 2000 --size 64 --duration $d --warmup 1s --drain 2s" ;;
+        fanout-1k-8000) echo "fanout --subscribers 1000 --publishers 1 --rate 8000 --size 64 --duration $d --warmup 1s --drain 2s" ;;
+        fanout-10k) echo "fanout --subscribers 10000 --publishers 1 --rate $RATE_10K --size 64 --duration $d --warmup 1s --drain 3s --connect-rate 5000" ;;
+        rooms-100x100) echo "fanout --all-publish --subscribers 10000 --rooms 100 --rate $RATE_ROOMS --size 64 --duration $d --warmup 1s --drain 3s --connect-rate 5000" ;;
+        idle-echo) echo "connect -c $IDLE_CONNS --path /echo --duration 3s --connect-rate 5000" ;;
+        idle-rooms) echo "connect -c $IDLE_CONNS --path /rooms/idle --duration 3s --connect-rate 5000" ;;
+        churn) echo "churn -c 20 --duration $d" ;;
+        *) echo "unknown scenario '$1'" >&2; exit 2 ;;
+    esac
+}
+
+# ---- process helpers ---------------------------------------------------------------------------
+rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+wait_listen() { # port pid
+    for _ in $(seq 1 100); do
+        ss -Hltn "sport = :$1" | grep -q . && return 0
+        kill -0 "$2" 2>/dev/null || return 1
+        sleep 0.05
+    done
+    return 1
+}
+SRV_PID=""
+stop_server() {
+    [[ -z $SRV_PID ]] && return 0
+    kill -TERM "$SRV_PID" 2>/dev/null || true
+    for _ in $(seq 1 100); do kill -0 "$SRV_PID" 2>/dev/null || break; sleep 0.05; done
+    kill -KILL "$SRV_PID" 2>/dev/null || true
+    wait "$SRV_PID" 2>/dev/null || true
+    SRV_PID=""
+}
+cleanup() { stop_server; rm -f "$LOCK"; }
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# ---- one run -----------------------------------------------------------------------------------
+PORT=$BASE_PORT
+TSV=$OUT/runs.tsv
+printf 'scenario\tserver\trun\tstatus\tjson\trss_base_kb\trss_peak_kb\tsrv_cpu_pct\tnote\n' >"$TSV"
+
+run_one() { # scenario server run
+    local sc=$1 s=$2 r=$3 why
+    why=$(skip_reason "$s" "$sc")
+    if [[ -n $why ]]; then
+        printf '%s\t%s\t%s\tskipped\t\t\t\t\t%s\n' "$sc" "$s" "$r" "$why" >>"$TSV"
+        return 0
+    fi
+    PORT=$((PORT + 1))
+    while ss -Htan "sport = :$PORT" | grep -q .; do PORT=$((PORT + 1)); done
+    local cmd=${CMD[$s]//\{port\}/$PORT}
+    local json=$OUT/json/${sc}__${s}__${r}.json log=$OUT/log/${sc}__${s}__${r}
+    rm -f "$json"
+    if [[ ${PIN[$s]} == 1 ]]; then
+        taskset -c 0 bash -c "exec $cmd" >"$log.server" 2>&1 &
+    else
+        bash -c "exec $cmd" >"$log.server" 2>&1 &
+    fi
+    SRV_PID=$!
+    if ! wait_listen "$PORT" "$SRV_PID"; then
+        printf '%s\t%s\t%s\tserver-failed\t\t\t\t\t%s\n' "$sc" "$s" "$r" "did not listen on $PORT" >>"$TSV"
+        stop_server
+        return 0
+    fi
+    sleep 0.2
+    local base peak cur t0 t1 c0 c1 status=ok note="" gen
+    base=$(rss_kb "$SRV_PID"); peak=$base
+    c0=$(cpu_ticks "$SRV_PID"); t0=$(date +%s.%N)
+    if [[ ${PIN[$s]} == 1 ]]; then
+        gen=(taskset -c 1 "$GEN" --threads 1)
+    else
+        gen=("$GEN" --threads 2)
+    fi
+    # shellcheck disable=SC2046
+    timeout 180 "${gen[@]}" --url "ws://127.0.0.1:$PORT" -q --json "$json" \
+        $(scenario_args "$sc") >"$log.gen" 2>&1 &
+    local gpid=$!
+    while kill -0 "$gpid" 2>/dev/null; do
+        cur=$(rss_kb "$SRV_PID"); [[ ${cur:-0} -gt $peak ]] && peak=$cur
+        sleep 0.2
+    done
+    wait "$gpid" || status="gen-exit-$?"
+    t1=$(date +%s.%N); c1=$(cpu_ticks "$SRV_PID")
+    kill -0 "$SRV_PID" 2>/dev/null || { status="server-died"; note="server exited during the run"; }
+    local cpu
+    cpu=$(awk -v a="$c0" -v b="$c1" -v x="$t0" -v y="$t1" -v hz="$(getconf CLK_TCK)" \
+        'BEGIN { printf "%.1f", (b - a) / hz / (y - x) * 100 }')
+    [[ -s $json ]] || { status="no-json"; json=""; }
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$sc" "$s" "$r" "$status" "$json" "$base" "$peak" "$cpu" "$note" >>"$TSV"
+    printf '  %-15s %-20s run %s: %s\n' "$sc" "$s" "$r" "$status" >&2
+    stop_server
+    sleep 0.5
+}
+
+# ---- main --------------------------------------------------------------------------------------
+{
+    echo "# wsrelay bench $(date -Is)"
+    echo "# $(lscpu | awk -F: '/Model name/ {gsub(/^ +/, "", $2); print $2}'), $(nproc) cores, $(uname -sr)"
+    echo "# load before: $(cut -d' ' -f1-3 /proc/loadavg)"
+    echo "# servers: ${SERVER_NAMES[*]}"
+    for s in "${SERVER_NAMES[@]}"; do echo "#   $s: ${CMD[$s]} (pinned core 0: ${PIN[$s]})"; done
+    echo "# scenarios (generator: taskset -c 1 wsrelay-load --threads 1 --url ws://127.0.0.1:PORT -q --json F ...):"
+    for sc in "${SCEN_LIST[@]}"; do echo "#   $sc: $(scenario_args "$sc")"; done
+} | tee "$OUT/header.txt" >&2
+
+touch "$LOCK"
+for sc in "${SCEN_LIST[@]}"; do
+    scenario_args "$sc" >/dev/null
+    for r in $(seq 1 "$RUNS"); do
+        for s in "${SERVER_NAMES[@]}"; do run_one "$sc" "$s" "$r"; done
+    done
+done
+rm -f "$LOCK"
+
+# ---- summary: medians, ratios, markdown ---------------------------------------------------------
+python3 - "$OUT" "${SERVER_NAMES[@]}" <<'PY'
+import csv, json, statistics, sys
+out, servers = sys.argv[1], sys.argv[2:]
+rows = list(csv.DictReader(open(f"{out}/runs.tsv"), delimiter="\t"))
+
+def metrics(sc, row):
+    """Figures for one run: name -> value (None when not applicable)."""
+    m = {}
+    d = json.load(open(row["json"])) if row["json"] else None
+    srv_cpu = float(row["srv_cpu_pct"]) if row["srv_cpu_pct"] else None
+    if d is None:
+        return m
+    msg, lat, con, gen = d["messages"], d["latency"], d["connections"], d["generator"]
+    if sc.startswith("idle"):
+        est = con["established"]
+        growth = (int(row["rss_peak_kb"]) - int(row["rss_base_kb"])) * 1024
+        m["established"] = est
+        m["RSS B/conn"] = growth / est if est else None
+        m["dropped while idle"] = con["lost"]
+        m["handshake p99 ms"] = con["handshake_latency"]["p99_us"] / 1000
+    elif sc == "churn":
+        m["handshakes/s"] = d["churn"]["cycles_per_s"]
+        m["cycle p99 ms"] = d["churn"]["cycle_latency"]["p99_us"] / 1000
+        m["failed"] = con["failed"]
+    else:
+        key = "msgs/s" if sc.startswith("echo") else "deliveries/s"
+        m[key] = msg["received_per_s"]
+        if not sc.startswith("echo"):
+            m["sent/s"] = msg["sent_per_s"]
+            m["loss %"] = 100.0 * msg["lost"] / msg["expected"] if msg["expected"] else None
+            m["send lag p99 ms"] = d["send_lag"]["p99_us"] / 1000
+        m["p50 ms"] = lat["p50_us"] / 1000
+        m["p99 ms"] = lat["p99_us"] / 1000
+        m["p99.9 ms"] = lat["p999_us"] / 1000
+        m["conns lost"] = con["lost"] + con["failed"]
+    m["gen cpu %"] = gen["cpu_percent_of_one_core"]
+    m["srv cpu %"] = srv_cpu
+    return m
+
+HIGHER = {"msgs/s", "deliveries/s", "handshakes/s", "sent/s", "established"}
+LOWER = {"p50 ms", "p99 ms", "p99.9 ms", "RSS B/conn", "cycle p99 ms"}
+
+results = {}  # (sc, server) -> {"status": [...], "metrics": {name: [values]}, "note": str}
+scen_order = []
+for row in rows:
+    sc, s = row["scenario"], row["server"]
+    if sc not in scen_order:
+        scen_order.append(sc)
+    e = results.setdefault((sc, s), {"status": [], "metrics": {}, "note": ""})
+    e["status"].append(row["status"])
+    if row["note"]:
+        e["note"] = row["note"]
+    if row["status"] == "skipped":
+        continue
+    try:
+        for k, v in metrics(sc, row).items():
+            if v is not None:
+                e["metrics"].setdefault(k, []).append(v)
+    except (OSError, KeyError, ValueError) as err:
+        e["note"] = f"unreadable result: {err}"
+
+summary = []
+for (sc, s), e in results.items():
+    med = {k: statistics.median(v) for k, v in e["metrics"].items()}
+    summary.append({"scenario": sc, "server": s, "status": e["status"], "note": e["note"],
+                    "runs": {k: v for k, v in e["metrics"].items()}, "median": med})
+json.dump(summary, open(f"{out}/summary.json", "w"), indent=1)
+
+def fmt(k, v):
+    if v is None:
+        return "–"
+    if k.endswith("/s"):
+        return f"{v/1e6:.2f}M" if v >= 1e6 else (f"{v/1e3:.1f}k" if v >= 1e3 else f"{v:.0f}")
+    if k.endswith("ms"):
+        return f"{v:.2f}" if v < 10 else f"{v:.0f}" if v >= 100 else f"{v:.1f}"
+    if k.endswith("%"):
+        return f"{v:.3g}" if k == "loss %" else f"{v:.0f}"
+    return f"{v:.0f}"
+
+with open(f"{out}/summary.tsv", "w") as f:
+    f.write("scenario\tserver\tmetric\tmedian\truns\tstatus\n")
+    for e in summary:
+        for k, v in e["median"].items():
+            f.write(f'{e["scenario"]}\t{e["server"]}\t{k}\t{v:.6g}\t{",".join(f"{x:.6g}" for x in e["runs"][k])}\t{",".join(e["status"])}\n')
+
+md = ["| scenario | metric | " + " | ".join(servers) + " |",
+      "|---|---|" + "---|" * len(servers)]
+for sc in scen_order:
+    names = []
+    for s in servers:
+        for k in results.get((sc, s), {"metrics": {}})["metrics"]:
+            if k not in names:
+                names.append(k)
+    base = results.get((sc, "wsrelay"), {"metrics": {}})["metrics"]
+    for k in names:
+        cells = []
+        for s in servers:
+            e = results.get((sc, s))
+            if e is None:
+                cells.append("")
+                continue
+            if all(x == "skipped" for x in e["status"]):
+                cells.append("n/a" if k != names[0] else f"n/a ({e['note']})")
+                continue
+            vals = e["metrics"].get(k)
+            bad = [x for x in e["status"] if x not in ("ok", "skipped")]
+            if not vals:
+                cells.append("failed" + (f" ({','.join(bad)})" if bad else ""))
+                continue
+            v = statistics.median(vals)
+            cell = fmt(k, v)
+            if s != "wsrelay" and k in (HIGHER | LOWER) and base.get(k):
+                b = statistics.median(base[k])
+                if v > 0:
+                    ratio = b / v if k in HIGHER else v / b
+                    cell += f" (×{ratio:.2f})"
+            if bad:
+                cell += f" [{len(bad)}/{len(e['status'])} runs: {','.join(sorted(set(bad)))}]"
+            cells.append(cell)
+        md.append(f"| {sc} | {k} | " + " | ".join(cells) + " |")
+md.append("")
+md.append("Medians of the runs. (×N) = how many times better wsrelay is than that server on the metric "
+          "(>1: wsrelay better; throughput: wsrelay ÷ server; latency and RSS: server ÷ wsrelay). "
+          "gen cpu = the generator's CPU in the measured window (% of one core); srv cpu = the server's "
+          "over the whole generator run, connect and close included.")
+open(f"{out}/summary.md", "w").write("\n".join(md) + "\n")
+print("\n".join(md))
+PY
+echo "results in $OUT" >&2
