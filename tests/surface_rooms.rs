@@ -167,6 +167,12 @@ fn publish_only_room_exists_until_its_publisher_leaves() {
     let mut p = RawClient::connect(addr, "/rooms/lonely?role=pub");
     assert_eq!(scrape(addr).value("wsrelay_rooms_open"), 1.0);
     p.send_text("anyone?");
+    // Only once the relay has handled it may the subscriber join (else
+    // the message may legitimately reach the new member).
+    assert!(eventually(WAIT, || h.totals().messages_in >= 1));
+    // (It is counted just before the end of the loop iteration that
+    // hands it out; give that iteration time to finish.)
+    std::thread::sleep(Duration::from_millis(50));
     let mut s = RawClient::connect(addr, "/rooms/lonely?role=sub");
     p.send_text("hello sub");
     expect_text(&mut s, "hello sub");

@@ -281,7 +281,7 @@ pub fn encode_frame(fin: bool, opcode: OpCode, payload: &[u8], out: &mut Vec<u8>
 /// A complete encoded server frame shared by every recipient of a
 /// broadcast: encoded once, then cloned by reference count only.
 #[derive(Clone, Debug)]
-pub struct SharedFrame(Arc<[u8]>);
+pub struct SharedFrame(Arc<Vec<u8>>);
 
 impl SharedFrame {
     /// Encodes a single-frame message (FIN set).
@@ -291,13 +291,19 @@ impl SharedFrame {
         let mut v = Vec::with_capacity(h.len() + payload.len());
         v.extend_from_slice(h);
         v.extend_from_slice(payload);
-        SharedFrame(Arc::from(v.into_boxed_slice()))
+        SharedFrame(Arc::new(v))
     }
 
     /// Shares bytes that already hold one or more complete encoded frames
     /// (a batch of messages for the same recipients).
     pub fn from_encoded(frames: &[u8]) -> SharedFrame {
-        SharedFrame(Arc::from(frames))
+        SharedFrame(Arc::new(frames.to_vec()))
+    }
+
+    /// Takes ownership of bytes that hold one or more complete encoded
+    /// frames, without copying them.
+    pub fn from_vec(frames: Vec<u8>) -> SharedFrame {
+        SharedFrame(Arc::new(frames))
     }
 
     pub fn as_bytes(&self) -> &[u8] {

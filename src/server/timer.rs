@@ -24,6 +24,9 @@ pub struct TimerEntry {
     pub tick: u64,
 }
 
+/// Largest emptied bucket vector kept for reuse.
+const SPARE_MAX_CAPACITY: usize = 256;
+
 pub struct DeadlineBuckets {
     granularity_ms: u64,
     buckets: BTreeMap<u64, Vec<TimerEntry>>,
@@ -83,7 +86,9 @@ impl DeadlineBuckets {
             let mut v = entry.remove();
             self.len -= v.len();
             out.append(&mut v);
-            if self.spare.len() < 64 {
+            // Keep a few ordinary-sized vectors for reuse; one that a burst
+            // made large is freed rather than kept.
+            if self.spare.len() < 64 && v.capacity() <= SPARE_MAX_CAPACITY {
                 self.spare.push(v);
             }
         }

@@ -49,6 +49,8 @@ const TIMER_GRANULARITY_MS: u64 = 10;
 /// A room batch is delivered early once it would hold more than this many
 /// bytes (or a quarter of `max_outbound_bytes`, if smaller).
 const ROOM_BATCH_BYTES: usize = 64 * 1024;
+/// Interval of [`Worker::housekeeping`].
+const HOUSEKEEPING_MS: u64 = 1000;
 /// Bytes read per call while a request head is arriving.
 const HTTP_READ_CHUNK: usize = 4096;
 
@@ -149,6 +151,9 @@ pub struct Worker {
     batch_epoch: u32,
     /// A room batch is delivered once it would grow past this.
     batch_cap: usize,
+    next_housekeeping_ms: u64,
+    /// Connections at the last housekeeping (fewer now: memory to give back).
+    conns_at_housekeeping: usize,
     /// The event being handled reported the peer's write side closed: read
     /// until EOF instead of stopping at a short read.
     event_read_closed: bool,
@@ -227,6 +232,8 @@ impl Worker {
             scratch_slow: Vec::new(),
             pending_rooms: Vec::new(),
             batch_epoch: 0,
+            next_housekeeping_ms: HOUSEKEEPING_MS,
+            conns_at_housekeeping: 0,
             batch_cap: ROOM_BATCH_BYTES.min(c.max_outbound_bytes / 4).max(1),
             event_read_closed: false,
             shared,
@@ -287,6 +294,7 @@ impl Worker {
             self.drain_overflow();
             self.process_ready();
             self.run_timers();
+            self.housekeeping();
             self.flush_rooms();
             if self.accept_more
                 || (self.accept_paused_until != 0 && self.now_ms >= self.accept_paused_until)
@@ -719,7 +727,7 @@ impl Worker {
         if !leftover.is_empty() {
             let mut buf = self.pool.lease();
             if leftover.len() > buf.len() {
-                buf = vec![0u8; leftover.len()].into_boxed_slice();
+                buf = self.pool.grow(buf, 0, 0, leftover.len());
             }
             buf[..leftover.len()].copy_from_slice(leftover);
             conn.rbuf = Some(buf);
@@ -854,6 +862,10 @@ impl Worker {
                 }
             }
         }
+        if room.receivers.capacity() > 64 && room.receivers.len() < room.receivers.capacity() / 4 {
+            // A crowd left: do not keep its list's memory.
+            room.receivers.shrink_to(room.receivers.len() * 2);
+        }
         room.members -= 1;
         if room.members == 0 {
             // Messages its last members published still go to the others.
@@ -900,9 +912,7 @@ impl Worker {
                 // Full: make room for the rest of the frame at the front.
                 let needed = self.decoder.bytes_needed(&buf[start..end]).unwrap_or(0);
                 if needed > buf.len() {
-                    let mut bigger: ReadBuf = vec![0u8; needed].into_boxed_slice();
-                    bigger[..end - start].copy_from_slice(&buf[start..end]);
-                    self.pool.give_back(std::mem::replace(&mut buf, bigger));
+                    buf = self.pool.grow(buf, start, end, needed);
                 } else {
                     buf.copy_within(start..end, 0);
                 }
@@ -1171,7 +1181,9 @@ impl Worker {
         if room.batch.frames.is_empty() {
             return;
         }
-        let frame = SharedFrame::from_encoded(&room.batch.bytes);
+        // The batch's bytes move into the shared frame (no copy); the room
+        // keeps no buffer between iterations.
+        let frame = SharedFrame::from_vec(std::mem::take(&mut room.batch.bytes));
         let count = room.batch.frames.len() as u64;
         let filter =
             !self.limits.echo_self && room.batch.frames.iter().any(|f| f.publisher != usize::MAX);
@@ -1188,17 +1200,22 @@ impl Worker {
                 slow: &mut self.scratch_slow,
             };
             if own {
-                deliver_without_own(&mut self.conns, sink, member, &room.batch);
+                deliver_without_own(
+                    &mut self.conns,
+                    sink,
+                    member,
+                    frame.as_bytes(),
+                    &room.batch.frames,
+                );
             } else {
                 deliver(&mut self.conns, sink, member, &frame, count);
             }
         }
         let remote = room.shared.worker_mask() & !(1u64 << self.id);
         let shared = (remote != 0).then(|| room.shared.clone());
-        room.batch.bytes.clear();
         room.batch.frames.clear();
-        if room.batch.bytes.capacity() > 4 * ROOM_BATCH_BYTES {
-            room.batch.bytes = Vec::new();
+        if room.batch.frames.capacity() > 256 {
+            room.batch.frames = Vec::new();
         }
         if let Some(shared) = shared {
             self.send_remote(remote, &shared, &frame, count);
@@ -1507,6 +1524,23 @@ impl Worker {
         self.schedule(key, at);
     }
 
+    /// About once a second: give back memory a burst left behind (idle
+    /// read buffers beyond the last second's peak, and free heap pages),
+    /// so RSS returns to the steady state after connection storms.
+    fn housekeeping(&mut self) {
+        if self.now_ms < self.next_housekeeping_ms {
+            return;
+        }
+        self.next_housekeeping_ms = self.now_ms + HOUSEKEEPING_MS;
+        let freed = self.pool.trim();
+        let conns = self.conns.len();
+        let shrank = conns < self.conns_at_housekeeping;
+        self.conns_at_housekeeping = conns;
+        if freed > 0 || shrank {
+            release_free_heap();
+        }
+    }
+
     fn run_timers(&mut self) {
         let mut due = std::mem::take(&mut self.scratch_timers);
         self.timers.expire(self.now_ms, &mut due);
@@ -1602,6 +1636,20 @@ impl Worker {
     }
 }
 
+/// Returns free heap pages to the operating system. glibc only shrinks a
+/// heap from its top on its own, so memory freed in the middle after a
+/// burst of connections would otherwise stay resident.
+fn release_free_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists (under
+    // its locks) and advises the kernel about unused pages; it does not
+    // touch memory that is in use. Exercised by the worker's housekeeping
+    // in every integration test that closes connections.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// Where deliveries record their effects (disjoint from the slab).
 struct Sink<'a> {
     dirty: &'a mut Vec<usize>,
@@ -1662,7 +1710,8 @@ fn deliver_without_own(
     conns: &mut Slab<Connection>,
     mut sink: Sink<'_>,
     member: usize,
-    batch: &RoomBatch,
+    bytes: &[u8],
+    frames: &[BatchFrame],
 ) {
     let Some(conn) = conns.get_mut(member) else {
         return;
@@ -1673,7 +1722,7 @@ fn deliver_without_own(
     let mut start = 0;
     let mut total = 0;
     let mut count = 0;
-    for f in &batch.frames {
+    for f in frames {
         if f.publisher != member {
             total += f.end - start;
             count += 1;
@@ -1691,9 +1740,9 @@ fn deliver_without_own(
         }
     }
     let mut start = 0;
-    for f in &batch.frames {
+    for f in frames {
         if f.publisher != member {
-            conn.out.push_parts(&[&batch.bytes[start..f.end]]);
+            conn.out.push_parts(&[&bytes[start..f.end]]);
         }
         start = f.end;
     }
@@ -1704,4 +1753,28 @@ fn deliver_without_own(
 fn _assert_send() {
     fn is_send<T: Send>() {}
     is_send::<HttpState>();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn releasing_free_heap_after_a_burst_is_safe() {
+        let burst: Vec<Box<[u8; 256]>> = (0..10_000).map(|_| Box::new([7u8; 256])).collect();
+        let keep: Vec<_> = burst.iter().step_by(100).map(|b| b[0]).collect();
+        drop(burst);
+        release_free_heap();
+        // The allocator still works normally afterwards.
+        let again: Vec<Box<[u8; 256]>> = (0..1000).map(|_| Box::new([9u8; 256])).collect();
+        assert!(again.iter().all(|b| b[255] == 9));
+        assert!(keep.iter().all(|&b| b == 7));
+    }
+
+    #[test]
+    fn tokens_carry_key_and_generation() {
+        let t = token_of(12345, 0xdead_beef);
+        assert_eq!(split_token(t), (12345, 0xdead_beef));
+        assert_ne!(token_of(1, 1), token_of(1, 2));
+    }
 }
