@@ -5,20 +5,12 @@
 mod common;
 use common::*;
 use std::io::Read;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use wsrelay::protocol::OpCode;
 
 const BIN: &str = env!("CARGO_BIN_EXE_wsrelay");
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// CPU time (user + system, in clock ticks) the process has used.
 fn cpu_ticks(pid: u32) -> u64 {

@@ -286,15 +286,6 @@ fn shutdown_with_no_connections_is_immediate() {
 
 const BIN: &str = env!("CARGO_BIN_EXE_wsrelay");
 
-/// A port that was free a moment ago.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn relay_cmd(args: &[&str]) -> Command {
     let mut c = Command::new(BIN);
     c.args(args)

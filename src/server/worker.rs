@@ -8,7 +8,7 @@
 //! small frames leave in one vectored write); wake workers we sent to.
 
 use super::buffer_pool::{BufferPool, ReadBuf};
-use super::connection::{Attachment, Connection, HttpState, Phase};
+use super::connection::{Attachment, Connection, Phase};
 use super::fanout::WorkerMsg;
 use super::http::{self, MemberRole, WsRoute};
 use super::outbound::Flush;
@@ -1747,12 +1747,6 @@ fn deliver_without_own(
         start = f.end;
     }
     sink.delivered(conn, member, count);
-}
-
-#[allow(dead_code)]
-fn _assert_send() {
-    fn is_send<T: Send>() {}
-    is_send::<HttpState>();
 }
 
 #[cfg(test)]

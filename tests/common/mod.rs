@@ -776,3 +776,12 @@ pub fn connect_on_every_worker(
     }
     panic!("connections never spread over all {workers} workers");
 }
+
+/// A loopback port that was free a moment ago (for starting the binary).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
