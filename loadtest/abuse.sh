@@ -9,7 +9,7 @@
 #   loadtest/abuse.sh [--port N] [--out DIR] [--quick] [--no-lock] [--rounds N] [--steady-secs N]
 #
 #   --quick          small counts, for development (about 2.5 min)
-#   --no-lock        do not wait for /tmp/wsrelay-bench.lock nor hold
+#   --no-lock        do not wait for /tmp/wsrelay-bench.lock or another soak, nor hold
 #                    /tmp/wsrelay-abuse.lock (see docs/reliability.md)
 #   --rounds N       abuse rounds, one after the other (default 3)
 #   --steady-secs N  duration of the steady fan-out (default 180, quick 120);
@@ -107,6 +107,14 @@ if [ "$LOCK" = 1 ]; then
     while [ -e "$BENCH_LOCK" ]; do
         [ $waited -ge 2400 ] && { echo "$BENCH_LOCK still held after 40 min; giving up" >&2; exit 2; }
         [ $waited = 0 ] && log "waiting for $BENCH_LOCK to go (polling every 15 s, up to 40 min)"
+        sleep 15; waited=$((waited + 15))
+    done
+    # Another soak on the same machine would share the port (SO_REUSEPORT
+    # is per user, the relay refuses a port in use) and skew the RSS: wait.
+    waited=0
+    while [ -e "$ABUSE_LOCK" ] && kill -0 "$(cat "$ABUSE_LOCK" 2>/dev/null)" 2>/dev/null; do
+        [ $waited -ge 2400 ] && { echo "$ABUSE_LOCK still held after 40 min; giving up" >&2; exit 2; }
+        [ $waited = 0 ] && log "waiting for the soak holding $ABUSE_LOCK to finish"
         sleep 15; waited=$((waited + 15))
     done
     echo $$ > "$ABUSE_LOCK" && HOLD_LOCK=1

@@ -475,6 +475,42 @@ fn binary_unknown_config_key_exits_2_with_one_line() {
 }
 
 #[test]
+fn a_second_relay_on_the_same_port_is_refused_not_silently_sharing_it() {
+    // SO_REUSEPORT lets sockets of the same user share a port; a second
+    // relay started by mistake would take half of the connections.
+    let first = wsrelay::server::start(engine_config()).expect("first relay");
+    let addr = first.local_addr();
+    let out = relay_cmd(&[
+        "--listen",
+        &addr.to_string(),
+        "--max-connections",
+        "1000",
+        "--log-level",
+        "error",
+    ])
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.to_ascii_lowercase().contains("in use"), "{err}");
+    let e = wsrelay::server::start(Config {
+        listen: addr,
+        ..engine_config()
+    })
+    .err()
+    .expect("second in-process relay must be refused too");
+    assert!(matches!(e, wsrelay::server::StartError::Bind { .. }), "{e}");
+    // The first relay still serves (it got every connection).
+    for _ in 0..4 {
+        let mut c = RawClient::connect(addr, "/echo");
+        c.send_text("still here");
+        assert_eq!(c.expect_frame().payload, b"still here");
+    }
+    first.shutdown();
+    first.join();
+}
+
+#[test]
 fn binary_unbindable_address_exits_2_naming_the_address() {
     // A plain std listener (SO_REUSEADDR but not SO_REUSEPORT) holds the
     // port: the relay's SO_REUSEPORT bind must fail with EADDRINUSE.

@@ -318,6 +318,18 @@ impl SharedFrame {
         self.0.is_empty()
     }
 
+    /// Bytes allocated for the frame (at least `len`).
+    pub fn capacity(&self) -> usize {
+        self.0.capacity()
+    }
+
+    /// The bytes, when this is the only reference left: lets a sender
+    /// refill a frame every recipient has finished with instead of
+    /// allocating a new one.
+    pub fn get_mut(&mut self) -> Option<&mut Vec<u8>> {
+        Arc::get_mut(&mut self.0)
+    }
+
     /// How many references exist (for tests and metrics).
     pub fn ref_count(&self) -> usize {
         Arc::strong_count(&self.0)

@@ -109,6 +109,14 @@ impl Connection {
         matches!(self.phase, Phase::WebSocket)
     }
 
+    /// Whether the connection is a room member that receives messages.
+    pub fn receives_broadcasts(&self) -> bool {
+        matches!(
+            self.attachment,
+            Some(Attachment::Room { receives: true, .. })
+        )
+    }
+
     /// Whether the connection publishes into a room.
     pub fn room_publisher(&self) -> Option<u64> {
         match self.attachment {

@@ -5,7 +5,9 @@
 pub mod buffer_pool;
 pub mod connection;
 pub mod fanout;
+pub mod frame_pool;
 pub mod http;
+pub mod memory;
 pub mod outbound;
 pub mod rate_limit;
 pub mod rooms;
@@ -145,6 +147,16 @@ fn bind(addr: SocketAddr, reuseport: bool) -> std::io::Result<TcpListener> {
     Ok(TcpListener::from_std(socket.into()))
 }
 
+/// Fails with `AddrInUse` if anything listens on `addr`: a bind without
+/// `SO_REUSEPORT` conflicts with every listener, including a group of
+/// `SO_REUSEPORT` listeners. The probe is closed straight away.
+fn probe_exclusive(addr: SocketAddr) -> std::io::Result<()> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())
+}
+
 /// Starts the workers and returns once every listener is bound.
 pub fn start(config: Config) -> Result<ServerHandle, StartError> {
     let workers = config.effective_workers();
@@ -157,6 +169,15 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
     // kernel picks for port 0); the others join it with SO_REUSEPORT.
     // Where SO_REUSEPORT is unavailable, every worker polls a duplicate of
     // one listening socket instead (the kernel then wakes them in turn).
+    // SO_REUSEPORT would also let this process silently join a port that
+    // another relay (same user) already listens on, each then getting half
+    // of the connections. A plain bind first makes that an error.
+    if config.listen.port() != 0 {
+        probe_exclusive(config.listen).map_err(|error| StartError::Bind {
+            addr: config.listen,
+            error,
+        })?;
+    }
     let (first, reuseport) = match bind(config.listen, true) {
         Ok(l) => (l, true),
         Err(e)

@@ -13,6 +13,8 @@ use std::io::{self, IoSlice, Write};
 
 /// Most slices handed to one `writev`.
 const MAX_IOVECS: usize = 64;
+/// Largest empty ring kept for the next delivery (entries).
+const RING_KEEP: usize = 16;
 /// Owned buffers are coalesced up to this size.
 const COALESCE_LIMIT: usize = 16 * 1024;
 
@@ -174,10 +176,19 @@ impl OutboundQueue {
                 n = 0;
             }
         }
+        if self.items.is_empty() && self.items.capacity() > RING_KEEP {
+            // A backlog made the ring large: let it go rather than pin it.
+            self.items = VecDeque::new();
+        }
+    }
+
+    /// Frees the ring if nothing is queued. The ring outlives an empty
+    /// queue so that a subscriber's deliveries do not allocate; the worker
+    /// calls this after a flush for connections that get only the odd
+    /// reply (handshake, pong, echo), and for every connection once per
+    /// quiet heartbeat interval.
+    pub fn release_idle(&mut self) {
         if self.items.is_empty() {
-            // An idle connection holds no queue memory: release the ring
-            // (re-allocating it for the next burst costs far less than the
-            // write that follows).
             self.items = VecDeque::new();
         }
     }
@@ -275,15 +286,49 @@ mod tests {
     }
 
     #[test]
-    fn an_empty_queue_holds_no_memory() {
+    fn the_ring_is_kept_across_deliveries_until_released_as_idle() {
         let mut q = OutboundQueue::new();
-        q.push_parts(&[b"HTTP/1.1 101 Switching Protocols\r\n\r\n"]);
+        let f = SharedFrame::encode(OpCode::Binary, b"x");
         let mut w = Trickle {
             out: Vec::new(),
             cap: 1000,
-            budget: 1000,
+            budget: usize::MAX,
+        };
+        q.try_push_shared(&f, usize::MAX);
+        q.flush(&mut w).unwrap();
+        let cap = q.items.capacity();
+        assert!(cap > 0, "kept for the next delivery");
+        q.try_push_shared(&f, usize::MAX);
+        q.flush(&mut w).unwrap();
+        assert_eq!(q.items.capacity(), cap);
+        assert_eq!(w.out.len(), 2 * f.len());
+        q.release_idle();
+        assert_eq!(q.items.capacity(), 0);
+        // Releasing with data queued keeps the data.
+        q.try_push_shared(&f, usize::MAX);
+        q.release_idle();
+        assert_eq!(q.queued_bytes(), f.len());
+        q.flush(&mut w).unwrap();
+        assert_eq!(w.out.len(), 3 * f.len());
+        q.release_idle();
+        assert_eq!(q.items.capacity(), 0);
+    }
+
+    #[test]
+    fn a_ring_grown_by_a_backlog_is_released_once_drained() {
+        let mut q = OutboundQueue::new();
+        let f = SharedFrame::encode(OpCode::Binary, b"x");
+        for _ in 0..100 {
+            q.try_push_shared(&f, usize::MAX);
+        }
+        assert!(q.items.capacity() > RING_KEEP);
+        let mut w = Trickle {
+            out: Vec::new(),
+            cap: 1 << 20,
+            budget: usize::MAX,
         };
         q.flush(&mut w).unwrap();
+        assert_eq!(w.out.len(), 100 * f.len());
         assert_eq!(q.items.capacity(), 0);
     }
 

@@ -26,6 +26,8 @@ pub struct TimerEntry {
 
 /// Largest emptied bucket vector kept for reuse.
 const SPARE_MAX_CAPACITY: usize = 256;
+/// Emptied bucket vectors kept for reuse.
+const SPARE_MAX_COUNT: usize = 16;
 
 pub struct DeadlineBuckets {
     granularity_ms: u64,
@@ -67,6 +69,33 @@ impl DeadlineBuckets {
         tick
     }
 
+    /// Removes the entry armed for (`key`, `generation`) at `tick`, if it
+    /// is still there. Called when a connection closes or moves to another
+    /// deadline, so timer memory follows the connections that are open
+    /// rather than how many came and went in the last heartbeat interval.
+    /// Costs a map lookup and a scan of one bucket (newest entries first).
+    pub fn cancel(&mut self, key: usize, generation: u32, tick: u64) -> bool {
+        let Some(bucket) = self.buckets.get_mut(&tick) else {
+            return false;
+        };
+        let Some(i) = bucket
+            .iter()
+            .rposition(|e| e.key as usize == key && e.generation == generation)
+        else {
+            return false;
+        };
+        bucket.swap_remove(i);
+        self.len -= 1;
+        if bucket.is_empty() {
+            if let Some(v) = self.buckets.remove(&tick) {
+                if self.spare.len() < SPARE_MAX_COUNT && v.capacity() <= SPARE_MAX_CAPACITY {
+                    self.spare.push(v);
+                }
+            }
+        }
+        true
+    }
+
     /// Milliseconds until the earliest bucket is due (0 if overdue), or
     /// `None` when nothing is armed.
     pub fn next_due_in(&self, now_ms: u64) -> Option<u64> {
@@ -88,10 +117,16 @@ impl DeadlineBuckets {
             out.append(&mut v);
             // Keep a few ordinary-sized vectors for reuse; one that a burst
             // made large is freed rather than kept.
-            if self.spare.len() < 64 && v.capacity() <= SPARE_MAX_CAPACITY {
+            if self.spare.len() < SPARE_MAX_COUNT && v.capacity() <= SPARE_MAX_CAPACITY {
                 self.spare.push(v);
             }
         }
+    }
+
+    /// Frees the vectors kept for reuse (after a burst: they were
+    /// allocated while the heap was large and would pin its pages).
+    pub fn release_spare(&mut self) {
+        self.spare = Vec::new();
     }
 
     /// Entries armed (including stale ones not yet skipped).
@@ -141,5 +176,62 @@ mod tests {
         assert_eq!(out.len(), 1);
         assert_eq!(t.len(), 10_000);
         assert_eq!(t.next_due_in(60), Some(30_000 - 60));
+    }
+
+    #[test]
+    fn spare_vectors_are_bounded_and_released_after_a_burst() {
+        let mut t = DeadlineBuckets::new(10);
+        // A burst spread over many buckets: each emptied vector is a
+        // candidate for reuse, but only a few are kept.
+        for k in 0..1_000 {
+            t.insert(k, 0, 10 * k as u64);
+        }
+        let mut out = Vec::new();
+        t.expire(10_000, &mut out);
+        assert_eq!(out.len(), 1_000);
+        assert_eq!(t.spare.len(), SPARE_MAX_COUNT);
+        t.release_spare();
+        assert_eq!(t.spare.capacity(), 0);
+        // Still works afterwards.
+        t.insert(1, 0, 20_000);
+        out.clear();
+        t.expire(20_000, &mut out);
+        assert_eq!(out.len(), 1);
+    }
+
+    #[test]
+    fn cancelled_entries_are_gone_and_empty_buckets_freed() {
+        let mut t = DeadlineBuckets::new(10);
+        let a = t.insert(1, 7, 100);
+        let b = t.insert(2, 7, 100);
+        let c = t.insert(3, 7, 250);
+        assert_eq!(t.len(), 3);
+        // Wrong generation or tick: nothing happens.
+        assert!(!t.cancel(1, 8, a));
+        assert!(!t.cancel(1, 7, c));
+        assert!(t.cancel(1, 7, a));
+        assert!(!t.cancel(1, 7, a), "already gone");
+        assert_eq!(t.len(), 2);
+        assert!(t.cancel(3, 7, c));
+        assert_eq!(t.buckets.len(), 1, "the emptied bucket is dropped");
+        assert_eq!(t.next_due_in(0), Some(100));
+        let mut out = Vec::new();
+        t.expire(1_000, &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].key, 2);
+        assert_eq!(out[0].tick, b);
+        assert!(t.is_empty());
+        assert_eq!(t.next_due_in(0), None);
+    }
+
+    #[test]
+    fn churn_leaves_nothing_behind_when_entries_are_cancelled() {
+        let mut t = DeadlineBuckets::new(10);
+        for k in 0..10_000u64 {
+            let tick = t.insert(k as usize, k as u32, 30_000 + k);
+            assert!(t.cancel(k as usize, k as u32, tick));
+        }
+        assert!(t.is_empty());
+        assert!(t.buckets.is_empty());
     }
 }

@@ -10,7 +10,9 @@
 use super::buffer_pool::{BufferPool, ReadBuf};
 use super::connection::{Attachment, Connection, Phase};
 use super::fanout::WorkerMsg;
+use super::frame_pool::FramePool;
 use super::http::{self, MemberRole, WsRoute};
+use super::memory::{release_free_heap, release_vacant_tail};
 use super::outbound::Flush;
 use super::rate_limit::{RateLimiter, RateLimits};
 use super::rooms::{BatchFrame, LocalRoom, RoomBatch, RoomShared};
@@ -51,6 +53,15 @@ const TIMER_GRANULARITY_MS: u64 = 10;
 const ROOM_BATCH_BYTES: usize = 64 * 1024;
 /// Interval of [`Worker::housekeeping`].
 const HOUSEKEEPING_MS: u64 = 1000;
+/// Vacant slab entries past the highest open connection worth handing
+/// back (about 50 KB of entries).
+const SLAB_RELEASE_MIN_ENTRIES: usize = 256;
+/// Housekeeping passes that still return free heap pages after the last
+/// sign of a shrinking worker: memory a burst held is freed over several
+/// seconds (timers of closed connections fire late, queues drain).
+const TRIM_PASSES_AFTER_SHRINK: u8 = 10;
+/// Capacity the worker's reusable lists keep after a burst.
+const SCRATCH_KEEP: usize = 64;
 /// Bytes read per call while a request head is arriving.
 const HTTP_READ_CHUNK: usize = 4096;
 
@@ -119,6 +130,8 @@ pub struct Worker {
     metrics: Arc<WorkerMetrics>,
     rx: Receiver<WorkerMsg>,
     pool: BufferPool,
+    /// Shared buffers for room batches, refilled once released.
+    frames: FramePool,
     timers: DeadlineBuckets,
     rooms: HashMap<u64, LocalRoom>,
     room_ids: HashMap<Box<str>, u64>,
@@ -154,6 +167,13 @@ pub struct Worker {
     next_housekeeping_ms: u64,
     /// Connections at the last housekeeping (fewer now: memory to give back).
     conns_at_housekeeping: usize,
+    /// The slab's reserved capacity (this worker's share of `max_connections`).
+    slab_reserve: usize,
+    /// One past the highest slab key used since the slab tail was last
+    /// released.
+    slab_high: usize,
+    /// Housekeeping passes left that return free heap pages.
+    trim_passes: u8,
     /// The event being handled reported the peer's write side closed: read
     /// until EOF instead of stopping at a short read.
     event_read_closed: bool,
@@ -196,6 +216,7 @@ impl Worker {
             max_room_name_bytes: c.max_room_name_bytes,
         };
         let workers = shared.mesh.len();
+        let slab_reserve = (c.max_connections / workers.max(1)).saturating_mul(5) / 4 + 1024;
         Ok(Worker {
             id,
             poll,
@@ -203,13 +224,13 @@ impl Worker {
             // Reserve this worker's share of max_connections up front: the
             // reservation is virtual memory, and only entries in use are
             // touched, so RSS grows by one entry per connection instead of
-            // doubling (and copying) the slab as it fills.
-            conns: Slab::with_capacity(
-                (c.max_connections / workers.max(1)).saturating_mul(5) / 4 + 1024,
-            ),
+            // doubling (and copying) the slab as it fills. Housekeeping
+            // hands back the pages of a vacant tail after a burst.
+            conns: Slab::with_capacity(slab_reserve),
             next_generation: 0,
             metrics: shared.metrics[id].clone(),
             pool: BufferPool::new(c.read_buffer_bytes, c.buffer_pool_size),
+            frames: FramePool::new(2 * ROOM_BATCH_BYTES.min(c.max_outbound_bytes / 4).max(1)),
             timers: DeadlineBuckets::new(TIMER_GRANULARITY_MS),
             rooms: HashMap::new(),
             room_ids: HashMap::new(),
@@ -234,6 +255,9 @@ impl Worker {
             batch_epoch: 0,
             next_housekeeping_ms: HOUSEKEEPING_MS,
             conns_at_housekeeping: 0,
+            slab_reserve,
+            slab_high: 0,
+            trim_passes: 0,
             batch_cap: ROOM_BATCH_BYTES.min(c.max_outbound_bytes / 4).max(1),
             event_read_closed: false,
             shared,
@@ -389,6 +413,7 @@ impl Worker {
             return;
         }
         entry.insert(Connection::new(socket, generation, addr.ip(), self.now_ms));
+        self.slab_high = self.slab_high.max(key + 1);
         self.metrics.connections_accepted.inc();
         let at = self.now_ms + self.limits.handshake_timeout_ms;
         self.schedule(key, at);
@@ -1146,6 +1171,9 @@ impl Worker {
             self.batch_epoch = self.batch_epoch.wrapping_add(1).max(1);
             batch.epoch = self.batch_epoch;
             self.pending_rooms.push(room_id);
+            if batch.bytes.capacity() == 0 {
+                batch.bytes = self.frames.buffer();
+            }
         }
         batch.bytes.extend_from_slice(header.as_bytes());
         batch.bytes.extend_from_slice(data);
@@ -1181,9 +1209,10 @@ impl Worker {
         if room.batch.frames.is_empty() {
             return;
         }
-        // The batch's bytes move into the shared frame (no copy); the room
-        // keeps no buffer between iterations.
-        let frame = SharedFrame::from_vec(std::mem::take(&mut room.batch.bytes));
+        // The batch's bytes move into a shared frame (no copy, and no
+        // allocation once the pool has a released one); the room keeps no
+        // buffer between iterations.
+        let frame = self.frames.share(std::mem::take(&mut room.batch.bytes));
         let count = room.batch.frames.len() as u64;
         let filter =
             !self.limits.echo_self && room.batch.frames.iter().any(|f| f.publisher != usize::MAX);
@@ -1428,6 +1457,9 @@ impl Worker {
             return;
         };
         let _ = self.poll.registry().deregister(&mut conn.socket);
+        if conn.timer_tick != 0 {
+            self.timers.cancel(key, conn.generation, conn.timer_tick);
+        }
         if graceful {
             let mut sink = [0u8; 4096];
             for _ in 0..16 {
@@ -1478,6 +1510,9 @@ impl Worker {
         match conn.out.flush(&mut conn.socket) {
             Ok((Flush::Done, n)) => {
                 self.metrics.bytes_out.add(n as u64);
+                if !conn.receives_broadcasts() {
+                    conn.out.release_idle();
+                }
                 if conn.writable_registered {
                     conn.writable_registered = false;
                     let _ = self.poll.registry().reregister(
@@ -1512,12 +1547,19 @@ impl Worker {
         if conn.timer_tick == self.timers.tick_for(at_ms) {
             return;
         }
+        if conn.timer_tick != 0 {
+            self.timers.cancel(key, conn.generation, conn.timer_tick);
+        }
         conn.timer_tick = self.timers.insert(key, conn.generation, at_ms);
     }
 
     fn arm_heartbeat(&mut self, key: usize) {
         if self.limits.ping_interval_ms == 0 {
-            self.conns[key].timer_tick = 0;
+            let conn = &mut self.conns[key];
+            if conn.timer_tick != 0 {
+                self.timers.cancel(key, conn.generation, conn.timer_tick);
+                conn.timer_tick = 0;
+            }
             return;
         }
         let at = self.conns[key].last_activity_ms + self.limits.ping_interval_ms;
@@ -1525,19 +1567,43 @@ impl Worker {
     }
 
     /// About once a second: give back memory a burst left behind (idle
-    /// read buffers beyond the last second's peak, and free heap pages),
-    /// so RSS returns to the steady state after connection storms.
+    /// read buffers beyond the last second's peak, slab entries past the
+    /// highest open connection, and free heap pages), so RSS returns to
+    /// the steady state after connection storms.
     fn housekeeping(&mut self) {
         if self.now_ms < self.next_housekeeping_ms {
             return;
         }
         self.next_housekeeping_ms = self.now_ms + HOUSEKEEPING_MS;
-        let freed = self.pool.trim();
+        let freed = self.pool.trim() + self.frames.trim();
         let conns = self.conns.len();
         let shrank = conns < self.conns_at_housekeeping;
         self.conns_at_housekeeping = conns;
+        if shrank && self.slab_high >= conns + SLAB_RELEASE_MIN_ENTRIES {
+            self.slab_high = release_vacant_tail(&mut self.conns, self.slab_reserve);
+        }
         if freed > 0 || shrank {
+            if shrank {
+                self.release_scratch();
+            }
+            self.trim_passes = TRIM_PASSES_AFTER_SHRINK;
+        }
+        if self.trim_passes > 0 {
+            self.trim_passes -= 1;
             release_free_heap();
+        }
+    }
+
+    /// Shrinks the worker's reusable lists that a burst made large (they
+    /// are empty between iterations), so their storage does not pin heap
+    /// pages the burst spread out.
+    fn release_scratch(&mut self) {
+        self.dirty.shrink_to(SCRATCH_KEEP);
+        self.scratch_timers.shrink_to(SCRATCH_KEEP);
+        self.scratch_slow.shrink_to(SCRATCH_KEEP);
+        self.timers.release_spare();
+        for queue in &mut self.overflow {
+            queue.shrink_to(SCRATCH_KEEP);
         }
     }
 
@@ -1571,6 +1637,8 @@ impl Worker {
         if self.limits.ping_interval_ms == 0 {
             return;
         }
+        // Fires at most once per heartbeat interval per connection.
+        conn.out.release_idle();
         if conn.ping_sent_ms != 0 {
             if conn.last_activity_ms >= conn.ping_sent_ms {
                 conn.ping_sent_ms = 0;
@@ -1633,20 +1701,6 @@ impl Worker {
         for key in keys {
             self.remove(key, false);
         }
-    }
-}
-
-/// Returns free heap pages to the operating system. glibc only shrinks a
-/// heap from its top on its own, so memory freed in the middle after a
-/// burst of connections would otherwise stay resident.
-fn release_free_heap() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only walks the allocator's own free lists (under
-    // its locks) and advises the kernel about unused pages; it does not
-    // touch memory that is in use. Exercised by the worker's housekeeping
-    // in every integration test that closes connections.
-    unsafe {
-        libc::malloc_trim(0);
     }
 }
 
@@ -1752,18 +1806,6 @@ fn deliver_without_own(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn releasing_free_heap_after_a_burst_is_safe() {
-        let burst: Vec<Box<[u8; 256]>> = (0..10_000).map(|_| Box::new([7u8; 256])).collect();
-        let keep: Vec<_> = burst.iter().step_by(100).map(|b| b[0]).collect();
-        drop(burst);
-        release_free_heap();
-        // The allocator still works normally afterwards.
-        let again: Vec<Box<[u8; 256]>> = (0..1000).map(|_| Box::new([9u8; 256])).collect();
-        assert!(again.iter().all(|b| b[255] == 9));
-        assert!(keep.iter().all(|&b| b == 7));
-    }
 
     #[test]
     fn tokens_carry_key_and_generation() {

@@ -1,0 +1,206 @@
+//! Recycles the shared buffers that room batches are encoded into.
+//!
+//! Every loop iteration a busy room encodes its messages into one buffer
+//! and shares it (`SharedFrame`) with its members' outbound queues and
+//! with other workers. Allocating that buffer afresh each time puts heap
+//! traffic on the fan-out path and, after a connection storm has grown
+//! the heap, spreads the steady working set over pages the storm left
+//! behind. The pool keeps the frames it handed out and refills one once
+//! every recipient has let go of it (its reference count is back to one),
+//! and keeps the emptied batch buffers for the next batch. Both lists are
+//! bounded, and [`FramePool::trim`] lets go of what the last second did
+//! not need.
+
+use crate::protocol::SharedFrame;
+use std::collections::VecDeque;
+
+/// Frames handed out and watched for reuse.
+const MAX_TRACKED: usize = 32;
+/// Empty batch buffers kept.
+const MAX_SPARE: usize = 8;
+/// Handed-out frames inspected per `share` before allocating a new one.
+const SCAN: usize = 4;
+/// Buffers up to this capacity always survive a trim (if still needed).
+const MIN_TRIM_CAPACITY: usize = 4096;
+
+pub struct FramePool {
+    /// Frames handed out, oldest first.
+    tracked: VecDeque<SharedFrame>,
+    /// Empty buffers for the next batches.
+    spare: Vec<Vec<u8>>,
+    /// Buffers larger than this are neither tracked nor kept.
+    max_bytes: usize,
+    /// Frames shared since the last trim.
+    shared_since_trim: usize,
+    /// Largest batch shared since the last trim.
+    largest_since_trim: usize,
+}
+
+impl FramePool {
+    pub fn new(max_bytes: usize) -> Self {
+        FramePool {
+            tracked: VecDeque::new(),
+            spare: Vec::new(),
+            max_bytes,
+            shared_since_trim: 0,
+            largest_since_trim: 0,
+        }
+    }
+
+    /// An empty buffer to gather a batch in.
+    pub fn buffer(&mut self) -> Vec<u8> {
+        self.spare.pop().unwrap_or_default()
+    }
+
+    /// Shares `bytes` (complete encoded frames). Reuses a handed-out frame
+    /// nobody else holds any more when one is found, and keeps the buffer
+    /// it held for a later batch.
+    pub fn share(&mut self, mut bytes: Vec<u8>) -> SharedFrame {
+        self.shared_since_trim += 1;
+        self.largest_since_trim = self.largest_since_trim.max(bytes.len());
+        let frame = match self.reclaim() {
+            Some(mut frame) => {
+                if let Some(old) = frame.get_mut() {
+                    std::mem::swap(old, &mut bytes);
+                }
+                frame
+            }
+            None => SharedFrame::from_vec(std::mem::take(&mut bytes)),
+        };
+        bytes.clear();
+        if bytes.capacity() > 0
+            && bytes.capacity() <= self.max_bytes
+            && self.spare.len() < MAX_SPARE
+        {
+            self.spare.push(bytes);
+        }
+        if frame.len() <= self.max_bytes && self.tracked.len() < MAX_TRACKED {
+            self.tracked.push_back(frame.clone());
+        }
+        frame
+    }
+
+    /// A tracked frame with no other holder, if one of the oldest few is.
+    fn reclaim(&mut self) -> Option<SharedFrame> {
+        for _ in 0..SCAN.min(self.tracked.len()) {
+            let mut frame = self.tracked.pop_front()?;
+            if frame.get_mut().is_some() {
+                return Some(frame);
+            }
+            // Still being written somewhere: look again later.
+            self.tracked.push_back(frame);
+        }
+        None
+    }
+
+    /// Lets go of frames and buffers beyond what the last period used
+    /// (called about once a second). Returns how many were dropped.
+    /// Buffers that grew well beyond the largest recent batch (during a
+    /// burst the loop falls behind and batches get large) are dropped too:
+    /// their written pages would otherwise stay resident for small batches.
+    pub fn trim(&mut self) -> usize {
+        let keep = self.shared_since_trim.min(MAX_TRACKED);
+        let fits = (2 * self.largest_since_trim).max(MIN_TRIM_CAPACITY);
+        self.shared_since_trim = 0;
+        self.largest_since_trim = 0;
+        let before = self.tracked.len() + self.spare.len();
+        self.tracked.truncate(keep);
+        self.tracked.retain(|f| f.capacity() <= fits);
+        self.spare.truncate(keep.min(MAX_SPARE));
+        self.spare.retain(|b| b.capacity() <= fits);
+        if keep == 0 {
+            self.tracked = VecDeque::new();
+            self.spare = Vec::new();
+        }
+        before - self.tracked.len() - self.spare.len()
+    }
+
+    /// Frames tracked and buffers kept (for tests).
+    pub fn held(&self) -> (usize, usize) {
+        (self.tracked.len(), self.spare.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(pool: &mut FramePool, fill: u8, n: usize) -> SharedFrame {
+        let mut b = pool.buffer();
+        b.extend(std::iter::repeat_n(fill, n));
+        pool.share(b)
+    }
+
+    #[test]
+    fn a_released_frame_is_refilled_without_allocating() {
+        let mut pool = FramePool::new(1 << 16);
+        let first = batch(&mut pool, 1, 1000);
+        let first_ptr = first.as_bytes().as_ptr();
+        drop(first);
+        // The next batch lands in a fresh buffer, then swaps into the
+        // released frame; the frame's old buffer becomes the spare.
+        let second = batch(&mut pool, 2, 1000);
+        assert_eq!(second.as_bytes(), &[2u8; 1000][..]);
+        assert_eq!(pool.held(), (1, 1));
+        drop(second);
+        // From here on the two buffers alternate: no new allocation.
+        let third = batch(&mut pool, 3, 1000);
+        assert_eq!(third.as_bytes().as_ptr(), first_ptr);
+        assert_eq!(third.as_bytes(), &[3u8; 1000][..]);
+    }
+
+    #[test]
+    fn a_frame_still_held_is_never_refilled() {
+        let mut pool = FramePool::new(1 << 16);
+        let held = batch(&mut pool, 7, 100);
+        let queued = held.clone(); // a slow member's queue
+        drop(held);
+        for i in 0..100u8 {
+            let f = batch(&mut pool, i, 50);
+            assert_eq!(f.as_bytes(), &[i; 50][..]);
+            assert_eq!(queued.as_bytes(), &[7u8; 100][..], "never overwritten");
+        }
+        assert!(pool.held().0 <= MAX_TRACKED);
+        assert!(pool.held().1 <= MAX_SPARE);
+    }
+
+    #[test]
+    fn trim_drops_buffers_a_burst_made_large() {
+        let mut pool = FramePool::new(1 << 20);
+        for _ in 0..4 {
+            batch(&mut pool, 1, 100_000);
+        }
+        assert!(pool.held().0 > 0);
+        pool.trim();
+        assert!(pool.held().0 > 0, "the burst's second still needed them");
+        // Back to small batches: the large buffers are reused, and the
+        // next trim lets go of them.
+        for _ in 0..8 {
+            batch(&mut pool, 2, 100);
+        }
+        pool.trim();
+        let (tracked, spare) = pool.held();
+        assert!(pool
+            .tracked
+            .iter()
+            .all(|f| f.capacity() <= MIN_TRIM_CAPACITY));
+        assert!(pool.spare.iter().all(|b| b.capacity() <= MIN_TRIM_CAPACITY));
+        assert!(tracked + spare < 8);
+    }
+
+    #[test]
+    fn oversized_buffers_are_not_kept_and_trim_lets_go() {
+        let mut pool = FramePool::new(1024);
+        let big = batch(&mut pool, 1, 4096);
+        drop(big);
+        assert_eq!(pool.held(), (0, 0));
+        for _ in 0..10 {
+            batch(&mut pool, 1, 10);
+        }
+        assert!(pool.held().0 > 0);
+        pool.trim();
+        assert!(pool.held().0 > 0, "the last second used them");
+        assert!(pool.trim() > 0);
+        assert_eq!(pool.held(), (0, 0), "an idle second lets go of everything");
+    }
+}
