@@ -81,6 +81,16 @@ impl BufferPool {
         freed
     }
 
+    /// Hands the pages of idle buffers back to the operating system; they
+    /// read as zeros and are faulted in again on next use. Buffers a burst
+    /// allocated from the middle of the heap are fully written (zeroed) at
+    /// allocation, so without this the few kept idle would stay resident.
+    pub fn release_idle_pages(&mut self) {
+        for buf in &mut self.idle {
+            release_pages(buf);
+        }
+    }
+
     pub fn leased(&self) -> usize {
         self.leased
     }
@@ -88,6 +98,36 @@ impl BufferPool {
     pub fn idle(&self) -> usize {
         self.idle.len()
     }
+}
+
+/// Advises the kernel that the whole pages inside `buf` are not needed.
+fn release_pages(buf: &mut [u8]) {
+    #[cfg(target_os = "linux")]
+    {
+        const PAGE: usize = 4096;
+        let start = buf.as_mut_ptr() as usize;
+        let first = start.next_multiple_of(PAGE);
+        let last = (start + buf.len()) / PAGE * PAGE;
+        if last > first {
+            // SAFETY: [first, last) lies inside `buf`, which we borrow
+            // mutably (no other reference to it exists), and is page
+            // aligned. Heap memory is private anonymous memory, so after
+            // MADV_DONTNEED those pages read as zeros: still a valid
+            // `[u8]`, and the allocator's metadata lies outside the range
+            // (it precedes `buf`). 4096 divides every Linux page size, and
+            // madvise rejects a misaligned range with EINVAL instead of
+            // acting on it. Covered by `idle_pages_are_released_and_read_as_zeros`.
+            unsafe {
+                libc::madvise(
+                    first as *mut libc::c_void,
+                    last - first,
+                    libc::MADV_DONTNEED,
+                );
+            }
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = buf;
 }
 
 #[cfg(test)]
@@ -146,5 +186,38 @@ mod tests {
         p.trim();
         assert_eq!(p.leased(), 10);
         drop(held);
+    }
+
+    #[test]
+    fn idle_pages_are_released_and_read_as_zeros() {
+        let mut p = BufferPool::new(64 * 1024, 4);
+        let mut a = p.lease();
+        a.fill(0xAA);
+        let ptr = a.as_ptr() as usize;
+        p.give_back(a);
+        p.release_idle_pages();
+        let b = p.lease();
+        assert_eq!(b.as_ptr() as usize, ptr, "the same buffer comes back");
+        // Whole pages inside the buffer now read as zeros; the partial
+        // pages at either end keep their bytes.
+        let first = ptr.next_multiple_of(4096) - ptr;
+        let last = (ptr + b.len()) / 4096 * 4096 - ptr;
+        assert!(last > first);
+        if cfg!(target_os = "linux") {
+            assert!(b[first..last].iter().all(|&x| x == 0));
+        }
+        assert!(b[..first].iter().all(|&x| x == 0xAA));
+        assert!(b[last..].iter().all(|&x| x == 0xAA));
+        // And the buffer is fully usable again.
+        let mut b = b;
+        b.fill(0x55);
+        assert!(b.iter().all(|&x| x == 0x55));
+        p.give_back(b);
+        // A buffer smaller than a page is left alone.
+        let mut tiny = BufferPool::new(100, 1);
+        let t = tiny.lease();
+        tiny.give_back(t);
+        tiny.release_idle_pages();
+        assert_eq!(tiny.lease().len(), 100);
     }
 }

@@ -14,7 +14,7 @@ use std::io::{self, IoSlice, Write};
 /// Most slices handed to one `writev`.
 const MAX_IOVECS: usize = 64;
 /// Largest empty ring kept for the next delivery (entries).
-const RING_KEEP: usize = 16;
+const RING_KEEP: usize = 4;
 /// Owned buffers are coalesced up to this size.
 const COALESCE_LIMIT: usize = 16 * 1024;
 

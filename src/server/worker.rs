@@ -1590,6 +1590,7 @@ impl Worker {
         }
         if self.trim_passes > 0 {
             self.trim_passes -= 1;
+            self.pool.release_idle_pages();
             release_free_heap();
         }
     }
