@@ -72,6 +72,10 @@ pub struct Config {
     pub read_budget_bytes: usize,
     /// Max idle buffers a worker keeps for reuse.
     pub buffer_pool_size: usize,
+    /// `SO_SNDBUF` of each accepted socket (0: kernel autotuning). Bounds the
+    /// kernel memory a stalled reader pins on top of `max_outbound_bytes`,
+    /// and so how soon it is detected as a slow consumer.
+    pub send_buffer_bytes: usize,
     /// Time allowed to complete the HTTP upgrade.
     pub handshake_timeout: Duration,
     /// Time to wait for the peer's close frame before dropping the TCP connection.
@@ -128,6 +132,7 @@ impl Default for Config {
             read_buffer_bytes: 64 * 1024,
             read_budget_bytes: 256 * 1024,
             buffer_pool_size: 1024,
+            send_buffer_bytes: 256 * 1024,
             handshake_timeout: Duration::from_secs(10),
             close_timeout: Duration::from_secs(5),
             ping_interval: Duration::from_secs(30),
@@ -196,6 +201,10 @@ const KEYS: &[(&str, &str)] = &[
         "Max bytes read from one connection per wake-up (fairness)",
     ),
     ("buffer_pool_size", "Max idle buffers kept per worker"),
+    (
+        "send_buffer_bytes",
+        "SO_SNDBUF per connection (0 = kernel autotuning)",
+    ),
     (
         "handshake_timeout",
         "Time allowed to complete the HTTP upgrade",
@@ -448,6 +457,7 @@ impl Config {
             ("read_buffer_bytes", size_value(self.read_buffer_bytes)),
             ("read_budget_bytes", size_value(self.read_budget_bytes)),
             ("buffer_pool_size", count_value(self.buffer_pool_size)),
+            ("send_buffer_bytes", size_value(self.send_buffer_bytes)),
             ("handshake_timeout", dur(self.handshake_timeout)),
             ("close_timeout", dur(self.close_timeout)),
             ("ping_interval", dur(self.ping_interval)),
@@ -539,6 +549,7 @@ impl Config {
             "read_buffer_bytes" => self.read_buffer_bytes = toml_size(&v)?,
             "read_budget_bytes" => self.read_budget_bytes = toml_size(&v)?,
             "buffer_pool_size" => self.buffer_pool_size = toml_count(&v)?,
+            "send_buffer_bytes" => self.send_buffer_bytes = toml_size(&v)?,
             "handshake_timeout" => self.handshake_timeout = toml_duration(&v)?,
             "close_timeout" => self.close_timeout = toml_duration(&v)?,
             "ping_interval" => self.ping_interval = toml_duration(&v)?,
@@ -1089,6 +1100,8 @@ struct Cli {
     read_budget_bytes: Option<usize>,
     #[arg(long, value_name = "N", value_parser = parse_int::<usize>)]
     buffer_pool_size: Option<usize>,
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    send_buffer_bytes: Option<usize>,
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     handshake_timeout: Option<Duration>,
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
@@ -1151,6 +1164,7 @@ impl Cli {
             read_buffer_bytes,
             read_budget_bytes,
             buffer_pool_size,
+            send_buffer_bytes,
             handshake_timeout,
             close_timeout,
             ping_interval,
@@ -1790,6 +1804,7 @@ mod tests {
             read_buffer_bytes: 16 << 10,
             read_budget_bytes: 1 << 30,
             buffer_pool_size: 0,
+            send_buffer_bytes: 12_345,
             handshake_timeout: Duration::from_millis(2500),
             close_timeout: Duration::ZERO,
             ping_interval: Duration::from_secs(90),

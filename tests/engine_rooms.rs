@@ -527,6 +527,52 @@ fn slow_consumer_is_closed_with_1008_and_others_get_everything() {
     h.join();
 }
 
+/// Publishes until the stalled member is closed as a slow consumer and
+/// returns how many 1 KiB messages that took.
+fn messages_until_slow_consumer_close(send_buffer_bytes: usize) -> u64 {
+    let h = start(Config {
+        max_outbound_bytes: 64 << 10,
+        send_buffer_bytes,
+        ..slow_consumer_config(SlowConsumerPolicy::Close)
+    });
+    let addr = h.local_addr();
+    let _slow = tiny_rcvbuf_member(addr, "/rooms/feed?role=sub");
+    let readers_ws = spread(&h, "/rooms/feed?role=sub", 2, 1);
+    let counts: Vec<Arc<AtomicUsize>> = readers_ws
+        .iter()
+        .map(|_| Arc::new(AtomicUsize::new(0)))
+        .collect();
+    let readers: Vec<_> = readers_ws
+        .into_iter()
+        .zip(&counts)
+        .map(|((ws, _), c)| reader(ws, c.clone()))
+        .collect();
+    let mut publisher = ws_connect(addr, "/rooms/feed?role=pub");
+    let published = publish_until(&mut publisher, &counts, 0, || {
+        sum(&h, |m| m.slow_consumer_closes.get()) >= 1
+    });
+    for r in readers {
+        assert_eq!(r.join().unwrap().unwrap(), published);
+    }
+    h.shutdown();
+    h.join();
+    published
+}
+
+#[test]
+fn send_buffer_cap_bounds_what_a_stalled_reader_absorbs() {
+    // 64 KiB requested is 128 KiB in the kernel (Linux doubles it), plus
+    // the 64 KiB queue and the stalled client's ~8 KiB receive window:
+    // the close comes after roughly 200 messages of 1 KiB (176 measured).
+    // Left to autotuning (send_buffer_bytes = 0) the send buffer grows
+    // towards tcp_wmem's max first (2,800 messages measured, 4 MiB max).
+    let capped = messages_until_slow_consumer_close(64 << 10);
+    assert!(
+        capped <= 600,
+        "a stalled reader absorbed {capped} KiB before the slow-consumer close"
+    );
+}
+
 #[test]
 fn slow_consumer_drop_policy_keeps_the_connection_and_counts_drops() {
     let h = start(slow_consumer_config(SlowConsumerPolicy::Drop));

@@ -85,6 +85,8 @@ struct Limits {
     head: HandshakeLimits,
     max_message_bytes: usize,
     max_outbound_bytes: usize,
+    /// `SO_SNDBUF` for accepted sockets (0: leave to the kernel).
+    send_buffer_bytes: usize,
     read_budget_bytes: usize,
     handshake_timeout_ms: u64,
     close_timeout_ms: u64,
@@ -197,6 +199,7 @@ impl Worker {
             },
             max_message_bytes: c.max_message_bytes,
             max_outbound_bytes: c.max_outbound_bytes,
+            send_buffer_bytes: c.send_buffer_bytes,
             read_budget_bytes: c.read_budget_bytes.max(1),
             handshake_timeout_ms: ms(c.handshake_timeout),
             close_timeout_ms: ms(c.close_timeout),
@@ -397,6 +400,13 @@ impl Worker {
 
     fn add_connection(&mut self, mut socket: TcpStream, addr: SocketAddr) {
         let _ = socket.set_nodelay(true);
+        if self.limits.send_buffer_bytes > 0 {
+            // Caps what the kernel holds for a peer that stopped reading
+            // (autotuning would grow it to tcp_wmem's max, 4 MiB by
+            // default), so slow-consumer detection follows the config.
+            let _ =
+                socket2::SockRef::from(&socket).set_send_buffer_size(self.limits.send_buffer_bytes);
+        }
         let entry = self.conns.vacant_entry();
         let key = entry.key();
         if key > u32::MAX as usize {
