@@ -374,9 +374,21 @@ fn split_target(target: &str) -> (String, Option<String>) {
     }
 }
 
-/// Position just past the blank line ending the head, if present.
+/// Position just past the blank line ending the head, if present. A bare
+/// LF also ends a line (RFC 9112 section 2.2 allows a recipient to accept
+/// it, and httparse does), so the head ends at the first line terminator
+/// followed by an empty line: `\r\n\r\n`, `\n\n`, `\r\n\n` or `\n\r\n`.
 fn head_end(buf: &[u8]) -> Option<usize> {
-    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4)
+    let mut i = 0;
+    while let Some(p) = buf[i..].iter().position(|&b| b == b'\n') {
+        let lf = i + p;
+        match buf.get(lf + 1..) {
+            Some([b'\n', ..]) => return Some(lf + 2),
+            Some([b'\r', b'\n', ..]) => return Some(lf + 3),
+            _ => i = lf + 1,
+        }
+    }
+    None
 }
 
 /// Parses a request head from `buf` (all bytes received so far).
@@ -838,5 +850,44 @@ mod tests {
         assert_eq!(len("5\u{a0}".as_bytes()), Err(()));
         assert_eq!(len("5\u{85}".as_bytes()), Err(()));
         assert_eq!(len("\u{2003}5".as_bytes()), Err(()));
+    }
+
+    #[test]
+    fn heads_with_bare_lf_line_endings_complete() {
+        for head in [
+            "GET /healthz HTTP/1.1\nHost: x\n\n",
+            "GET /healthz HTTP/1.1\r\nHost: x\r\n\n",
+            "GET /healthz HTTP/1.1\nHost: x\n\r\n",
+            "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n",
+        ] {
+            match parse(head) {
+                Ok(ParsedRequest::Http(r)) => {
+                    assert_eq!(r.path, "/healthz", "{head:?}");
+                    assert_eq!(r.head_len, head.len(), "{head:?}");
+                }
+                other => panic!("{head:?}: {other:?}"),
+            }
+            // Byte by byte: partial until the last byte, then complete.
+            let answer = first_decision(head.as_bytes(), &HandshakeLimits::default(), 1);
+            assert!(
+                matches!(answer, Ok(ParsedRequest::Http(_))),
+                "{head:?}: {answer:?}"
+            );
+        }
+        let upgrade = GOOD.replace("\r\n", "\n");
+        match parse(&upgrade) {
+            Ok(ParsedRequest::Upgrade(u)) => assert_eq!(u.head_len, upgrade.len()),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn head_end_finds_the_first_empty_line() {
+        assert_eq!(head_end(b"a\r\n\r\nrest\r\n\r\n"), Some(5));
+        assert_eq!(head_end(b"a\n\nb"), Some(3));
+        assert_eq!(head_end(b"a\r\nb\r\n"), None);
+        assert_eq!(head_end(b"a\r\n\r"), None);
+        assert_eq!(head_end(b"\n"), None);
+        assert_eq!(head_end(b""), None);
     }
 }

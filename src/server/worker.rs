@@ -757,6 +757,10 @@ impl Worker {
         conn.limiter = rate_enabled.then(|| Box::new(RateLimiter::new(&self.limits.rate, now)));
         conn.last_activity_ms = now;
         conn.out.push_parts(&[&response]);
+        // Write the 101 now: it nearly always leaves in one write, and a
+        // room member that has received nothing yet then holds no ring.
+        write_now(conn, &self.metrics);
+        conn.out.release_idle();
         // Bytes after the head (a first frame sent right away) are frames.
         let leftover = &st.buf[req.head_len.min(st.buf.len())..];
         if !leftover.is_empty() {
