@@ -72,9 +72,10 @@ pub struct Config {
     pub read_budget_bytes: usize,
     /// Max idle buffers a worker keeps for reuse.
     pub buffer_pool_size: usize,
-    /// `SO_SNDBUF` of each accepted socket (0: kernel autotuning). Bounds the
-    /// kernel memory a stalled reader pins on top of `max_outbound_bytes`,
-    /// and so how soon it is detected as a slow consumer.
+    /// `SO_SNDBUF` of each accepted socket (0: kernel autotuning). A cap
+    /// bounds the kernel memory a stalled reader pins on top of
+    /// `max_outbound_bytes`, and so how soon it is detected as a slow
+    /// consumer, at some cost in throughput (docs/configuration.md).
     pub send_buffer_bytes: usize,
     /// Time allowed to complete the HTTP upgrade.
     pub handshake_timeout: Duration,
@@ -132,7 +133,7 @@ impl Default for Config {
             read_buffer_bytes: 64 * 1024,
             read_budget_bytes: 256 * 1024,
             buffer_pool_size: 1024,
-            send_buffer_bytes: 256 * 1024,
+            send_buffer_bytes: 0,
             handshake_timeout: Duration::from_secs(10),
             close_timeout: Duration::from_secs(5),
             ping_interval: Duration::from_secs(30),

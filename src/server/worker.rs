@@ -399,6 +399,11 @@ impl Worker {
     }
 
     fn add_connection(&mut self, mut socket: TcpStream, addr: SocketAddr) {
+        // The loop's clock is read once per iteration, and an iteration
+        // under load can take tens of milliseconds: read it again so the
+        // handshake deadline (and the first activity time) is not
+        // shortened by that.
+        self.tick_clock();
         let _ = socket.set_nodelay(true);
         if self.limits.send_buffer_bytes > 0 {
             // Caps what the kernel holds for a peer that stopped reading
