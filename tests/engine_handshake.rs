@@ -94,6 +94,44 @@ fn config() -> Config {
 }
 
 #[test]
+fn requests_with_bare_lf_line_endings_are_answered_not_left_hanging() {
+    // RFC 9112 2.2: a recipient may accept a bare LF as a line terminator.
+    // The relay does, so such a client gets its answer at once instead of
+    // waiting for the handshake timeout.
+    let h = start(config());
+    let addr = h.local_addr();
+    let read_head = |s: &mut TcpStream| {
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut buf = Vec::new();
+        let mut tmp = [0u8; 1024];
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            match s.read(&mut tmp) {
+                Ok(n) if n > 0 => buf.extend_from_slice(&tmp[..n]),
+                other => panic!("no complete response: {other:?} after {buf:?}"),
+            }
+        }
+        String::from_utf8_lossy(&buf).into_owned()
+    };
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\nHost: localhost\n\n")
+        .unwrap();
+    let resp = read_head(&mut s);
+    assert!(resp.starts_with("HTTP/1.1 200 "), "{resp}");
+    let mut s = TcpStream::connect(addr).unwrap();
+    let upgrade = String::from_utf8(upgrade_request("/echo", ""))
+        .unwrap()
+        .replace("\r\n", "\n");
+    s.write_all(upgrade.as_bytes()).unwrap();
+    let resp = read_head(&mut s);
+    assert!(
+        resp.starts_with("HTTP/1.1 101 Switching Protocols\r\n"),
+        "{resp}"
+    );
+    h.shutdown();
+    h.join();
+}
+
+#[test]
 fn valid_upgrade_gets_101_with_rfc_accept_value() {
     let h = start(config());
     let addr = h.local_addr();
