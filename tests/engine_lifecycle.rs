@@ -480,26 +480,7 @@ fn a_second_relay_on_the_same_port_is_refused_not_silently_sharing_it() {
     // relay started by mistake would take half of the connections.
     let first = wsrelay::server::start(engine_config()).expect("first relay");
     let addr = first.local_addr();
-    let out = relay_cmd(&[
-        "--listen",
-        &addr.to_string(),
-        "--max-connections",
-        "1000",
-        "--log-level",
-        "error",
-    ])
-    .output()
-    .unwrap();
-    assert_eq!(out.status.code(), Some(2), "{out:?}");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.to_ascii_lowercase().contains("in use"), "{err}");
-    let e = wsrelay::server::start(Config {
-        listen: addr,
-        ..engine_config()
-    })
-    .err()
-    .expect("second in-process relay must be refused too");
-    assert!(matches!(e, wsrelay::server::StartError::Bind { .. }), "{e}");
+    expect_bind_refused(addr);
     // The first relay still serves (it got every connection).
     for _ in 0..4 {
         let mut c = RawClient::connect(addr, "/echo");
@@ -516,10 +497,24 @@ fn binary_unbindable_address_exits_2_naming_the_address() {
     // port: the relay's SO_REUSEPORT bind must fail with EADDRINUSE.
     let holder = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = holder.local_addr().unwrap();
-    let listen = addr.to_string();
+    let err = expect_bind_refused(addr);
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(lines[0].contains(&addr.to_string()), "{err}");
+    assert!(
+        lines[0].to_ascii_lowercase().contains("in use"),
+        "expected EADDRINUSE: {err}"
+    );
+    drop(holder);
+}
+
+/// Something already listens on `addr`: the binary must exit 2 saying the
+/// address is in use, and in-process `start()` must report a `Bind` error
+/// for that address. Returns the binary's stderr.
+fn expect_bind_refused(addr: SocketAddr) -> String {
     let out = relay_cmd(&[
         "--listen",
-        &listen,
+        &addr.to_string(),
         "--max-connections",
         "1000",
         "--log-level",
@@ -528,26 +523,19 @@ fn binary_unbindable_address_exits_2_naming_the_address() {
     .output()
     .unwrap();
     assert_eq!(out.status.code(), Some(2), "{out:?}");
-    let err = String::from_utf8_lossy(&out.stderr);
-    let lines: Vec<&str> = err.lines().collect();
-    assert_eq!(lines.len(), 1, "{err}");
-    assert!(lines[0].contains(&listen), "{err}");
-    assert!(
-        lines[0].to_ascii_lowercase().contains("in use"),
-        "expected EADDRINUSE: {err}"
-    );
-    // In-process start() reports the same as a Bind error.
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(err.to_ascii_lowercase().contains("in use"), "{err}");
     let e = wsrelay::server::start(Config {
         listen: addr,
         ..engine_config()
     })
     .err()
-    .expect("bind must fail");
+    .expect("in-process start() must be refused too");
     assert!(
         matches!(&e, wsrelay::server::StartError::Bind { addr: a, .. } if *a == addr),
         "{e}"
     );
-    drop(holder);
+    err
 }
 
 // ----- close deadline -------------------------------------------------------------

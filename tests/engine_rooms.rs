@@ -465,6 +465,25 @@ fn publish_until(
     seq
 }
 
+/// A `reader` thread's outcome: messages received, or what went wrong.
+type ReaderThread = std::thread::JoinHandle<Result<u64, String>>;
+
+/// Reading members of room "feed" on every worker (at least two), each in
+/// a `reader` thread, with their received-message counters.
+fn feed_readers(h: &ServerHandle) -> (Vec<Arc<AtomicUsize>>, Vec<ReaderThread>) {
+    let members = spread(h, "/rooms/feed?role=sub", 2, 1);
+    let counts: Vec<Arc<AtomicUsize>> = members
+        .iter()
+        .map(|_| Arc::new(AtomicUsize::new(0)))
+        .collect();
+    let readers = members
+        .into_iter()
+        .zip(&counts)
+        .map(|((ws, _), c)| reader(ws, c.clone()))
+        .collect();
+    (counts, readers)
+}
+
 fn slow_consumer_config(policy: SlowConsumerPolicy) -> Config {
     Config {
         max_outbound_bytes: 64 << 10,
@@ -479,16 +498,7 @@ fn slow_consumer_is_closed_with_1008_and_others_get_everything() {
     let h = start(slow_consumer_config(SlowConsumerPolicy::Close));
     let addr = h.local_addr();
     let mut slow = tiny_rcvbuf_member(addr, "/rooms/feed?role=sub");
-    let readers_ws = spread(&h, "/rooms/feed?role=sub", 2, 1);
-    let counts: Vec<Arc<AtomicUsize>> = readers_ws
-        .iter()
-        .map(|_| Arc::new(AtomicUsize::new(0)))
-        .collect();
-    let readers: Vec<_> = readers_ws
-        .into_iter()
-        .zip(&counts)
-        .map(|((ws, _), c)| reader(ws, c.clone()))
-        .collect();
+    let (counts, readers) = feed_readers(&h);
     let mut publisher = ws_connect(addr, "/rooms/feed?role=pub");
     let published = publish_until(&mut publisher, &counts, 200, || {
         sum(&h, |m| m.slow_consumer_closes.get()) >= 1
@@ -530,23 +540,14 @@ fn slow_consumer_is_closed_with_1008_and_others_get_everything() {
 /// Publishes until the stalled member is closed as a slow consumer and
 /// returns how many 1 KiB messages that took.
 fn messages_until_slow_consumer_close(send_buffer_bytes: usize) -> u64 {
+    // slow_consumer_config: a 64 KiB outbound bound.
     let h = start(Config {
-        max_outbound_bytes: 64 << 10,
         send_buffer_bytes,
         ..slow_consumer_config(SlowConsumerPolicy::Close)
     });
     let addr = h.local_addr();
     let _slow = tiny_rcvbuf_member(addr, "/rooms/feed?role=sub");
-    let readers_ws = spread(&h, "/rooms/feed?role=sub", 2, 1);
-    let counts: Vec<Arc<AtomicUsize>> = readers_ws
-        .iter()
-        .map(|_| Arc::new(AtomicUsize::new(0)))
-        .collect();
-    let readers: Vec<_> = readers_ws
-        .into_iter()
-        .zip(&counts)
-        .map(|((ws, _), c)| reader(ws, c.clone()))
-        .collect();
+    let (counts, readers) = feed_readers(&h);
     let mut publisher = ws_connect(addr, "/rooms/feed?role=pub");
     let published = publish_until(&mut publisher, &counts, 0, || {
         sum(&h, |m| m.slow_consumer_closes.get()) >= 1
@@ -578,16 +579,7 @@ fn slow_consumer_drop_policy_keeps_the_connection_and_counts_drops() {
     let h = start(slow_consumer_config(SlowConsumerPolicy::Drop));
     let addr = h.local_addr();
     let mut slow = tiny_rcvbuf_member(addr, "/rooms/feed?role=sub");
-    let readers_ws = spread(&h, "/rooms/feed?role=sub", 2, 1);
-    let counts: Vec<Arc<AtomicUsize>> = readers_ws
-        .iter()
-        .map(|_| Arc::new(AtomicUsize::new(0)))
-        .collect();
-    let readers: Vec<_> = readers_ws
-        .into_iter()
-        .zip(&counts)
-        .map(|((ws, _), c)| reader(ws, c.clone()))
-        .collect();
+    let (counts, readers) = feed_readers(&h);
     let mut publisher = ws_connect(addr, "/rooms/feed?role=pub");
     let published = publish_until(&mut publisher, &counts, 200, || {
         sum(&h, |m| m.drops.get()) >= 1

@@ -7,10 +7,11 @@
 //! due, not with all connections: at 100k connections with a 30 s ping
 //! interval a pass touches the few hundred that fall due, not 100k.
 //!
-//! Cancellation is lazy. Each connection remembers the one deadline it
-//! currently wants; an entry that no longer matches is skipped when its
-//! bucket comes due. Activity never touches the timer: the heartbeat
-//! handler re-arms from the connection's last activity when it fires.
+//! Each connection remembers the one deadline it currently wants, and
+//! cancels its entry when it closes or moves to another deadline; the
+//! expiry pass still skips an entry that no longer matches. Activity never
+//! touches the timer: the heartbeat handler re-arms from the connection's
+//! last activity when it fires.
 
 use std::collections::BTreeMap;
 
@@ -74,6 +75,7 @@ impl DeadlineBuckets {
     /// deadline, so timer memory follows the connections that are open
     /// rather than how many came and went in the last heartbeat interval.
     /// Costs a map lookup and a scan of one bucket (newest entries first).
+    /// Tick 0 (nothing armed) is never a bucket, so it is a no-op.
     pub fn cancel(&mut self, key: usize, generation: u32, tick: u64) -> bool {
         let Some(bucket) = self.buckets.get_mut(&tick) else {
             return false;
@@ -88,12 +90,18 @@ impl DeadlineBuckets {
         self.len -= 1;
         if bucket.is_empty() {
             if let Some(v) = self.buckets.remove(&tick) {
-                if self.spare.len() < SPARE_MAX_COUNT && v.capacity() <= SPARE_MAX_CAPACITY {
-                    self.spare.push(v);
-                }
+                self.recycle(v);
             }
         }
         true
+    }
+
+    /// Keeps an emptied bucket vector for reuse: a few ordinary-sized
+    /// ones, while one that a burst made large is freed.
+    fn recycle(&mut self, v: Vec<TimerEntry>) {
+        if self.spare.len() < SPARE_MAX_COUNT && v.capacity() <= SPARE_MAX_CAPACITY {
+            self.spare.push(v);
+        }
     }
 
     /// Milliseconds until the earliest bucket is due (0 if overdue), or
@@ -115,11 +123,7 @@ impl DeadlineBuckets {
             let mut v = entry.remove();
             self.len -= v.len();
             out.append(&mut v);
-            // Keep a few ordinary-sized vectors for reuse; one that a burst
-            // made large is freed rather than kept.
-            if self.spare.len() < SPARE_MAX_COUNT && v.capacity() <= SPARE_MAX_CAPACITY {
-                self.spare.push(v);
-            }
+            self.recycle(v);
         }
     }
 
@@ -206,7 +210,8 @@ mod tests {
         let b = t.insert(2, 7, 100);
         let c = t.insert(3, 7, 250);
         assert_eq!(t.len(), 3);
-        // Wrong generation or tick: nothing happens.
+        // Wrong generation or tick, or tick 0 (nothing armed): nothing happens.
+        assert!(!t.cancel(1, 7, 0));
         assert!(!t.cancel(1, 8, a));
         assert!(!t.cancel(1, 7, c));
         assert!(t.cancel(1, 7, a));

@@ -220,6 +220,7 @@ impl Worker {
         };
         let workers = shared.mesh.len();
         let slab_reserve = (c.max_connections / workers.max(1)).saturating_mul(5) / 4 + 1024;
+        let batch_cap = ROOM_BATCH_BYTES.min(c.max_outbound_bytes / 4).max(1);
         Ok(Worker {
             id,
             poll,
@@ -233,7 +234,7 @@ impl Worker {
             next_generation: 0,
             metrics: shared.metrics[id].clone(),
             pool: BufferPool::new(c.read_buffer_bytes, c.buffer_pool_size),
-            frames: FramePool::new(2 * ROOM_BATCH_BYTES.min(c.max_outbound_bytes / 4).max(1)),
+            frames: FramePool::new(2 * batch_cap),
             timers: DeadlineBuckets::new(TIMER_GRANULARITY_MS),
             rooms: HashMap::new(),
             room_ids: HashMap::new(),
@@ -261,7 +262,7 @@ impl Worker {
             slab_reserve,
             slab_high: 0,
             trim_passes: 0,
-            batch_cap: ROOM_BATCH_BYTES.min(c.max_outbound_bytes / 4).max(1),
+            batch_cap,
             event_read_closed: false,
             shared,
             rx,
@@ -369,6 +370,11 @@ impl Worker {
         if self.accept_paused_until != 0 {
             return;
         }
+        // The loop's clock is read once per iteration, and an iteration
+        // under load can take tens of milliseconds: read it again so the
+        // handshake deadlines (and first activity times) of this batch are
+        // not shortened by that.
+        self.tick_clock();
         for _ in 0..ACCEPT_BATCH {
             let result = match &self.listener {
                 Some(l) => l.accept(),
@@ -399,11 +405,6 @@ impl Worker {
     }
 
     fn add_connection(&mut self, mut socket: TcpStream, addr: SocketAddr) {
-        // The loop's clock is read once per iteration, and an iteration
-        // under load can take tens of milliseconds: read it again so the
-        // handshake deadline (and the first activity time) is not
-        // shortened by that.
-        self.tick_clock();
         let _ = socket.set_nodelay(true);
         if self.limits.send_buffer_bytes > 0 {
             // Caps what the kernel holds for a peer that stopped reading
@@ -1476,9 +1477,7 @@ impl Worker {
             return;
         };
         let _ = self.poll.registry().deregister(&mut conn.socket);
-        if conn.timer_tick != 0 {
-            self.timers.cancel(key, conn.generation, conn.timer_tick);
-        }
+        self.timers.cancel(key, conn.generation, conn.timer_tick);
         if graceful {
             let mut sink = [0u8; 4096];
             for _ in 0..16 {
@@ -1566,19 +1565,15 @@ impl Worker {
         if conn.timer_tick == self.timers.tick_for(at_ms) {
             return;
         }
-        if conn.timer_tick != 0 {
-            self.timers.cancel(key, conn.generation, conn.timer_tick);
-        }
+        self.timers.cancel(key, conn.generation, conn.timer_tick);
         conn.timer_tick = self.timers.insert(key, conn.generation, at_ms);
     }
 
     fn arm_heartbeat(&mut self, key: usize) {
         if self.limits.ping_interval_ms == 0 {
             let conn = &mut self.conns[key];
-            if conn.timer_tick != 0 {
-                self.timers.cancel(key, conn.generation, conn.timer_tick);
-                conn.timer_tick = 0;
-            }
+            self.timers.cancel(key, conn.generation, conn.timer_tick);
+            conn.timer_tick = 0;
             return;
         }
         let at = self.conns[key].last_activity_ms + self.limits.ping_interval_ms;
@@ -1598,13 +1593,13 @@ impl Worker {
         let conns = self.conns.len();
         let shrank = conns < self.conns_at_housekeeping;
         self.conns_at_housekeeping = conns;
-        if shrank && self.slab_high >= conns + SLAB_RELEASE_MIN_ENTRIES {
-            self.slab_high = release_vacant_tail(&mut self.conns, self.slab_reserve);
+        if shrank {
+            if self.slab_high >= conns + SLAB_RELEASE_MIN_ENTRIES {
+                self.slab_high = release_vacant_tail(&mut self.conns, self.slab_reserve);
+            }
+            self.release_scratch();
         }
         if freed > 0 || shrank {
-            if shrank {
-                self.release_scratch();
-            }
             self.trim_passes = TRIM_PASSES_AFTER_SHRINK;
         }
         if self.trim_passes > 0 {
