@@ -351,6 +351,12 @@ fn sigterm(child: &Child) {
 /// Starts the binary on a free port (retrying if another process grabs
 /// the port in between).
 fn spawn_relay(extra: &[&str]) -> (Child, SocketAddr) {
+    spawn_relay_env(&[], extra)
+}
+
+/// [`spawn_relay`] with environment variables set (`Some`) or removed
+/// (`None`).
+fn spawn_relay_env(env: &[(&str, Option<&str>)], extra: &[&str]) -> (Child, SocketAddr) {
     for _ in 0..5 {
         let port = free_port();
         let listen = format!("127.0.0.1:{port}");
@@ -367,7 +373,14 @@ fn spawn_relay(extra: &[&str]) -> (Child, SocketAddr) {
             "5s",
         ];
         args.extend_from_slice(extra);
-        let mut child = relay_cmd(&args).spawn().unwrap();
+        let mut cmd = relay_cmd(&args);
+        for (name, value) in env {
+            match value {
+                Some(v) => cmd.env(name, v),
+                None => cmd.env_remove(name),
+            };
+        }
+        let mut child = cmd.spawn().unwrap();
         let addr: SocketAddr = listen.parse().unwrap();
         std::thread::sleep(Duration::from_millis(20));
         if let Some(status) = child.try_wait().unwrap() {
@@ -536,6 +549,89 @@ fn expect_bind_refused(addr: SocketAddr) -> String {
         "{e}"
     );
     err
+}
+
+// ----- allocator tuning at start ------------------------------------------------
+
+/// One variable of the running process's environment, as the kernel
+/// holds it (after any exec).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn env_of(child: &Child, name: &str) -> Option<String> {
+    let raw = std::fs::read(format!("/proc/{}/environ", child.id())).unwrap();
+    raw.split(|&b| b == 0)
+        .filter_map(|kv| std::str::from_utf8(kv).ok())
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_string())
+}
+
+/// Starts the binary with `GLIBC_TUNABLES` as given, checks it serves,
+/// stops it, and returns (GLIBC_TUNABLES, re-exec marker, stderr) of the
+/// process that served.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn tunables_seen(
+    tunables: Option<&str>,
+    extra: &[&str],
+) -> (Option<String>, Option<String>, String) {
+    use wsrelay::allocator::{REEXEC_MARKER_VAR, TUNABLES_VAR};
+    let (mut child, addr) = spawn_relay_env(
+        &[(TUNABLES_VAR, tunables), (REEXEC_MARKER_VAR, None)],
+        extra,
+    );
+    let seen = env_of(&child, TUNABLES_VAR);
+    let marker = env_of(&child, REEXEC_MARKER_VAR);
+    // The same process (same pid) serves WebSocket traffic.
+    let mut c = RawClient::connect(addr, "/echo");
+    c.send_text("after exec");
+    assert_eq!(c.expect_frame().payload, b"after exec");
+    sigterm(&child);
+    let status = wait_exit(&mut child, Duration::from_secs(10));
+    let err = stderr_of(&mut child);
+    assert_eq!(status.code(), Some(0), "{err}");
+    assert_eq!(err.matches("listening on").count(), 1, "{err}");
+    (seen, marker, err)
+}
+
+// glibc rewrites GLIBC_TUNABLES in place while parsing it (':' becomes a
+// NUL), so /proc/PID/environ shows only its first tunable; what glibc
+// actually does is read from the relay's log, which comes from a probe of
+// the allocator (`allocator::thread_cache_active`).
+
+#[test]
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn binary_turns_glibc_thread_cache_off_by_reexecuting_itself() {
+    let (seen, marker, err) = tunables_seen(None, &[]);
+    assert_eq!(
+        seen.as_deref(),
+        Some("glibc.malloc.tcache_count=0"),
+        "{err}"
+    );
+    assert_eq!(marker.as_deref(), Some("1"), "re-executed");
+    assert!(err.contains("glibc malloc thread cache off"), "{err}");
+    assert!(!err.contains("cannot re-execute"), "{err}");
+    // Other tunables the operator set are kept, ours comes after them.
+    let (seen, marker, err) = tunables_seen(Some("glibc.malloc.trim_threshold=262144"), &[]);
+    assert_eq!(seen.as_deref(), Some("glibc.malloc.trim_threshold=262144"));
+    assert_eq!(marker.as_deref(), Some("1"), "re-executed");
+    assert!(err.contains("glibc malloc thread cache off"), "{err}");
+}
+
+#[test]
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn binary_leaves_glibc_thread_cache_alone_when_told_to() {
+    // malloc_thread_cache = true: no exec, no tunable, the cache is on.
+    let (seen, marker, err) = tunables_seen(None, &["--malloc-thread-cache"]);
+    assert_eq!((seen, marker), (None, None));
+    assert!(err.contains("glibc malloc thread cache on"), "{err}");
+    // An operator's own value wins, and the log says so.
+    let (seen, marker, err) = tunables_seen(Some("glibc.malloc.tcache_count=3"), &[]);
+    assert_eq!(seen.as_deref(), Some("glibc.malloc.tcache_count=3"));
+    assert_eq!(marker, None);
+    assert!(
+        err.contains("glibc.malloc.tcache_count=3; left as given"),
+        "{err}"
+    );
+    assert!(err.contains("glibc malloc thread cache on"), "{err}");
 }
 
 // ----- close deadline -------------------------------------------------------------
