@@ -14,10 +14,15 @@
 use crate::protocol::SharedFrame;
 use std::collections::VecDeque;
 
-/// Frames handed out and watched for reuse.
-const MAX_TRACKED: usize = 32;
+/// Frames handed out and watched for reuse. Few: a burst reallocates the
+/// pool's buffers all over the heap it grows, and each one kept afterwards
+/// can hold a page resident. A steady room flow cycles through about 4
+/// frames and 2 spare buffers per worker (1,000 msgs/s over 4 rooms,
+/// measured), and the fan-out benchmarks ran the same with 8 + 4 as with
+/// 32 + 8 (docs/benchmarks.md).
+const MAX_TRACKED: usize = 8;
 /// Empty batch buffers kept.
-const MAX_SPARE: usize = 8;
+const MAX_SPARE: usize = 4;
 /// Handed-out frames inspected per `share` before allocating a new one.
 const SCAN: usize = 4;
 /// Buffers up to this capacity always survive a trim (if still needed).
