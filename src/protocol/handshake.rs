@@ -359,6 +359,13 @@ pub fn has_token(value: &str, token: &str) -> bool {
         .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
+/// Whether `key` is base64 of exactly 16 bytes (§4.1: the nonce), decoded
+/// into a stack buffer (a longer value does not fit and is refused).
+fn is_nonce(key: &str) -> bool {
+    let mut nonce = [0u8; 18];
+    matches!(BASE64.decode_slice(key.as_bytes(), &mut nonce), Ok(16))
+}
+
 /// `Sec-WebSocket-Accept` for a key (§4.2.2).
 pub fn accept_key(key: &[u8]) -> String {
     let mut h = Sha1::new();
@@ -391,11 +398,25 @@ fn head_end(buf: &[u8]) -> Option<usize> {
     None
 }
 
+/// Header slots kept on the stack by [`parse_request`] (the default
+/// `max_request_headers`); a higher limit puts them on the heap.
+const STACK_HEADER_SLOTS: usize = 64;
+
 /// Parses a request head from `buf` (all bytes received so far).
 pub fn parse_request(buf: &[u8], limits: &HandshakeLimits) -> Result<ParsedRequest, Rejection> {
     // Look for the end of the head first: cheap, and it bounds the work a
     // byte-at-a-time sender can cause.
     let scan = &buf[..buf.len().min(limits.max_head_bytes.saturating_add(4))];
+    // httparse's header slots: on the stack up to the default limit, so
+    // parsing allocates nothing for them.
+    let mut stack_slots = [httparse::EMPTY_HEADER; STACK_HEADER_SLOTS];
+    let mut heap_slots;
+    let slots: &mut [httparse::Header<'_>] = if limits.max_headers <= STACK_HEADER_SLOTS {
+        &mut stack_slots[..limits.max_headers]
+    } else {
+        heap_slots = vec![httparse::EMPTY_HEADER; limits.max_headers];
+        &mut heap_slots
+    };
     let end = match head_end(scan) {
         Some(end) if end <= limits.max_head_bytes => end,
         found => {
@@ -405,8 +426,7 @@ pub fn parse_request(buf: &[u8], limits: &HandshakeLimits) -> Result<ParsedReque
             // into reads (a prefix read alone would be refused as garbage,
             // so the whole must be too). Otherwise wait, up to the limit.
             let visible = &buf[..buf.len().min(limits.max_head_bytes)];
-            let mut headers = vec![httparse::EMPTY_HEADER; limits.max_headers];
-            let mut req = httparse::Request::new(&mut headers);
+            let mut req = httparse::Request::new(slots);
             return match req.parse(visible) {
                 Err(httparse::Error::TooManyHeaders) => Err(RejectReason::TooManyHeaders),
                 Err(_) => Err(RejectReason::Malformed),
@@ -417,8 +437,7 @@ pub fn parse_request(buf: &[u8], limits: &HandshakeLimits) -> Result<ParsedReque
             };
         }
     };
-    let mut headers = vec![httparse::EMPTY_HEADER; limits.max_headers];
-    let mut req = httparse::Request::new(&mut headers);
+    let mut req = httparse::Request::new(slots);
     let head_len = match req.parse(&buf[..end]) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Err(RejectReason::Malformed),
@@ -429,11 +448,14 @@ pub fn parse_request(buf: &[u8], limits: &HandshakeLimits) -> Result<ParsedReque
     let target = req.path.unwrap_or("/");
     let minor = req.version.unwrap_or(0);
 
+    // Only what the answer needs is copied out; the checks run on the
+    // borrowed values (a handshake allocates little: connection storms
+    // are made of handshakes).
     let mut host = None;
     let mut origin = None;
-    let mut upgrade = None;
-    let mut connection: Vec<String> = Vec::new();
-    let mut version = None;
+    let mut upgrade: Option<bool> = None; // present; names "websocket"
+    let mut connection_upgrade = false;
+    let mut version: Option<bool> = None; // present; is "13"
     let mut key = None;
     let mut protocols = Vec::new();
     let mut extensions = Vec::new();
@@ -445,13 +467,13 @@ pub fn parse_request(buf: &[u8], limits: &HandshakeLimits) -> Result<ParsedReque
         } else if name.eq_ignore_ascii_case("origin") {
             origin = Some(value.trim().to_string());
         } else if name.eq_ignore_ascii_case("upgrade") {
-            upgrade = Some(value.to_string());
+            upgrade = Some(has_token(&value, "websocket"));
         } else if name.eq_ignore_ascii_case("connection") {
-            connection.push(value.to_string());
+            connection_upgrade |= has_token(&value, "upgrade");
         } else if name.eq_ignore_ascii_case("sec-websocket-version") {
-            version = Some(value.trim().to_string());
+            version = Some(value.trim() == "13");
         } else if name.eq_ignore_ascii_case("sec-websocket-key") {
-            key = Some(value.trim().to_string());
+            key = Some(value);
         } else if name.eq_ignore_ascii_case("sec-websocket-protocol") {
             protocols.extend(
                 value
@@ -502,18 +524,17 @@ pub fn parse_request(buf: &[u8], limits: &HandshakeLimits) -> Result<ParsedReque
         Some(h) if !h.is_empty() => h,
         _ => return Err(RejectReason::MissingHost),
     };
-    match &upgrade {
-        Some(u) if has_token(u, "websocket") => {}
-        _ => return Err(RejectReason::BadUpgradeHeader),
+    if upgrade != Some(true) {
+        return Err(RejectReason::BadUpgradeHeader);
     }
-    if !connection.iter().any(|c| has_token(c, "upgrade")) {
+    if !connection_upgrade {
         return Err(RejectReason::BadConnectionHeader);
     }
-    if version.as_deref() != Some("13") {
+    if version != Some(true) {
         return Err(RejectReason::UnsupportedVersion);
     }
-    let key = match key {
-        Some(k) if matches!(BASE64.decode(k.as_bytes()), Ok(ref d) if d.len() == 16) => k,
+    let key = match key.as_deref().map(str::trim) {
+        Some(k) if is_nonce(k) => k,
         _ => return Err(RejectReason::BadKey),
     };
     let (path, query) = split_target(target);
@@ -695,6 +716,60 @@ mod tests {
     #[test]
     fn garbage_is_rejected_without_waiting_for_the_limit() {
         assert_eq!(parse("\x16\x03\x01\x02\x00"), Err(RejectReason::Malformed));
+    }
+
+    #[test]
+    fn the_key_must_be_exactly_16_bytes_of_base64() {
+        let key = |k: &str| {
+            parse(&with(
+                "Sec-WebSocket-Key:",
+                &format!("Sec-WebSocket-Key: {k}\r\n"),
+            ))
+        };
+        // RFC 6455's sample nonce, also with spaces around it.
+        assert!(matches!(
+            key("dGhlIHNhbXBsZSBub25jZQ=="),
+            Ok(ParsedRequest::Upgrade(_))
+        ));
+        assert!(matches!(
+            key("  dGhlIHNhbXBsZSBub25jZQ== "),
+            Ok(ParsedRequest::Upgrade(_))
+        ));
+        for bad in [
+            "dGhlIHNhbXBsZSBub25jZQ",       // no padding
+            "dGhlIHNhbXBsZSBub25j",         // 15 bytes
+            "dGhlIHNhbXBsZSBub25jZXg=",     // 17 bytes
+            "dGhlIHNhbXBsZSBub25jZXh5eg==", // 19 bytes: does not fit the buffer
+            "dGhlIHNhbXBsZSBub25jZQ==dGhl", // trailing data
+            "dGhlIHNhbXBsZSBub25jZQ=!",     // bad character
+        ] {
+            assert_eq!(key(bad), Err(RejectReason::BadKey), "{bad}");
+        }
+        // Far longer than any nonce: refused, not decoded.
+        assert_eq!(key(&"QUFB".repeat(500)), Err(RejectReason::BadKey));
+    }
+
+    #[test]
+    fn header_limits_above_the_stack_slots_still_count_exactly() {
+        let limits = |n| HandshakeLimits {
+            max_head_bytes: 64 * 1024,
+            max_headers: n,
+        };
+        let mut req = GOOD.trim_end_matches("\r\n").to_string();
+        req.push_str("\r\n");
+        for i in 0..100 {
+            req.push_str(&format!("X-Extra-{i}: {i}\r\n"));
+        }
+        req.push_str("\r\n");
+        // GOOD has 7 headers: 107 in all.
+        for (n, ok) in [(64, false), (106, false), (107, true), (500, true)] {
+            let got = parse_request(req.as_bytes(), &limits(n));
+            if ok {
+                assert!(matches!(got, Ok(ParsedRequest::Upgrade(_))), "{n}: {got:?}");
+            } else {
+                assert_eq!(got, Err(RejectReason::TooManyHeaders), "{n}");
+            }
+        }
     }
 
     #[test]
