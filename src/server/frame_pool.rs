@@ -120,6 +120,31 @@ impl FramePool {
         before - self.tracked.len() - self.spare.len()
     }
 
+    /// Moves every idle frame and spare buffer to a fresh allocation of
+    /// the same capacity. After a burst the pool's buffers sit wherever
+    /// the grown heap had room, often high up among freed pages, each one
+    /// keeping its page resident. The fresh block is taken before the old
+    /// one is freed, and glibc places it in the smallest free hole that
+    /// fits, which after a burst tends to be among the long-lived blocks low
+    /// in the heap; the old pages can then be returned. Frames still held
+    /// elsewhere stay. Returns how many moved.
+    pub fn rehome(&mut self) -> usize {
+        let mut moved = 0;
+        for buf in &mut self.spare {
+            *buf = Vec::with_capacity(buf.capacity());
+            moved += 1;
+        }
+        for frame in &mut self.tracked {
+            let capacity = match frame.get_mut() {
+                Some(v) => v.capacity(),
+                None => continue,
+            };
+            *frame = SharedFrame::from_vec(Vec::with_capacity(capacity));
+            moved += 1;
+        }
+        moved
+    }
+
     /// Frames tracked and buffers kept (for tests).
     pub fn held(&self) -> (usize, usize) {
         (self.tracked.len(), self.spare.len())
@@ -167,6 +192,39 @@ mod tests {
         }
         assert!(pool.held().0 <= MAX_TRACKED);
         assert!(pool.held().1 <= MAX_SPARE);
+    }
+
+    #[test]
+    fn rehome_moves_idle_buffers_and_leaves_held_frames_alone() {
+        let mut pool = FramePool::new(1 << 16);
+        let idle = batch(&mut pool, 1, 1000);
+        let held = batch(&mut pool, 2, 3000);
+        drop(idle);
+        let spare = batch(&mut pool, 3, 500); // refills `idle`, its buffer goes spare
+        drop(spare);
+        let (tracked, spares) = pool.held();
+        let caps: Vec<usize> = pool.tracked.iter().map(|f| f.capacity()).collect();
+        let spare_caps: Vec<usize> = pool.spare.iter().map(|b| b.capacity()).collect();
+        let moved = pool.rehome();
+        assert_eq!(moved, tracked - 1 + spares, "all but the held frame");
+        assert_eq!(pool.held(), (tracked, spares));
+        for (f, cap) in pool.tracked.iter().zip(&caps) {
+            assert_eq!(f.capacity(), *cap, "same capacity");
+            if f.as_bytes().as_ptr() == held.as_bytes().as_ptr() {
+                assert_eq!(f.as_bytes(), &[2u8; 3000][..], "held frame untouched");
+            } else {
+                assert!(f.is_empty(), "an idle frame is an empty buffer now");
+            }
+        }
+        assert_eq!(
+            pool.spare.iter().map(|b| b.capacity()).collect::<Vec<_>>(),
+            spare_caps
+        );
+        // The pool still works, and the held frame is still never refilled.
+        for i in 0..20u8 {
+            assert_eq!(batch(&mut pool, i, 700).as_bytes(), &[i; 700][..]);
+        }
+        assert_eq!(held.as_bytes(), &[2u8; 3000][..]);
     }
 
     #[test]

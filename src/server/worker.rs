@@ -1604,8 +1604,25 @@ impl Worker {
         }
         if self.trim_passes > 0 {
             self.trim_passes -= 1;
+            if self.trim_passes == 0 {
+                // The burst is over: move the steady flow's buffers out of
+                // the pages it left behind, then trim once more.
+                self.rehome_buffers();
+            }
             self.pool.release_idle_pages();
             release_free_heap();
+        }
+    }
+
+    /// Reallocates the long-lived small buffers of the steady flow (idle
+    /// pooled frames, empty outbound rings) so they leave the pages a burst
+    /// scattered them over (see `FramePool::rehome`). An empty ring is
+    /// simply released; the next delivery allocates it again. One pass
+    /// over the connections, about 10 s after a burst.
+    fn rehome_buffers(&mut self) {
+        self.frames.rehome();
+        for (_, conn) in self.conns.iter_mut() {
+            conn.out.release_idle();
         }
     }
 
