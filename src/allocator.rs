@@ -187,10 +187,8 @@ mod tests {
 
     /// Whether this test process was started with the cache off.
     fn cache_off_by_environment() -> bool {
-        std::env::var(TUNABLES_VAR)
-            .ok()
-            .and_then(|t| tcache_value(&t).map(|v| v.trim() == "0"))
-            .unwrap_or(false)
+        let tunables = std::env::var_os(TUNABLES_VAR);
+        matches!(plan(true, tunables.as_deref(), None), Plan::Off { .. })
     }
 
     fn os(s: &str) -> OsString {

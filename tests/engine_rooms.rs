@@ -484,6 +484,26 @@ fn feed_readers(h: &ServerHandle) -> (Vec<Arc<AtomicUsize>>, Vec<ReaderThread>) 
     (counts, readers)
 }
 
+/// Room "feed" with one stalled member (tiny receive buffer, never reads)
+/// and the reading members of [`feed_readers`]; publishes until `done`
+/// (plus `extra` messages) and checks every reading member got all of
+/// them. Returns the stalled member, the publisher and the count.
+fn publish_past_a_stalled_member(
+    h: &ServerHandle,
+    extra: u64,
+    done: impl FnMut() -> bool,
+) -> (Ws, Ws, u64) {
+    let addr = h.local_addr();
+    let slow = tiny_rcvbuf_member(addr, "/rooms/feed?role=sub");
+    let (counts, readers) = feed_readers(h);
+    let mut publisher = ws_connect(addr, "/rooms/feed?role=pub");
+    let published = publish_until(&mut publisher, &counts, extra, done);
+    for r in readers {
+        assert_eq!(r.join().unwrap().unwrap(), published);
+    }
+    (slow, publisher, published)
+}
+
 fn slow_consumer_config(policy: SlowConsumerPolicy) -> Config {
     Config {
         max_outbound_bytes: 64 << 10,
@@ -496,16 +516,8 @@ fn slow_consumer_config(policy: SlowConsumerPolicy) -> Config {
 #[test]
 fn slow_consumer_is_closed_with_1008_and_others_get_everything() {
     let h = start(slow_consumer_config(SlowConsumerPolicy::Close));
-    let addr = h.local_addr();
-    let mut slow = tiny_rcvbuf_member(addr, "/rooms/feed?role=sub");
-    let (counts, readers) = feed_readers(&h);
-    let mut publisher = ws_connect(addr, "/rooms/feed?role=pub");
-    let published = publish_until(&mut publisher, &counts, 200, || {
-        sum(&h, |m| m.slow_consumer_closes.get()) >= 1
-    });
-    for r in readers {
-        assert_eq!(r.join().unwrap().unwrap(), published);
-    }
+    let (mut slow, _publisher, published) =
+        publish_past_a_stalled_member(&h, 200, || sum(&h, |m| m.slow_consumer_closes.get()) >= 1);
     assert_eq!(sum(&h, |m| m.slow_consumer_closes.get()), 1);
     // The stalled member now reads: a gap-free prefix of the stream, then
     // the 1008 close.
@@ -545,16 +557,8 @@ fn messages_until_slow_consumer_close(send_buffer_bytes: usize) -> u64 {
         send_buffer_bytes,
         ..slow_consumer_config(SlowConsumerPolicy::Close)
     });
-    let addr = h.local_addr();
-    let _slow = tiny_rcvbuf_member(addr, "/rooms/feed?role=sub");
-    let (counts, readers) = feed_readers(&h);
-    let mut publisher = ws_connect(addr, "/rooms/feed?role=pub");
-    let published = publish_until(&mut publisher, &counts, 0, || {
-        sum(&h, |m| m.slow_consumer_closes.get()) >= 1
-    });
-    for r in readers {
-        assert_eq!(r.join().unwrap().unwrap(), published);
-    }
+    let (_slow, _publisher, published) =
+        publish_past_a_stalled_member(&h, 0, || sum(&h, |m| m.slow_consumer_closes.get()) >= 1);
     h.shutdown();
     h.join();
     published
@@ -577,16 +581,8 @@ fn send_buffer_cap_bounds_what_a_stalled_reader_absorbs() {
 #[test]
 fn slow_consumer_drop_policy_keeps_the_connection_and_counts_drops() {
     let h = start(slow_consumer_config(SlowConsumerPolicy::Drop));
-    let addr = h.local_addr();
-    let mut slow = tiny_rcvbuf_member(addr, "/rooms/feed?role=sub");
-    let (counts, readers) = feed_readers(&h);
-    let mut publisher = ws_connect(addr, "/rooms/feed?role=pub");
-    let published = publish_until(&mut publisher, &counts, 200, || {
-        sum(&h, |m| m.drops.get()) >= 1
-    });
-    for r in readers {
-        assert_eq!(r.join().unwrap().unwrap(), published);
-    }
+    let (mut slow, mut publisher, published) =
+        publish_past_a_stalled_member(&h, 200, || sum(&h, |m| m.drops.get()) >= 1);
     let drops = sum(&h, |m| m.drops.get());
     // Delivery resumes whenever the kernel takes more of the backlog (the
     // queue is written before its bound is judged), so not every later
