@@ -1,132 +1,249 @@
-//! One client connection: its socket, buffers and protocol state.
+//! One client connection: its transport, its session, its endpoint and the
+//! read buffer it leases while it holds unprocessed bytes.
 //!
 //! The struct is kept small because 100k+ of them live in a worker's slab:
-//! an idle WebSocket connection owns no heap memory at all (no read buffer,
-//! an empty outbound queue, no HTTP state).
+//! an idle WebSocket connection owns no heap memory of its own (no read
+//! buffer, an empty outbound queue, no HTTP state). Interest is derived
+//! from state, as in rustls' `tlsserver-mio`: always readable (EOF and
+//! errors must be seen), writable only while output is waiting.
 
-use super::buffer_pool::ReadBuf;
-use super::outbound::OutboundQueue;
-use super::rate_limit::RateLimiter;
-use crate::protocol::{CloseHandshake, MessageAssembler};
-use mio::net::TcpStream;
-use std::net::IpAddr;
-
-/// Where the connection is in its life.
-pub enum Phase {
-    /// Reading an HTTP request: an upgrade or a plain request (keep-alive
-    /// connections stay here between requests).
-    Http(Box<HttpState>),
-    /// Upgraded.
-    WebSocket,
-}
-
-/// Bytes of HTTP requests received so far.
-#[derive(Default)]
-pub struct HttpState {
-    pub buf: Vec<u8>,
-}
+use super::admission::IpKey;
+use super::buffer_pool::{BufferPool, ReadBuf};
+use super::local_rooms::Membership;
+use super::outbound::Flush;
+use super::session::{Handler, Session, SessionContext};
+use super::transport::Transport;
+use crate::metrics::WorkerMetrics;
+use mio::{Interest, Registry, Token};
+use std::io::{self, Read};
 
 /// The endpoint an upgraded connection is attached to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Attachment {
     Echo,
-    Room {
-        room_id: u64,
-        /// Index in the local room's receiver list (when it receives).
-        slot: u32,
-        receives: bool,
-        publishes: bool,
-    },
+    Room(Membership),
+}
+
+/// Why reading stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadOutcome {
+    /// The socket has nothing more for now.
+    Drained,
+    /// The read budget is used up: read again next iteration.
+    Budget,
+    /// The session does not want input now (an answer is being written,
+    /// the connection is closing or paused): read again once it does.
+    Stalled,
+    /// The peer closed or the socket failed.
+    Closed,
 }
 
 pub struct Connection {
-    pub socket: TcpStream,
+    pub transport: Transport,
+    pub session: Session,
+    pub attachment: Option<Attachment>,
+    /// Leased read buffer, present only while it holds unprocessed bytes.
+    rbuf: Option<ReadBuf>,
+    rstart: u32,
+    rend: u32,
     /// Distinguishes this connection from earlier ones in the same slab
     /// slot; part of the mio token, so stale events are recognised.
     pub generation: u32,
-    pub peer_ip: IpAddr,
-    pub phase: Phase,
-    pub attachment: Option<Attachment>,
-    /// Leased read buffer, present only while it holds unprocessed bytes.
-    pub rbuf: Option<ReadBuf>,
-    pub rstart: u32,
-    pub rend: u32,
-    pub assembler: MessageAssembler,
-    pub close: CloseHandshake,
-    pub out: OutboundQueue,
-    /// Boxed: most deployments run without rate limits.
-    pub limiter: Option<Box<RateLimiter>>,
+    /// Admission key (counted against the global and per-IP limits).
+    pub peer: IpKey,
     /// Tick of the live timer entry (see `timer.rs`); 0 = none.
     pub timer_tick: u64,
-    /// Worker clock (ms) of the last byte received.
-    pub last_activity_ms: u64,
-    /// Worker clock (ms) when an unanswered ping was sent; 0 = none.
-    pub ping_sent_ms: u64,
-    pub writable_registered: bool,
+    /// WRITABLE interest is registered.
+    writable: bool,
     /// Queued for a flush at the end of this loop iteration.
     pub dirty: bool,
-    /// Reading is paused by cross-worker backpressure.
-    pub read_paused: bool,
-    /// Queued on the worker's ready list (more to read).
+    /// Queued on the ready list (read again this iteration).
     pub in_ready: bool,
-    /// Close TCP once the outbound queue is flushed.
-    pub close_after_flush: bool,
-    /// Counted in the global and per-IP WebSocket connection totals.
-    pub counted: bool,
-    /// Epoch of the last room batch this connection published into.
-    pub published_epoch: u32,
+    /// The last read stopped because the session did not want input.
+    pub stalled: bool,
 }
 
 impl Connection {
-    pub fn new(socket: TcpStream, generation: u32, peer_ip: IpAddr, now_ms: u64) -> Self {
+    pub fn new(transport: Transport, session: Session, generation: u32, peer: IpKey) -> Self {
         Connection {
-            socket,
-            generation,
-            peer_ip,
-            phase: Phase::Http(Box::default()),
+            transport,
+            session,
             attachment: None,
             rbuf: None,
             rstart: 0,
             rend: 0,
-            assembler: MessageAssembler::new(0),
-            close: CloseHandshake::new(),
-            out: OutboundQueue::new(),
-            limiter: None,
+            generation,
+            peer,
             timer_tick: 0,
-            last_activity_ms: now_ms,
-            ping_sent_ms: 0,
-            writable_registered: false,
+            writable: false,
             dirty: false,
-            read_paused: false,
             in_ready: false,
-            close_after_flush: false,
-            counted: false,
-            published_epoch: 0,
+            stalled: false,
         }
     }
 
-    pub fn is_websocket(&self) -> bool {
-        matches!(self.phase, Phase::WebSocket)
-    }
-
-    /// Whether the connection is a room member that receives messages.
-    pub fn receives_broadcasts(&self) -> bool {
-        matches!(
-            self.attachment,
-            Some(Attachment::Room { receives: true, .. })
-        )
-    }
-
-    /// Whether the connection publishes into a room.
-    pub fn room_publisher(&self) -> Option<u64> {
-        match self.attachment {
-            Some(Attachment::Room {
-                room_id,
-                publishes: true,
-                ..
-            }) => Some(room_id),
+    /// The room membership, if a room member.
+    pub fn membership(&self) -> Option<&Membership> {
+        match &self.attachment {
+            Some(Attachment::Room(m)) => Some(m),
             _ => None,
         }
+    }
+
+    /// Whether the connection is a room member that receives broadcasts.
+    pub fn receives_broadcasts(&self) -> bool {
+        self.membership().is_some_and(|m| m.receives)
+    }
+
+    /// Reads and hands input to the session until the socket is drained,
+    /// `budget` bytes were read, or the session wants no more. Bytes the
+    /// session has not consumed stay in the leased buffer.
+    pub fn read(
+        &mut self,
+        pool: &mut BufferPool,
+        ctx: &SessionContext,
+        now: u64,
+        mut budget: usize,
+        read_closed: bool,
+        h: &mut impl Handler,
+    ) -> ReadOutcome {
+        self.stalled = false;
+        let (mut buf, mut start, mut end) = match self.rbuf.take() {
+            Some(b) => (b, self.rstart as usize, self.rend as usize),
+            None => (pool.lease(), 0, 0),
+        };
+        let mut drained = false;
+        let outcome = loop {
+            // Offer what is buffered first (e.g. a pipelined request
+            // waiting for the previous answer to be written).
+            while start < end && self.session.wants_read() {
+                let used = self.session.handle_input(&mut buf[start..end], now, h);
+                if used == 0 {
+                    break;
+                }
+                start += used;
+            }
+            if !self.session.wants_read() {
+                self.stalled = self.session.poll_finish().is_none();
+                break ReadOutcome::Stalled;
+            }
+            if drained {
+                break ReadOutcome::Drained;
+            }
+            if budget == 0 {
+                // Fairness: let other connections run; come back next turn.
+                break ReadOutcome::Budget;
+            }
+            if start == end {
+                start = 0;
+                end = 0;
+            } else if end == buf.len() {
+                // Full: make room for the rest of the frame at the front.
+                let needed = ctx.decoder.bytes_needed(&buf[start..end]).unwrap_or(0);
+                if needed > buf.len() {
+                    buf = pool.grow(buf, start, end, needed);
+                } else {
+                    buf.copy_within(start..end, 0);
+                }
+                end -= start;
+                start = 0;
+            }
+            let space = buf.len() - end;
+            match self.transport.read(&mut buf[end..]) {
+                Ok(0) => {
+                    self.session.handle_eof();
+                    break ReadOutcome::Closed;
+                }
+                Ok(n) => {
+                    end += n;
+                    budget = budget.saturating_sub(n);
+                    ctx.metrics.bytes_in.add(n as u64);
+                    // A short read emptied the socket: with edge-triggered
+                    // polling the next arrival raises a new event, so the
+                    // read that would only return WouldBlock is skipped.
+                    drained = n < space && !read_closed;
+                }
+                Err(e) => match e.kind() {
+                    io::ErrorKind::WouldBlock => break ReadOutcome::Drained,
+                    io::ErrorKind::Interrupted => {}
+                    _ => {
+                        self.session.handle_eof();
+                        break ReadOutcome::Closed;
+                    }
+                },
+            }
+        };
+        if start == end || outcome == ReadOutcome::Closed {
+            pool.give_back(buf);
+            self.rstart = 0;
+            self.rend = 0;
+        } else {
+            self.rbuf = Some(buf);
+            self.rstart = start as u32;
+            self.rend = end as u32;
+        }
+        outcome
+    }
+
+    /// Writes queued output. Returns whether everything was written; on a
+    /// socket error the session is told the peer is gone.
+    pub fn flush(&mut self, metrics: &WorkerMetrics) -> bool {
+        match self.session.write_to(&mut self.transport) {
+            Ok((flush, n)) => {
+                metrics.bytes_out.add(n as u64);
+                flush == Flush::Done
+            }
+            Err(_) => {
+                self.session.handle_eof();
+                false
+            }
+        }
+    }
+
+    /// Whether output waits for the socket to become writable (the event
+    /// will flush it; nothing else needs to).
+    pub fn awaits_writable(&self) -> bool {
+        self.writable
+    }
+
+    /// After a flush: registers WRITABLE interest while output waits, and
+    /// drops it once everything was written.
+    pub fn update_interest(&mut self, registry: &Registry, token: Token) {
+        let want = self.session.has_output();
+        if want != self.writable {
+            self.writable = want;
+            let interest = if want {
+                Interest::READABLE | Interest::WRITABLE
+            } else {
+                Interest::READABLE
+            };
+            let _ = registry.reregister(&mut self.transport, token, interest);
+        }
+    }
+
+    /// Ends the connection. `graceful`: everything was said, so unread
+    /// input is drained first (closing a socket with unread data sends
+    /// RST, which could destroy our last frame in flight).
+    pub fn close(mut self, registry: &Registry, pool: &mut BufferPool, graceful: bool) {
+        let _ = registry.deregister(&mut self.transport);
+        if graceful {
+            let mut sink = [0u8; 4096];
+            for _ in 0..16 {
+                match self.transport.read(&mut sink) {
+                    Ok(n) if n > 0 => continue,
+                    _ => break,
+                }
+            }
+            self.transport.shutdown_write();
+        }
+        if let Some(buf) = self.rbuf.take() {
+            pool.give_back(buf);
+        }
+    }
+
+    /// Whether bytes wait in the read buffer.
+    pub fn has_buffered_input(&self) -> bool {
+        self.rbuf.is_some()
     }
 }
 
@@ -138,7 +255,7 @@ mod tests {
     fn connection_stays_small() {
         // Bytes per idle connection matter at 100k+ connections.
         assert!(
-            std::mem::size_of::<Connection>() <= 192,
+            std::mem::size_of::<Connection>() <= 256,
             "{}",
             std::mem::size_of::<Connection>()
         );

@@ -2,7 +2,7 @@
 //! endpoint, and the pure parts of `/healthz`, `/metrics` and
 //! `POST /publish/{room}` (authorization, body rules, responses).
 
-use super::rooms::valid_room_name;
+use super::directory::valid_room_name;
 use crate::protocol::handshake::{has_token, http_response};
 use crate::protocol::{HttpRequest, MessageKind, RejectReason};
 
@@ -95,6 +95,18 @@ pub fn text(status: u16, body: &str, keep_alive: bool) -> Vec<u8> {
         "text/plain; charset=utf-8",
         body.as_bytes(),
         keep_alive,
+    )
+}
+
+/// `503` for a publish whose room's workers are backed up: the client
+/// retries shortly instead of the relay queueing without bound.
+pub fn busy() -> Vec<u8> {
+    http_response(
+        503,
+        "Retry-After: 1\r\n",
+        "text/plain; charset=utf-8",
+        b"room is backed up (cross-worker queue full); retry shortly\n",
+        false,
     )
 }
 

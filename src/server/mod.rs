@@ -1,30 +1,39 @@
 //! The relay engine: per-core mio event loops ([`worker`]), each with its
-//! own `SO_REUSEPORT` listener and slab of connections, joined by bounded
-//! cross-worker queues for room fan-out ([`fanout`]).
+//! own `SO_REUSEPORT` listener and table of connections, joined by bounded
+//! cross-worker queues for room fan-out ([`mesh`]). Each connection's
+//! protocol life is a sans-IO [`session::Session`].
 
+pub mod accept;
+pub mod admission;
 pub mod buffer_pool;
 pub mod connection;
-pub mod fanout;
+pub mod directory;
 pub mod frame_pool;
+pub mod housekeeping;
 pub mod http;
+pub mod local_rooms;
 pub mod memory;
+pub mod mesh;
 pub mod outbound;
 pub mod rate_limit;
-pub mod rooms;
+pub mod router;
+pub mod session;
+pub mod table;
 pub mod timer;
+pub mod transport;
 pub mod worker;
 
 use crate::config::Config;
 use crate::metrics::{self, Totals, WorkerMetrics};
-use fanout::Mesh;
+use admission::Admission;
+use directory::{RoomDirectory, MAX_WORKERS};
+use mesh::Mesh;
 use mio::net::TcpListener;
 use mio::{Poll, Waker};
-use rooms::{RoomDirectory, MAX_WORKERS};
-use std::collections::HashMap;
 use std::fmt;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 /// State every worker can see.
@@ -35,10 +44,10 @@ pub struct Shared {
     pub metrics: Vec<Arc<WorkerMetrics>>,
     /// Set once shutdown begins.
     pub shutdown: AtomicBool,
-    /// Upgraded connections across all workers (for `max_connections`).
+    /// Upgraded connections across all workers (shutdown waits for them).
     pub ws_connections: AtomicUsize,
-    /// Upgraded connections per peer address (only with a per-IP cap).
-    pub per_ip: Mutex<HashMap<IpAddr, u32>>,
+    /// Every connection, counted from accept, in total and per client.
+    pub admission: Admission,
 }
 
 /// Why the relay could not start.
@@ -242,7 +251,7 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
             .collect(),
         shutdown: AtomicBool::new(false),
         ws_connections: AtomicUsize::new(0),
-        per_ip: Mutex::new(HashMap::new()),
+        admission: Admission::new(config.max_connections, config.max_connections_per_ip, 64),
         config,
     });
     let cores = if pin {

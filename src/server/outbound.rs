@@ -1,13 +1,25 @@
-//! A connection's queue of frames waiting to be written.
+//! A connection's queue of bytes waiting to be written.
 //!
 //! Broadcast frames are shared (`SharedFrame`, reference-counted); echo
-//! replies and control frames are small owned buffers, and consecutive
-//! small owned writes are coalesced into one buffer. Data is bounded in
-//! bytes, strictly: [`OutboundQueue::try_push_shared`] checks the bound
-//! before enqueueing. Control frames (pong, close) bypass the bound so a
-//! busy but live peer is never mistaken for a dead one.
+//! replies, HTTP answers and close frames are owned buffers, and
+//! consecutive small owned writes are coalesced into one buffer.
+//!
+//! **The bound.** Data is charged at what it makes us hold: the capacity
+//! of each buffer (a shared frame's whole allocation, which this queue
+//! keeps alive) plus [`ENTRY_COST`] per entry, not just its payload. A
+//! data push is admitted when the charge stays within the limit, or when
+//! the queue is empty: an empty queue always takes one message, whatever
+//! its size, so a message of `max_message_bytes` is always deliverable,
+//! and a connection holds at most `max(max_outbound_bytes, one message)`.
+//!
+//! **Control frames.** A pong is queued in order behind what is already
+//! there, unless an earlier pong is still unwritten: then it waits in a
+//! single slot, where the newest replaces older ones (RFC 6455 §5.5.3),
+//! until that one is written. So a ping flood costs at most two pong
+//! frames, not one per ping. A close frame is queued once by the session's
+//! close handshake; the heartbeat ping at most once per interval.
 
-use crate::protocol::SharedFrame;
+use crate::protocol::{ControlFrame, SharedFrame};
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
 
@@ -21,6 +33,7 @@ const COALESCE_LIMIT: usize = 16 * 1024;
 enum Item {
     Shared(SharedFrame),
     Owned(Vec<u8>),
+    Control(Box<ControlFrame>),
 }
 
 impl Item {
@@ -28,9 +41,24 @@ impl Item {
         match self {
             Item::Shared(f) => f.as_bytes(),
             Item::Owned(v) => v,
+            Item::Control(c) => c.as_bytes(),
         }
     }
+
+    /// Memory this entry holds, charged against the bound.
+    fn charge(&self) -> usize {
+        ENTRY_COST
+            + match self {
+                Item::Shared(f) => f.capacity(),
+                Item::Owned(v) => v.capacity(),
+                Item::Control(_) => std::mem::size_of::<ControlFrame>(),
+            }
+    }
 }
+
+/// What one queue entry costs beyond its buffer (the ring slot and the
+/// allocator's bookkeeping of the buffer).
+pub const ENTRY_COST: usize = std::mem::size_of::<Item>() + 16;
 
 /// Outcome of a flush.
 #[derive(Debug, PartialEq, Eq)]
@@ -46,8 +74,12 @@ pub struct OutboundQueue {
     items: VecDeque<Item>,
     /// Bytes of the front item already written.
     head_written: usize,
-    /// Bytes queued and not yet written (all items).
-    queued: usize,
+    /// Memory held by the items (see [`Item::charge`]).
+    charged: usize,
+    /// The newest pong not yet committed to the stream.
+    pong: Option<Box<ControlFrame>>,
+    /// A committed pong is queued and not fully written.
+    pong_queued: bool,
 }
 
 impl OutboundQueue {
@@ -55,31 +87,44 @@ impl OutboundQueue {
         Self::default()
     }
 
+    /// Nothing left to write.
     pub fn is_empty(&self) -> bool {
-        self.items.is_empty()
+        self.items.is_empty() && self.pong.is_none()
     }
 
-    /// Bytes waiting to be written.
-    pub fn queued_bytes(&self) -> usize {
-        self.queued
+    /// A pong was queued behind data and is not yet written (for tests).
+    #[cfg(test)]
+    fn pong_waiting(&self) -> bool {
+        self.pong_queued || self.pong.is_some()
     }
 
-    /// Whether `len` more bytes of data fit under `limit`.
+    /// Memory the queue holds, as charged against the bound.
+    pub fn charged(&self) -> usize {
+        self.charged
+    }
+
+    /// Whether a push of `cost` bytes of charge is admitted under `limit`.
+    fn admits(&self, cost: usize, limit: usize) -> bool {
+        self.items.is_empty() || self.charged + cost <= limit
+    }
+
+    /// Whether `len` more payload bytes in one new owned entry would be
+    /// admitted under `limit`.
     pub fn has_room(&self, len: usize, limit: usize) -> bool {
-        self.queued + len <= limit
+        self.admits(len + ENTRY_COST, limit)
     }
 
-    /// Enqueues a shared frame if it fits under `limit`.
+    /// Enqueues a shared frame if it is admitted under `limit`.
     pub fn try_push_shared(&mut self, frame: &SharedFrame, limit: usize) -> bool {
-        if !self.has_room(frame.len(), limit) {
+        let item = Item::Shared(frame.clone());
+        if !self.admits(item.charge(), limit) {
             return false;
         }
-        self.queued += frame.len();
-        self.items.push_back(Item::Shared(frame.clone()));
+        self.push(item);
         true
     }
 
-    /// Enqueues the concatenation of `parts` if it fits under `limit`.
+    /// Enqueues the concatenation of `parts` if it is admitted under `limit`.
     pub fn try_push_parts(&mut self, parts: &[&[u8]], limit: usize) -> bool {
         let len: usize = parts.iter().map(|p| p.len()).sum();
         if !self.has_room(len, limit) {
@@ -89,23 +134,25 @@ impl OutboundQueue {
         true
     }
 
-    /// Enqueues bytes regardless of the bound (control frames, HTTP
-    /// responses).
+    /// Enqueues bytes without judging them against the bound: only for what
+    /// the session itself bounds (one HTTP answer in flight, one close
+    /// frame, one heartbeat ping per interval). Still charged.
     pub fn push_parts(&mut self, parts: &[&[u8]]) {
         let len: usize = parts.iter().map(|p| p.len()).sum();
         if len == 0 {
             return;
         }
-        self.queued += len;
         // Append to the last owned buffer when it is not being written and
         // stays small: many small echoes become one write.
         let can_append = self.items.len() > 1 || (self.items.len() == 1 && self.head_written == 0);
         if can_append {
             if let Some(Item::Owned(v)) = self.items.back_mut() {
                 if v.len() + len <= COALESCE_LIMIT {
+                    let before = v.capacity();
                     for p in parts {
                         v.extend_from_slice(p);
                     }
+                    self.charged = self.charged + v.capacity() - before;
                     return;
                 }
             }
@@ -114,27 +161,64 @@ impl OutboundQueue {
         for p in parts {
             v.extend_from_slice(p);
         }
-        self.items.push_back(Item::Owned(v));
+        self.push(Item::Owned(v));
     }
 
-    /// Drops every frame not yet started, keeping a partly written front
-    /// frame (the stream must stay well formed). Returns bytes dropped.
+    /// Queues a pong behind what is queued, or, while an earlier pong is
+    /// still unwritten, keeps it as the one pending pong (replacing an
+    /// older pending one).
+    pub fn set_pong(&mut self, pong: ControlFrame) {
+        match &mut self.pong {
+            Some(p) => **p = pong,
+            None => self.pong = Some(Box::new(pong)),
+        }
+        self.commit_pong();
+    }
+
+    fn push(&mut self, item: Item) {
+        self.charged += item.charge();
+        self.items.push_back(item);
+    }
+
+    /// Drops every entry not yet started, keeping a partly written front
+    /// entry (the stream must stay well formed) and the pending pong.
+    /// Returns the charge released.
     pub fn discard_unstarted(&mut self) -> usize {
-        let keep = if self.head_written > 0 { 1 } else { 0 };
+        let keep = usize::from(self.head_written > 0);
         let mut dropped = 0;
         while self.items.len() > keep {
             if let Some(item) = self.items.pop_back() {
-                dropped += item.bytes().len();
+                dropped += item.charge();
+                self.popped(&item);
             }
         }
-        self.queued -= dropped;
         dropped
+    }
+
+    /// Queues the pending pong, unless an earlier one is still unwritten.
+    fn commit_pong(&mut self) {
+        if self.pong_queued {
+            return;
+        }
+        if let Some(p) = self.pong.take() {
+            self.pong_queued = true;
+            self.push(Item::Control(p));
+        }
+    }
+
+    /// Accounts for an entry leaving the queue.
+    fn popped(&mut self, item: &Item) {
+        self.charged -= item.charge();
+        if matches!(item, Item::Control(_)) {
+            self.pong_queued = false;
+        }
     }
 
     /// Writes as much as possible with vectored writes until the queue is
     /// empty or the writer would block. Returns bytes written with the
     /// outcome; errors other than `WouldBlock` are returned.
     pub fn flush<W: Write>(&mut self, w: &mut W) -> io::Result<(Flush, usize)> {
+        self.commit_pong();
         let mut total = 0;
         while !self.items.is_empty() {
             let mut slices: [IoSlice<'_>; MAX_IOVECS] = [IoSlice::new(&[]); MAX_IOVECS];
@@ -149,6 +233,7 @@ impl OutboundQueue {
                 Ok(written) => {
                     total += written;
                     self.advance(written);
+                    self.commit_pong();
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     return Ok((Flush::Pending, total))
@@ -161,7 +246,6 @@ impl OutboundQueue {
     }
 
     fn advance(&mut self, mut n: usize) {
-        self.queued -= n;
         while n > 0 {
             let Some(front) = self.items.front() else {
                 break;
@@ -169,7 +253,9 @@ impl OutboundQueue {
             let left = front.bytes().len() - self.head_written;
             if n >= left {
                 n -= left;
-                self.items.pop_front();
+                if let Some(item) = self.items.pop_front() {
+                    self.popped(&item);
+                }
                 self.head_written = 0;
             } else {
                 self.head_written += n;
@@ -183,10 +269,10 @@ impl OutboundQueue {
     }
 
     /// Frees the ring if nothing is queued. The ring outlives an empty
-    /// queue so that a subscriber's deliveries do not allocate; the worker
-    /// calls this after a flush for connections that get only the odd
-    /// reply (handshake, pong, echo), and for every connection once per
-    /// quiet heartbeat interval.
+    /// queue so that a subscriber's deliveries do not allocate; it is
+    /// released after a flush for connections that get only the odd reply
+    /// (handshake, pong, echo), and for every connection once per quiet
+    /// heartbeat interval.
     pub fn release_idle(&mut self) {
         if self.items.is_empty() {
             self.items = VecDeque::new();
@@ -195,155 +281,4 @@ impl OutboundQueue {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::protocol::OpCode;
-
-    /// A writer accepting at most `cap` bytes per call, then WouldBlock
-    /// after `budget` bytes in total.
-    struct Trickle {
-        out: Vec<u8>,
-        cap: usize,
-        budget: usize,
-    }
-
-    impl Write for Trickle {
-        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            if self.budget == 0 {
-                return Err(io::ErrorKind::WouldBlock.into());
-            }
-            let n = buf.len().min(self.cap).min(self.budget);
-            self.out.extend_from_slice(&buf[..n]);
-            self.budget -= n;
-            Ok(n)
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
-
-    #[test]
-    fn bound_is_checked_before_enqueue() {
-        let mut q = OutboundQueue::new();
-        let f = SharedFrame::encode(OpCode::Binary, &[0u8; 98]); // 100 bytes
-        assert!(q.try_push_shared(&f, 250));
-        assert!(q.try_push_shared(&f, 250));
-        assert!(!q.try_push_shared(&f, 250));
-        assert_eq!(q.queued_bytes(), 200);
-        // Control frames bypass the bound.
-        q.push_parts(&[&[0x8a, 0x00]]);
-        assert_eq!(q.queued_bytes(), 202);
-        assert!(!q.try_push_parts(&[&[0u8; 60]], 250));
-    }
-
-    #[test]
-    fn partial_writes_resume_exactly() {
-        let mut q = OutboundQueue::new();
-        let f = SharedFrame::encode(OpCode::Text, b"hello world");
-        let mut expected = Vec::new();
-        for i in 0..10u8 {
-            q.try_push_shared(&f, usize::MAX);
-            expected.extend_from_slice(f.as_bytes());
-            q.push_parts(&[&[i; 3], &[i + 1; 2]]);
-            expected.extend_from_slice(&[i; 3]);
-            expected.extend_from_slice(&[i + 1; 2]);
-        }
-        let mut w = Trickle {
-            out: Vec::new(),
-            cap: 7,
-            budget: 50,
-        };
-        assert_eq!(q.flush(&mut w).unwrap(), (Flush::Pending, 50));
-        w.budget = usize::MAX;
-        let (res, _) = q.flush(&mut w).unwrap();
-        assert_eq!(res, Flush::Done);
-        assert_eq!(w.out, expected);
-        assert!(q.is_empty());
-        assert_eq!(q.queued_bytes(), 0);
-    }
-
-    #[test]
-    fn discard_keeps_the_partly_written_frame() {
-        let mut q = OutboundQueue::new();
-        let f = SharedFrame::encode(OpCode::Binary, &[7u8; 20]);
-        for _ in 0..5 {
-            q.try_push_shared(&f, usize::MAX);
-        }
-        let mut w = Trickle {
-            out: Vec::new(),
-            cap: 100,
-            budget: 5,
-        };
-        q.flush(&mut w).unwrap();
-        let dropped = q.discard_unstarted();
-        assert_eq!(dropped, 4 * 22);
-        q.push_parts(&[&[0x88, 0x00]]);
-        w.budget = usize::MAX;
-        q.flush(&mut w).unwrap();
-        let mut expected = f.as_bytes().to_vec();
-        expected.extend_from_slice(&[0x88, 0x00]);
-        assert_eq!(w.out, expected);
-    }
-
-    #[test]
-    fn the_ring_is_kept_across_deliveries_until_released_as_idle() {
-        let mut q = OutboundQueue::new();
-        let f = SharedFrame::encode(OpCode::Binary, b"x");
-        let mut w = Trickle {
-            out: Vec::new(),
-            cap: 1000,
-            budget: usize::MAX,
-        };
-        q.try_push_shared(&f, usize::MAX);
-        q.flush(&mut w).unwrap();
-        let cap = q.items.capacity();
-        assert!(cap > 0, "kept for the next delivery");
-        q.try_push_shared(&f, usize::MAX);
-        q.flush(&mut w).unwrap();
-        assert_eq!(q.items.capacity(), cap);
-        assert_eq!(w.out.len(), 2 * f.len());
-        q.release_idle();
-        assert_eq!(q.items.capacity(), 0);
-        // Releasing with data queued keeps the data.
-        q.try_push_shared(&f, usize::MAX);
-        q.release_idle();
-        assert_eq!(q.queued_bytes(), f.len());
-        q.flush(&mut w).unwrap();
-        assert_eq!(w.out.len(), 3 * f.len());
-        q.release_idle();
-        assert_eq!(q.items.capacity(), 0);
-    }
-
-    #[test]
-    fn a_ring_grown_by_a_backlog_is_released_once_drained() {
-        let mut q = OutboundQueue::new();
-        let f = SharedFrame::encode(OpCode::Binary, b"x");
-        for _ in 0..100 {
-            q.try_push_shared(&f, usize::MAX);
-        }
-        assert!(q.items.capacity() > RING_KEEP);
-        let mut w = Trickle {
-            out: Vec::new(),
-            cap: 1 << 20,
-            budget: usize::MAX,
-        };
-        q.flush(&mut w).unwrap();
-        assert_eq!(w.out.len(), 100 * f.len());
-        assert_eq!(q.items.capacity(), 0);
-    }
-
-    #[test]
-    fn shared_frames_are_released_after_writing() {
-        let mut q = OutboundQueue::new();
-        let f = SharedFrame::encode(OpCode::Binary, b"x");
-        q.try_push_shared(&f, usize::MAX);
-        assert_eq!(f.ref_count(), 2);
-        let mut w = Trickle {
-            out: Vec::new(),
-            cap: 100,
-            budget: 100,
-        };
-        q.flush(&mut w).unwrap();
-        assert_eq!(f.ref_count(), 1);
-    }
-}
+mod tests;

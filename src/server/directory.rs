@@ -1,4 +1,4 @@
-//! Rooms: the process-wide directory and each worker's local membership.
+//! The process-wide room directory.
 //!
 //! The [`RoomDirectory`] maps a room name to a shared [`RoomShared`] whose
 //! atomic bitmask says which workers currently have members. It is locked
@@ -109,37 +109,6 @@ impl RoomDirectory {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-}
-
-/// A worker's members of one room.
-pub struct LocalRoom {
-    pub shared: Arc<RoomShared>,
-    /// Slab keys of members that receive messages. A member's position is
-    /// stored in its connection so leaving is O(1) (swap-remove).
-    pub receivers: Vec<usize>,
-    /// Members in total (receivers plus publish-only members).
-    pub members: usize,
-    /// Messages published this loop iteration, not yet delivered.
-    pub batch: RoomBatch,
-}
-
-/// Encoded frames published into a room during one loop iteration,
-/// delivered together (see `Worker::flush_room`).
-#[derive(Default)]
-pub struct RoomBatch {
-    /// The frames, encoded back to back.
-    pub bytes: Vec<u8>,
-    pub frames: Vec<BatchFrame>,
-    /// Which batch this is (publishers remember it to skip their own).
-    pub epoch: u32,
-}
-
-/// One frame of a batch.
-pub struct BatchFrame {
-    /// Offset just past the frame in `RoomBatch::bytes`.
-    pub end: usize,
-    /// Slab key of the publishing connection (`usize::MAX`: HTTP publish).
-    pub publisher: usize,
 }
 
 /// Valid room name: 1..=max bytes of `[A-Za-z0-9._~-]`.

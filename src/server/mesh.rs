@@ -1,0 +1,293 @@
+//! Cross-worker fan-out: one bounded queue and one waker per worker
+//! ([`Mesh`], shared), and each worker's end of it ([`MeshPort`]).
+//!
+//! A message relayed to a room with members on other workers is encoded
+//! once; each such worker receives one [`WorkerMsg`] holding a reference to
+//! the shared frame. Queues are bounded `crossbeam-channel`s (lock-free on
+//! the fast path). When a queue is full the sender keeps the message in a
+//! local overflow for that destination, and the destination counts as
+//! blocked until the overflow drains:
+//!
+//! - a WebSocket publisher into a room with members on a blocked worker is
+//!   not read (pressure reaches its TCP window instead of memory), and is
+//!   resumed as soon as *its* destinations drain; other publishers are not
+//!   affected;
+//! - an HTTP publish into such a room is answered `503` with
+//!   `Retry-After`;
+//!
+//! so the overflow holds at most what was already read when the block
+//! began (one read's worth per publisher), never an open-ended backlog.
+//!
+//! Wake-ups are batched and skipped when the receiving worker is busy: a
+//! worker announces that it is about to sleep (`sleeping = true`), then
+//! re-checks its queue; a sender that enqueued wakes the worker only if it
+//! was announced asleep. Both sides use sequentially consistent operations,
+//! so either the sender sees the flag or the worker sees the message.
+
+use super::directory::RoomShared;
+use crate::protocol::SharedFrame;
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use mio::Waker;
+use std::collections::VecDeque;
+use std::sync::atomic::{fence, AtomicBool, Ordering};
+use std::sync::Arc;
+
+use crate::metrics::WorkerMetrics;
+
+/// A message from one worker to another.
+pub struct WorkerMsg {
+    pub room: Arc<RoomShared>,
+    /// One or more complete frames, encoded once.
+    pub frame: SharedFrame,
+    /// How many messages `frame` holds.
+    pub messages: u64,
+}
+
+/// The way into one worker.
+pub struct WorkerLink {
+    sender: Sender<WorkerMsg>,
+    waker: Arc<Waker>,
+    sleeping: AtomicBool,
+}
+
+/// The links of every worker, shared by all of them.
+pub struct Mesh {
+    links: Vec<WorkerLink>,
+}
+
+impl Mesh {
+    /// Builds the mesh; returns each worker's receiving end by index.
+    pub fn new(wakers: Vec<Arc<Waker>>, queue_len: usize) -> (Mesh, Vec<Receiver<WorkerMsg>>) {
+        let mut links = Vec::with_capacity(wakers.len());
+        let mut receivers = Vec::with_capacity(wakers.len());
+        for waker in wakers {
+            let (tx, rx) = crossbeam_channel::bounded(queue_len.max(1));
+            links.push(WorkerLink {
+                sender: tx,
+                waker,
+                sleeping: AtomicBool::new(false),
+            });
+            receivers.push(rx);
+        }
+        (Mesh { links }, receivers)
+    }
+
+    pub fn len(&self) -> usize {
+        self.links.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.links.is_empty()
+    }
+
+    /// Enqueues without blocking; gives the message back when full.
+    pub fn try_send(&self, to: usize, msg: WorkerMsg) -> Result<(), WorkerMsg> {
+        match self.links[to].sender.try_send(msg) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(m)) => Err(m),
+            // Receiver gone: the worker exited (shutdown); drop the message.
+            Err(TrySendError::Disconnected(_)) => Ok(()),
+        }
+    }
+
+    /// Wakes worker `to` if it announced it was going to sleep.
+    pub fn notify(&self, to: usize) {
+        let link = &self.links[to];
+        fence(Ordering::SeqCst);
+        if link.sleeping.load(Ordering::SeqCst) && link.sleeping.swap(false, Ordering::SeqCst) {
+            let _ = link.waker.wake();
+        }
+    }
+
+    /// Wakes worker `to` unconditionally (shutdown, control).
+    pub fn wake(&self, to: usize) {
+        let _ = self.links[to].waker.wake();
+    }
+
+    /// Worker `me` is about to block in `poll`: returns false if it must
+    /// not, because messages are already waiting.
+    pub fn prepare_sleep(&self, me: usize, rx: &Receiver<WorkerMsg>) -> bool {
+        self.links[me].sleeping.store(true, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        if !rx.is_empty() {
+            self.links[me].sleeping.store(false, Ordering::SeqCst);
+            return false;
+        }
+        true
+    }
+
+    /// Worker `me` woke up.
+    pub fn awake(&self, me: usize) {
+        self.links[me].sleeping.store(false, Ordering::SeqCst);
+    }
+
+    /// Messages waiting in each worker's queue.
+    pub fn depths(&self) -> Vec<usize> {
+        self.links.iter().map(|l| l.sender.len()).collect()
+    }
+}
+
+/// Cross-worker messages handled per iteration before other work.
+const INBOX_BATCH: usize = 4096;
+
+/// One worker's end of the mesh: its inbox, what did not fit the other
+/// workers' queues, and the publishers waiting for those to drain.
+pub struct MeshPort {
+    rx: Receiver<WorkerMsg>,
+    /// Per destination worker: messages that did not fit its queue.
+    overflow: Vec<VecDeque<WorkerMsg>>,
+    /// Destinations with a non-empty overflow.
+    blocked: u64,
+    /// Workers sent to this iteration (woken before we sleep).
+    wake: u64,
+    /// Publishers not read until their destinations (mask) drain.
+    paused: Vec<Paused>,
+    /// The inbox had more than one batch's worth.
+    inbox_more: bool,
+}
+
+/// A publisher waiting for destinations to drain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Paused {
+    pub key: usize,
+    pub generation: u32,
+    /// Destination workers it publishes to.
+    pub mask: u64,
+}
+
+impl MeshPort {
+    pub fn new(rx: Receiver<WorkerMsg>, workers: usize) -> MeshPort {
+        MeshPort {
+            rx,
+            overflow: (0..workers).map(|_| VecDeque::new()).collect(),
+            blocked: 0,
+            wake: 0,
+            paused: Vec::new(),
+            inbox_more: false,
+        }
+    }
+
+    /// Whether any worker in `mask` is blocked.
+    pub fn is_blocked(&self, mask: u64) -> bool {
+        self.blocked & mask != 0
+    }
+
+    /// Whether anything waits to be sent.
+    pub fn has_blocked(&self) -> bool {
+        self.blocked != 0
+    }
+
+    /// Whether the inbox was left with messages.
+    pub fn inbox_more(&self) -> bool {
+        self.inbox_more
+    }
+
+    /// The receiving end (for the sleep handshake).
+    pub fn receiver(&self) -> &Receiver<WorkerMsg> {
+        &self.rx
+    }
+
+    /// Hands `frame` (holding `count` messages of `room`) to every worker
+    /// in `mask`.
+    pub fn send(
+        &mut self,
+        mesh: &Mesh,
+        mut mask: u64,
+        room: &Arc<RoomShared>,
+        frame: &SharedFrame,
+        count: u64,
+        metrics: &WorkerMetrics,
+    ) {
+        while mask != 0 {
+            let w = mask.trailing_zeros() as usize;
+            mask &= mask - 1;
+            if w >= self.overflow.len() {
+                continue;
+            }
+            let msg = WorkerMsg {
+                room: room.clone(),
+                frame: frame.clone(),
+                messages: count,
+            };
+            metrics.fanout_remote.add(count);
+            self.wake |= 1 << w;
+            if !self.overflow[w].is_empty() {
+                self.overflow[w].push_back(msg);
+                continue;
+            }
+            if let Err(msg) = mesh.try_send(w, msg) {
+                self.overflow[w].push_back(msg);
+                self.blocked |= 1 << w;
+                metrics.fanout_backpressure.inc();
+            }
+        }
+    }
+
+    /// Remembers a publisher to resume once `mask`'s workers drain.
+    pub fn pause(&mut self, key: usize, generation: u32, mask: u64) {
+        self.paused.push(Paused {
+            key,
+            generation,
+            mask,
+        });
+    }
+
+    /// Moves overflow into queues that have room; puts the publishers
+    /// whose destinations all drained into `resumed`.
+    pub fn drain_overflow(&mut self, mesh: &Mesh, resumed: &mut Vec<Paused>) {
+        let mut mask = self.blocked;
+        while mask != 0 {
+            let w = mask.trailing_zeros() as usize;
+            mask &= mask - 1;
+            while let Some(msg) = self.overflow[w].pop_front() {
+                if let Err(msg) = mesh.try_send(w, msg) {
+                    self.overflow[w].push_front(msg);
+                    break;
+                }
+                self.wake |= 1 << w;
+            }
+            if self.overflow[w].is_empty() {
+                self.blocked &= !(1 << w);
+            }
+        }
+        let blocked = self.blocked;
+        self.paused.retain(|p| {
+            if p.mask & blocked == 0 {
+                resumed.push(*p);
+                false
+            } else {
+                true
+            }
+        });
+    }
+
+    /// Takes up to a batch of messages from the inbox.
+    pub fn recv_batch(&mut self, out: &mut Vec<WorkerMsg>) {
+        self.inbox_more = false;
+        for _ in 0..INBOX_BATCH {
+            match self.rx.try_recv() {
+                Ok(msg) => out.push(msg),
+                Err(_) => return,
+            }
+        }
+        self.inbox_more = true;
+    }
+
+    /// Wakes the workers sent to since the last call.
+    pub fn send_wakes(&mut self, mesh: &Mesh) {
+        let mut mask = std::mem::take(&mut self.wake);
+        while mask != 0 {
+            let w = mask.trailing_zeros() as usize;
+            mask &= mask - 1;
+            mesh.notify(w);
+        }
+    }
+
+    /// Shrinks lists a burst made large.
+    pub fn release_scratch(&mut self, keep: usize) {
+        for q in &mut self.overflow {
+            q.shrink_to(keep);
+        }
+        self.paused.shrink_to(keep);
+    }
+}

@@ -1,0 +1,221 @@
+use super::*;
+use crate::protocol::OpCode;
+
+/// A writer accepting at most `cap` bytes per call, then WouldBlock
+/// after `budget` bytes in total.
+struct Trickle {
+    out: Vec<u8>,
+    cap: usize,
+    budget: usize,
+}
+
+impl Write for Trickle {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.budget == 0 {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let n = buf.len().min(self.cap).min(self.budget);
+        self.out.extend_from_slice(&buf[..n]);
+        self.budget -= n;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+fn sink() -> Trickle {
+    Trickle {
+        out: Vec::new(),
+        cap: usize::MAX,
+        budget: usize::MAX,
+    }
+}
+
+#[test]
+fn bound_charges_capacity_and_entry_cost() {
+    let mut q = OutboundQueue::new();
+    let f = SharedFrame::encode(OpCode::Binary, &[0u8; 98]); // 100 bytes, exact
+    let cost = 100 + ENTRY_COST;
+    assert!(q.try_push_shared(&f, 2 * cost));
+    assert!(q.try_push_shared(&f, 2 * cost));
+    assert!(!q.try_push_shared(&f, 2 * cost));
+    assert_eq!(q.charged(), 2 * cost);
+    // A frame whose buffer is mostly spare capacity is charged for all of it.
+    let mut big = Vec::with_capacity(64 * 1024);
+    big.extend_from_slice(f.as_bytes());
+    let roomy = SharedFrame::from_vec(big);
+    let mut q = OutboundQueue::new();
+    assert!(q.try_push_shared(&f, 64 * 1024));
+    assert!(!q.try_push_shared(&roomy, 64 * 1024));
+}
+
+#[test]
+fn an_empty_queue_admits_one_message_of_any_size() {
+    let mut q = OutboundQueue::new();
+    let huge = SharedFrame::encode(OpCode::Binary, &vec![1u8; 1 << 20]);
+    assert!(q.try_push_shared(&huge, 1 << 20));
+    // ...but only into an empty queue.
+    assert!(!q.try_push_shared(&huge, 1 << 20));
+    assert!(!q.try_push_parts(&[&[0u8; 10]], 1 << 20));
+    let mut w = sink();
+    q.flush(&mut w).unwrap();
+    assert_eq!(q.charged(), 0);
+    assert!(q.try_push_parts(&[&vec![2u8; 2 << 20]], 1 << 20));
+}
+
+#[test]
+fn pongs_replace_each_other_and_at_most_two_are_held() {
+    let mut q = OutboundQueue::new();
+    let f = SharedFrame::encode(OpCode::Binary, &[7u8; 20]); // 22 bytes
+    q.try_push_shared(&f, usize::MAX);
+    let mut w = Trickle {
+        out: Vec::new(),
+        cap: 100,
+        budget: 5,
+    };
+    q.set_pong(ControlFrame::pong(b"first"));
+    q.flush(&mut w).unwrap(); // frame partly written, "first" queued behind it
+                              // A flood while the socket is blocked: every flush attempt keeps at
+                              // most the queued pong plus the newest pending one.
+    for i in 0..1000u32 {
+        q.set_pong(ControlFrame::pong(&i.to_be_bytes()));
+        q.flush(&mut w).unwrap();
+    }
+    assert!(q.items.len() <= 2, "{}", q.items.len());
+    w.budget = usize::MAX;
+    q.flush(&mut w).unwrap();
+    q.flush(&mut w).unwrap();
+    let mut expected = f.as_bytes().to_vec();
+    expected.extend_from_slice(ControlFrame::pong(b"first").as_bytes());
+    expected.extend_from_slice(ControlFrame::pong(&999u32.to_be_bytes()).as_bytes());
+    assert_eq!(w.out, expected, "in order, the newest pong last");
+    assert!(q.is_empty());
+    assert!(!q.pong_waiting());
+    assert_eq!(q.charged(), 0);
+}
+
+#[test]
+fn a_pong_never_overtakes_queued_bytes() {
+    let mut q = OutboundQueue::new();
+    q.push_parts(&[b"HTTP/1.1 101 Switching Protocols\r\n\r\n"]);
+    q.push_parts(&[&[0x81, 1, b'e']]);
+    q.set_pong(ControlFrame::pong(b"p"));
+    let mut w = sink();
+    q.flush(&mut w).unwrap();
+    assert!(w.out.starts_with(b"HTTP/1.1 101"));
+    assert!(w.out.ends_with(&[0x81, 1, b'e', 0x8a, 1, b'p']));
+}
+
+#[test]
+fn partial_writes_resume_exactly() {
+    let mut q = OutboundQueue::new();
+    let f = SharedFrame::encode(OpCode::Text, b"hello world");
+    let mut expected = Vec::new();
+    for i in 0..10u8 {
+        q.try_push_shared(&f, usize::MAX);
+        expected.extend_from_slice(f.as_bytes());
+        q.push_parts(&[&[i; 3], &[i + 1; 2]]);
+        expected.extend_from_slice(&[i; 3]);
+        expected.extend_from_slice(&[i + 1; 2]);
+    }
+    let mut w = Trickle {
+        out: Vec::new(),
+        cap: 7,
+        budget: 50,
+    };
+    assert_eq!(q.flush(&mut w).unwrap(), (Flush::Pending, 50));
+    w.budget = usize::MAX;
+    let (res, _) = q.flush(&mut w).unwrap();
+    assert_eq!(res, Flush::Done);
+    assert_eq!(w.out, expected);
+    assert!(q.is_empty());
+    assert_eq!(q.charged(), 0);
+}
+
+#[test]
+fn discard_keeps_the_partly_written_frame() {
+    let mut q = OutboundQueue::new();
+    let f = SharedFrame::encode(OpCode::Binary, &[7u8; 20]);
+    for _ in 0..5 {
+        q.try_push_shared(&f, usize::MAX);
+    }
+    let mut w = Trickle {
+        out: Vec::new(),
+        cap: 100,
+        budget: 5,
+    };
+    q.flush(&mut w).unwrap();
+    let dropped = q.discard_unstarted();
+    assert_eq!(dropped, 4 * (22 + ENTRY_COST));
+    q.push_parts(&[&[0x88, 0x00]]);
+    w.budget = usize::MAX;
+    q.flush(&mut w).unwrap();
+    let mut expected = f.as_bytes().to_vec();
+    expected.extend_from_slice(&[0x88, 0x00]);
+    assert_eq!(w.out, expected);
+    assert_eq!(q.charged(), 0);
+}
+
+#[test]
+fn coalesced_owned_buffers_are_charged_by_capacity() {
+    let mut q = OutboundQueue::new();
+    for _ in 0..100 {
+        q.push_parts(&[&[1u8; 10]]);
+    }
+    assert_eq!(q.items.len(), 1, "coalesced");
+    let cap = match q.items.front() {
+        Some(Item::Owned(v)) => v.capacity(),
+        _ => unreachable!(),
+    };
+    assert_eq!(q.charged(), cap + ENTRY_COST);
+    q.flush(&mut sink()).unwrap();
+    assert_eq!(q.charged(), 0);
+}
+
+#[test]
+fn the_ring_is_kept_across_deliveries_until_released_as_idle() {
+    let mut q = OutboundQueue::new();
+    let f = SharedFrame::encode(OpCode::Binary, b"x");
+    let mut w = sink();
+    q.try_push_shared(&f, usize::MAX);
+    q.flush(&mut w).unwrap();
+    let cap = q.items.capacity();
+    assert!(cap > 0, "kept for the next delivery");
+    q.try_push_shared(&f, usize::MAX);
+    q.flush(&mut w).unwrap();
+    assert_eq!(q.items.capacity(), cap);
+    assert_eq!(w.out.len(), 2 * f.len());
+    q.release_idle();
+    assert_eq!(q.items.capacity(), 0);
+    // Releasing with data queued keeps the data.
+    q.try_push_shared(&f, usize::MAX);
+    q.release_idle();
+    assert_eq!(q.charged(), f.capacity() + ENTRY_COST);
+    q.flush(&mut w).unwrap();
+    assert_eq!(w.out.len(), 3 * f.len());
+    q.release_idle();
+    assert_eq!(q.items.capacity(), 0);
+}
+
+#[test]
+fn a_ring_grown_by_a_backlog_is_released_once_drained() {
+    let mut q = OutboundQueue::new();
+    let f = SharedFrame::encode(OpCode::Binary, b"x");
+    for _ in 0..100 {
+        q.try_push_shared(&f, usize::MAX);
+    }
+    assert!(q.items.capacity() > RING_KEEP);
+    q.flush(&mut sink()).unwrap();
+    assert_eq!(q.items.capacity(), 0);
+}
+
+#[test]
+fn shared_frames_are_released_after_writing() {
+    let mut q = OutboundQueue::new();
+    let f = SharedFrame::encode(OpCode::Binary, b"x");
+    q.try_push_shared(&f, usize::MAX);
+    assert_eq!(f.ref_count(), 2);
+    q.flush(&mut sink()).unwrap();
+    assert_eq!(f.ref_count(), 1);
+}

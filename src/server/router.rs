@@ -1,0 +1,276 @@
+//! What requests and messages mean: the relay's [`Handler`].
+//!
+//! Plain HTTP (`/healthz`, `/metrics`, `POST /publish/{room}`), the
+//! upgrade routes (`/echo`, `/rooms/{name}`), and where a message goes
+//! (back to its sender, or into its room's batch). A `Router` is built for
+//! one connection's read from the worker's parts; the connection's
+//! attachment travels with it and is stored back afterwards.
+
+use super::connection::Attachment;
+use super::http::{self, WsRoute};
+use super::local_rooms::LocalRooms;
+use super::mesh::MeshPort;
+use super::outbound::OutboundQueue;
+use super::session::{Handler, HeadVerdict, Response, Verdict};
+use super::Shared;
+use crate::metrics::{Gauges, WorkerMetrics};
+use crate::protocol::handshake::http_response;
+use crate::protocol::{
+    encode_header, CloseCode, HttpRequest, MessageKind, RejectReason, SharedFrame, UpgradeRequest,
+};
+use std::sync::atomic::Ordering;
+
+pub struct Router<'a> {
+    pub shared: &'a Shared,
+    pub rooms: &'a mut LocalRooms,
+    pub port: &'a mut MeshPort,
+    pub metrics: &'a WorkerMetrics,
+    /// The connection being read.
+    pub key: usize,
+    pub attachment: Option<Attachment>,
+    /// The connection upgraded during this read.
+    pub upgraded: bool,
+    pub shutting_down: bool,
+}
+
+fn answer(bytes: Vec<u8>, keep_alive: bool) -> Response {
+    Response { bytes, keep_alive }
+}
+
+fn refuse(reason: RejectReason) -> Response {
+    answer(reason.response(), false)
+}
+
+impl Router<'_> {
+    fn render_metrics(&self) -> String {
+        let workers: Vec<&WorkerMetrics> = self.shared.metrics.iter().map(|m| m.as_ref()).collect();
+        let depths = self.shared.mesh.depths();
+        crate::metrics::render_prometheus(
+            &workers,
+            &Gauges {
+                rooms_open: self.shared.directory.len(),
+                queue_depths: &depths,
+                accepting: !self.shared.shutdown.load(Ordering::Relaxed),
+            },
+        )
+    }
+
+    /// Workers other than this one with members of `room`, and whether
+    /// this one has members.
+    fn destinations(&self, room: &str) -> Option<(u64, bool)> {
+        let shared = self.shared.directory.get(room)?;
+        let remote = shared.worker_mask() & !(1u64 << self.port_worker());
+        Some((remote, self.rooms.id_of(room).is_some()))
+    }
+
+    fn port_worker(&self) -> usize {
+        self.rooms.worker()
+    }
+
+    /// The plain (non-publish) routes.
+    fn serve(&mut self, req: &HttpRequest) -> Response {
+        self.metrics.http_requests.inc();
+        let has_body = req.content_length().map_or(true, |n| n.unwrap_or(0) > 0)
+            || req.header("transfer-encoding").is_some();
+        // A body we do not read ends the connection after the answer.
+        let keep_alive = http::wants_keep_alive(req) && !self.shutting_down && !has_body;
+        let metrics_on = self.shared.config.metrics;
+        match (req.method.as_str(), req.path.as_str()) {
+            ("GET" | "HEAD", "/healthz") => {
+                if self.shutting_down {
+                    answer(http::text(503, "shutting down\n", false), false)
+                } else {
+                    answer(http::text(200, "ok\n", keep_alive), keep_alive)
+                }
+            }
+            ("GET" | "HEAD", "/metrics") if metrics_on => {
+                let body = self.render_metrics();
+                let bytes = http_response(
+                    200,
+                    "",
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    body.as_bytes(),
+                    keep_alive,
+                );
+                answer(bytes, keep_alive)
+            }
+            (_, "/healthz") | (_, "/metrics") if metrics_on || req.path == "/healthz" => {
+                let bytes = http_response(
+                    405,
+                    "Allow: GET, HEAD\r\n",
+                    "text/plain; charset=utf-8",
+                    b"method not allowed\n",
+                    keep_alive,
+                );
+                answer(bytes, keep_alive)
+            }
+            (_, path) if http::is_ws_path(path) => {
+                self.metrics.rejection(RejectReason::UpgradeRequired).inc();
+                refuse(RejectReason::UpgradeRequired)
+            }
+            _ => {
+                self.metrics.rejection(RejectReason::NotFound).inc();
+                answer(http::text(404, "not found\n", keep_alive), keep_alive)
+            }
+        }
+    }
+
+    /// `POST /publish/{room}` with its body.
+    fn publish(&mut self, req: &HttpRequest, room: &str, body: &[u8]) -> Response {
+        let keep_alive = http::wants_keep_alive(req) && !self.shutting_down;
+        let kind = http::publish_kind(req);
+        if kind == MessageKind::Text && std::str::from_utf8(body).is_err() {
+            let text = "body is not valid UTF-8 for a text content type\n";
+            return answer(http::text(400, text, keep_alive), keep_alive);
+        }
+        self.metrics.publish_requests.inc();
+        let (remote, local) = self.destinations(room).unwrap_or_default();
+        if self.port.is_blocked(remote) {
+            return answer(http::busy(), false);
+        }
+        if let Some(id) = self.rooms.id_of(room) {
+            // The room batch also reaches the other workers.
+            self.rooms.publish(id, kind, body, None);
+        } else if remote != 0 {
+            if let Some(shared) = self.shared.directory.get(room) {
+                let frame = SharedFrame::encode(kind.opcode(), body);
+                self.port
+                    .send(&self.shared.mesh, remote, &shared, &frame, 1, self.metrics);
+            }
+        }
+        let bytes = http::publish_accepted(
+            room,
+            usize::from(local),
+            remote.count_ones() as usize,
+            keep_alive,
+        );
+        answer(bytes, keep_alive)
+    }
+}
+
+/// `HEAD`: the same headers, no body.
+fn strip_body(req: &HttpRequest, mut r: Response) -> Response {
+    if req.method == "HEAD" {
+        if let Some(p) = r.bytes.windows(4).position(|w| w == b"\r\n\r\n") {
+            r.bytes.truncate(p + 4);
+        }
+    }
+    r
+}
+
+impl Handler for Router<'_> {
+    fn on_request_head(&mut self, req: &HttpRequest) -> HeadVerdict {
+        if !req.path.starts_with("/publish/") {
+            let r = self.serve(req);
+            return HeadVerdict::Answer(strip_body(req, r));
+        }
+        let c = &self.shared.config;
+        match http::check_publish(
+            req,
+            &c.publish_token,
+            c.max_message_bytes,
+            c.max_room_name_bytes,
+        ) {
+            Err(r) => {
+                let bytes = http_response(
+                    r.status,
+                    r.extra,
+                    "text/plain; charset=utf-8",
+                    r.body.as_bytes(),
+                    false,
+                );
+                HeadVerdict::Answer(answer(bytes, false))
+            }
+            Ok((room, len)) => {
+                // Refuse before reading the body when its room's workers
+                // cannot take more.
+                let remote = self.destinations(room).map_or(0, |d| d.0);
+                if self.port.is_blocked(remote) {
+                    self.metrics.publish_requests.inc();
+                    return HeadVerdict::Answer(answer(http::busy(), false));
+                }
+                HeadVerdict::ReadBody(len)
+            }
+        }
+    }
+
+    fn on_request(&mut self, req: &HttpRequest, body: &[u8]) -> Response {
+        let room = req.path.strip_prefix("/publish/").unwrap_or("");
+        self.publish(req, room, body)
+    }
+
+    fn on_upgrade(&mut self, req: &UpgradeRequest) -> Result<Vec<u8>, Response> {
+        if self.shutting_down {
+            self.metrics.rejection(RejectReason::Unavailable).inc();
+            return Err(refuse(RejectReason::Unavailable));
+        }
+        let c = &self.shared.config;
+        if !http::origin_allowed(req.origin.as_deref(), &c.allowed_origins) {
+            self.metrics.rejection(RejectReason::ForbiddenOrigin).inc();
+            return Err(refuse(RejectReason::ForbiddenOrigin));
+        }
+        let route = match http::ws_route(&req.path, req.query.as_deref(), c.max_room_name_bytes) {
+            Ok(r) => r,
+            Err(RejectReason::BadRoomName) => {
+                self.metrics.rejection(RejectReason::BadRoomName).inc();
+                let body = http::room_name_rule(c.max_room_name_bytes);
+                return Err(answer(http::text(400, &body, false), false));
+            }
+            Err(reason) => {
+                self.metrics.rejection(reason).inc();
+                return Err(refuse(reason));
+            }
+        };
+        let attachment = match route {
+            WsRoute::Echo => Attachment::Echo,
+            WsRoute::Room { name, role } => {
+                match self
+                    .rooms
+                    .join(&self.shared.directory, &name, self.key, role)
+                {
+                    Some(m) => Attachment::Room(m),
+                    None => {
+                        self.metrics.rejection(RejectReason::Unavailable).inc();
+                        return Err(refuse(RejectReason::Unavailable));
+                    }
+                }
+            }
+        };
+        self.attachment = Some(attachment);
+        self.upgraded = true;
+        self.metrics.upgrades.inc();
+        self.metrics.connections_open.inc();
+        self.shared.ws_connections.fetch_add(1, Ordering::AcqRel);
+        let protocol = req.negotiate_protocol(&c.subprotocols);
+        Ok(req.accept_response(protocol))
+    }
+
+    fn on_message(
+        &mut self,
+        kind: MessageKind,
+        data: &[u8],
+        out: &mut OutboundQueue,
+        limit: usize,
+    ) -> Verdict {
+        match &mut self.attachment {
+            Some(Attachment::Echo) => {
+                let header = encode_header(true, kind.opcode(), data.len(), None);
+                if out.try_push_parts(&[header.as_bytes(), data], limit) {
+                    self.metrics.messages_out.inc();
+                    Verdict::Continue
+                } else {
+                    Verdict::SlowConsumer
+                }
+            }
+            Some(Attachment::Room(m)) => {
+                if !m.publishes {
+                    return Verdict::Close(CloseCode::POLICY_VIOLATION, "read-only member");
+                }
+                let room_id = m.room_id;
+                self.rooms.publish(room_id, kind, data, Some((self.key, m)));
+                Verdict::Continue
+            }
+            None => Verdict::Continue,
+        }
+    }
+}

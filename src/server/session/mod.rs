@@ -1,0 +1,440 @@
+//! One connection's protocol life as a sans-IO state machine.
+//!
+//! A [`Session`] holds everything about a connection except its socket:
+//! the HTTP phase (keep-alive, one request in flight), the upgrade, the
+//! open WebSocket phase (frame decoding, message assembly, rate limits,
+//! the close handshake), the outbound queue, and every per-connection
+//! deadline: handshake, keep-alive idle, heartbeat ping, pong, close.
+//!
+//! It is driven from outside, in the manner of quinn-proto's `Connection`:
+//! bytes go in with [`Session::handle_input`], the clock with
+//! [`Session::handle_timeout`]; bytes come out with [`Session::write_to`]
+//! (any `Write`, e.g. a socket or a `Vec` in tests), the next deadline
+//! with [`Session::poll_timeout`], and the end of the connection with
+//! [`Session::poll_finish`]. What a request or a message *means* (routes,
+//! rooms, publish) is asked of a [`Handler`] synchronously. No socket,
+//! clock or thread inside, so every deadline is tested on a virtual clock.
+//!
+//! Times are milliseconds on the caller's monotonic clock, always > 0.
+
+mod http;
+mod open;
+#[cfg(test)]
+mod tests;
+
+use super::outbound::{Flush, OutboundQueue};
+use super::rate_limit::RateLimits;
+use crate::config::{RateLimitPolicy, SlowConsumerPolicy};
+use crate::metrics::{close_code_index, WorkerMetrics};
+use crate::protocol::{
+    CloseAction, CloseCode, CloseState, ControlFrame, FrameDecoder, HandshakeLimits, HttpRequest,
+    MessageKind, Role, SharedFrame, UpgradeRequest,
+};
+use http::HttpPhase;
+use open::OpenPhase;
+use std::io::{self, Write};
+use std::sync::Arc;
+
+/// The per-connection limits and deadlines, shared by a worker's sessions.
+#[derive(Clone, Debug)]
+pub struct SessionConfig {
+    pub head: HandshakeLimits,
+    pub max_frame_bytes: usize,
+    pub max_message_bytes: usize,
+    pub max_outbound_bytes: usize,
+    /// Time to complete a request (head and body), and keep-alive idle time.
+    pub handshake_timeout_ms: u64,
+    pub close_timeout_ms: u64,
+    /// 0: no heartbeat.
+    pub ping_interval_ms: u64,
+    pub pong_timeout_ms: u64,
+    pub rate: RateLimits,
+    pub rate_policy: RateLimitPolicy,
+    pub slow_consumer: SlowConsumerPolicy,
+}
+
+impl SessionConfig {
+    /// The session side of the relay's configuration.
+    pub fn from_config(c: &crate::config::Config) -> SessionConfig {
+        let ms = |d: std::time::Duration| d.as_millis().min(u64::MAX as u128 / 4) as u64;
+        SessionConfig {
+            head: HandshakeLimits {
+                max_head_bytes: c.max_request_head_bytes,
+                max_headers: c.max_request_headers,
+            },
+            max_frame_bytes: c.max_frame_bytes,
+            max_message_bytes: c.max_message_bytes,
+            max_outbound_bytes: c.max_outbound_bytes,
+            handshake_timeout_ms: ms(c.handshake_timeout).max(1),
+            close_timeout_ms: ms(c.close_timeout),
+            ping_interval_ms: ms(c.ping_interval),
+            pong_timeout_ms: ms(c.pong_timeout).max(1),
+            rate: RateLimits {
+                messages_per_sec: c.rate_limit_messages as f64,
+                burst: c.effective_rate_limit_burst() as f64,
+                bytes_per_sec: c.rate_limit_bytes as f64,
+            },
+            rate_policy: c.rate_limit_policy,
+            slow_consumer: c.slow_consumer,
+        }
+    }
+}
+
+/// What every session of a worker shares: configuration, the frame
+/// decoder (stateless) and the worker's counters.
+pub struct SessionContext {
+    pub config: SessionConfig,
+    pub decoder: FrameDecoder,
+    pub metrics: Arc<WorkerMetrics>,
+}
+
+impl SessionContext {
+    pub fn new(config: SessionConfig, metrics: Arc<WorkerMetrics>) -> Arc<SessionContext> {
+        Arc::new(SessionContext {
+            decoder: FrameDecoder::new(Role::Server, config.max_frame_bytes),
+            config,
+            metrics,
+        })
+    }
+}
+
+/// An HTTP answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    /// Status line, headers and body.
+    pub bytes: Vec<u8>,
+    /// Keep the connection for another request.
+    pub keep_alive: bool,
+}
+
+/// What to do with a request head.
+pub enum HeadVerdict {
+    /// Read a body of this many bytes, then call [`Handler::on_request`].
+    ReadBody(usize),
+    /// Answer now (the body, if any, is not read).
+    Answer(Response),
+}
+
+/// What the handler made of a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Continue,
+    /// Start the close handshake with this code and reason.
+    Close(CloseCode, &'static str),
+    /// The reply did not fit the outbound bound.
+    SlowConsumer,
+}
+
+/// The application behind a session: routing, rooms, publishing.
+pub trait Handler {
+    /// A complete request head (not an upgrade).
+    fn on_request_head(&mut self, req: &HttpRequest) -> HeadVerdict;
+    /// A request whose body (of the length asked for) has arrived.
+    fn on_request(&mut self, req: &HttpRequest, body: &[u8]) -> Response;
+    /// A valid upgrade request: `Ok` with the `101` answer, or a refusal.
+    fn on_upgrade(&mut self, req: &UpgradeRequest) -> Result<Vec<u8>, Response>;
+    /// A complete message; a reply may be queued on `out` within `limit`.
+    fn on_message(
+        &mut self,
+        kind: MessageKind,
+        data: &[u8],
+        out: &mut OutboundQueue,
+        limit: usize,
+    ) -> Verdict;
+}
+
+/// How a finished connection ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finish {
+    /// Everything was said and written: drain unread input, then close
+    /// (closing with unread input would send RST over our last bytes).
+    Graceful,
+    /// A deadline passed or the peer vanished: close at once.
+    Abort,
+}
+
+/// Outcome of delivering a broadcast to a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    Queued,
+    /// Not accepting data (closing, or not a WebSocket).
+    Ignored,
+    /// Over the outbound bound: call [`Session::slow_consumer`].
+    Full,
+}
+
+enum Phase {
+    Http(Box<HttpPhase>),
+    Open(OpenPhase),
+}
+
+pub struct Session {
+    ctx: Arc<SessionContext>,
+    phase: Phase,
+    out: OutboundQueue,
+    /// The one deadline armed now (0: none). Activity does not move it:
+    /// the heartbeat re-arms from `last_activity` when it fires.
+    deadline: u64,
+    /// Clock of the last byte received.
+    last_activity: u64,
+    /// Close the connection once `out` is written.
+    finishing: bool,
+    /// A deadline passed or the peer broke off: close at once.
+    aborted: bool,
+    /// Reading is paused by the worker (cross-worker backpressure): the
+    /// heartbeat does not judge a peer we are not reading.
+    paused: bool,
+}
+
+impl Session {
+    /// A new connection, in the HTTP phase, with the handshake deadline.
+    pub fn new(ctx: Arc<SessionContext>, now: u64) -> Session {
+        let deadline = now.saturating_add(ctx.config.handshake_timeout_ms);
+        Session {
+            ctx,
+            phase: Phase::Http(Box::default()),
+            out: OutboundQueue::new(),
+            deadline,
+            last_activity: now,
+            finishing: false,
+            aborted: false,
+            paused: false,
+        }
+    }
+
+    /// Whether the connection is an open (upgraded) WebSocket.
+    pub fn is_websocket(&self) -> bool {
+        matches!(self.phase, Phase::Open(_))
+    }
+
+    /// Whether input should be read now: not while an HTTP answer is being
+    /// written (one request in flight), not once closing, not when paused.
+    pub fn wants_read(&self) -> bool {
+        if self.finishing || self.aborted || self.paused {
+            return false;
+        }
+        match &self.phase {
+            Phase::Http(_) => self.out.is_empty(),
+            Phase::Open(o) => o.close.state() != CloseState::Closed,
+        }
+    }
+
+    /// Whether anything waits to be written.
+    pub fn has_output(&self) -> bool {
+        !self.out.is_empty()
+    }
+
+    /// Memory held by the outbound queue (charged against the bound).
+    pub fn outbound_charged(&self) -> usize {
+        self.out.charged()
+    }
+
+    /// An HTTP connection between requests, holding nothing.
+    pub fn is_idle_http(&self) -> bool {
+        match &self.phase {
+            Phase::Http(h) => h.is_empty() && self.out.is_empty(),
+            Phase::Open(_) => false,
+        }
+    }
+
+    /// Feeds received bytes (`input` may be unmasked in place). Returns how
+    /// many were consumed; the rest must be offered again later (after the
+    /// answer to a request is written, or once more bytes arrived).
+    pub fn handle_input(&mut self, input: &mut [u8], now: u64, h: &mut impl Handler) -> usize {
+        if input.is_empty() || !self.wants_read() {
+            return 0;
+        }
+        self.last_activity = now;
+        match &mut self.phase {
+            Phase::Http(_) => self.http_input(input, now, h),
+            Phase::Open(_) => self.open_input(input, now, h),
+        }
+    }
+
+    /// The peer closed its side (EOF) or the socket failed.
+    pub fn handle_eof(&mut self) {
+        self.aborted = true;
+    }
+
+    /// When the session next needs [`Session::handle_timeout`].
+    pub fn poll_timeout(&self) -> Option<u64> {
+        (self.deadline != 0).then_some(self.deadline)
+    }
+
+    /// Acts on the armed deadline if it is due.
+    pub fn handle_timeout(&mut self, now: u64) {
+        if self.deadline == 0 || now < self.deadline {
+            return;
+        }
+        self.deadline = 0;
+        let cfg = &self.ctx.config;
+        let Phase::Open(o) = &mut self.phase else {
+            // Handshake or keep-alive idle time, or an answer never written.
+            self.aborted = true;
+            return;
+        };
+        if self.finishing || o.close.state() != CloseState::Open {
+            // A close never answered or never written.
+            self.aborted = true;
+            return;
+        }
+        if cfg.ping_interval_ms == 0 {
+            return;
+        }
+        // At most once per heartbeat interval per connection.
+        self.out.release_idle();
+        o.release_memory();
+        if self.paused {
+            // We are not reading this peer: its pong may be waiting unread.
+            o.ping_sent = 0;
+            self.deadline = now + cfg.ping_interval_ms;
+            return;
+        }
+        if o.ping_sent != 0 {
+            if self.last_activity >= o.ping_sent {
+                o.ping_sent = 0;
+                self.deadline = self.last_activity + cfg.ping_interval_ms;
+                if self.deadline <= now {
+                    self.deadline = now + 1;
+                }
+            } else {
+                self.ctx.metrics.ping_timeouts.inc();
+                self.aborted = true;
+            }
+            return;
+        }
+        let due = self.last_activity + cfg.ping_interval_ms;
+        if now >= due {
+            self.out
+                .push_parts(&[ControlFrame::ping(&now.to_be_bytes()).as_bytes()]);
+            o.ping_sent = now;
+            self.deadline = now + cfg.pong_timeout_ms;
+        } else {
+            self.deadline = due;
+        }
+    }
+
+    /// Whether the connection is over, and how to close it.
+    pub fn poll_finish(&self) -> Option<Finish> {
+        if self.aborted {
+            Some(Finish::Abort)
+        } else if self.finishing && self.out.is_empty() {
+            Some(Finish::Graceful)
+        } else {
+            None
+        }
+    }
+
+    /// Writes queued bytes to `w` until done or `WouldBlock`.
+    pub fn write_to<W: Write>(&mut self, w: &mut W) -> io::Result<(Flush, usize)> {
+        self.out.flush(w)
+    }
+
+    /// Lets go of the outbound ring when nothing is queued.
+    pub fn release_idle(&mut self) {
+        self.out.release_idle();
+    }
+
+    /// Pauses or resumes reading (cross-worker backpressure).
+    pub fn set_paused(&mut self, paused: bool, now: u64) {
+        if self.paused && !paused {
+            // The time we did not read does not count against the peer.
+            self.last_activity = self.last_activity.max(now);
+        }
+        self.paused = paused;
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.paused
+    }
+
+    /// Queues a broadcast (one or more frames holding `count` messages).
+    pub fn send_shared(&mut self, frame: &SharedFrame) -> Delivery {
+        if !self.accepts_data() {
+            return Delivery::Ignored;
+        }
+        if self
+            .out
+            .try_push_shared(frame, self.ctx.config.max_outbound_bytes)
+        {
+            Delivery::Queued
+        } else {
+            Delivery::Full
+        }
+    }
+
+    /// Queues a copy of `parts` (frames already encoded).
+    pub fn send_copy(&mut self, parts: &[&[u8]]) -> Delivery {
+        if !self.accepts_data() {
+            return Delivery::Ignored;
+        }
+        if self
+            .out
+            .try_push_parts(parts, self.ctx.config.max_outbound_bytes)
+        {
+            Delivery::Queued
+        } else {
+            Delivery::Full
+        }
+    }
+
+    /// Whether `len` more bytes of data would be admitted now.
+    pub fn has_room(&self, len: usize) -> bool {
+        self.out.has_room(len, self.ctx.config.max_outbound_bytes)
+    }
+
+    fn accepts_data(&self) -> bool {
+        match &self.phase {
+            Phase::Open(o) => o.close.can_send_data() && !self.finishing && !self.aborted,
+            Phase::Http(_) => false,
+        }
+    }
+
+    /// The outbound bound was hit while `missed` messages were delivered.
+    pub fn slow_consumer(&mut self, missed: u64, now: u64) {
+        match self.ctx.config.slow_consumer {
+            SlowConsumerPolicy::Drop => self.ctx.metrics.drops.add(missed),
+            SlowConsumerPolicy::Close => {
+                if !self.accepts_data() {
+                    return;
+                }
+                // Free the backlog now; the close frame goes out right
+                // after the frame being written, if any.
+                self.out.discard_unstarted();
+                self.ctx.metrics.slow_consumer_closes.inc();
+                self.close(CloseCode::POLICY_VIOLATION, "slow consumer", now);
+            }
+        }
+    }
+
+    /// Starts the close handshake (shutdown, policy) and waits up to
+    /// `close_timeout` for the peer's answer.
+    pub fn close(&mut self, code: CloseCode, reason: &str, now: u64) {
+        let Phase::Open(o) = &mut self.phase else {
+            return;
+        };
+        if let CloseAction::SendCloseAndWait(c) = o.close.initiate(code) {
+            self.out
+                .push_parts(&[ControlFrame::close(c, reason).as_bytes()]);
+            self.ctx.metrics.close_sent[close_code_index(c.0)].inc();
+            self.deadline = now + self.ctx.config.close_timeout_ms;
+        }
+    }
+
+    /// Queues an HTTP answer; without keep-alive the connection ends once
+    /// it is written (or after `close_timeout`).
+    fn answer(&mut self, response: Response, now: u64) {
+        self.out.push_parts(&[&response.bytes]);
+        if response.keep_alive {
+            self.deadline = now + self.ctx.config.handshake_timeout_ms;
+        } else {
+            self.finish_after_flush(now);
+        }
+    }
+
+    /// Ends the connection once the queue is written.
+    fn finish_after_flush(&mut self, now: u64) {
+        self.finishing = true;
+        self.deadline = now + self.ctx.config.close_timeout_ms;
+    }
+}

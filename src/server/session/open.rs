@@ -1,0 +1,174 @@
+//! The open WebSocket phase: frames in, messages to the handler, control
+//! frames answered, the close handshake.
+
+use super::super::rate_limit::RateLimiter;
+use super::{Phase, Session, SessionConfig, Verdict};
+use crate::config::RateLimitPolicy;
+use crate::metrics::close_code_index;
+use crate::protocol::{
+    CloseAction, CloseCode, CloseHandshake, ControlFrame, Event, MessageAssembler, ProtocolError,
+};
+
+/// State of an upgraded connection.
+pub struct OpenPhase {
+    pub(super) assembler: MessageAssembler,
+    pub(super) close: CloseHandshake,
+    /// Boxed: most deployments run without rate limits.
+    limiter: Option<Box<RateLimiter>>,
+    /// Clock when an unanswered heartbeat ping was sent; 0: none.
+    pub(super) ping_sent: u64,
+}
+
+impl OpenPhase {
+    pub(super) fn new(cfg: &SessionConfig, now: u64) -> OpenPhase {
+        OpenPhase {
+            assembler: MessageAssembler::new(cfg.max_message_bytes),
+            close: CloseHandshake::new(),
+            limiter: cfg
+                .rate
+                .enabled()
+                .then(|| Box::new(RateLimiter::new(&cfg.rate, now))),
+            ping_sent: 0,
+        }
+    }
+
+    /// Lets go of a finished fragmented message's buffer.
+    pub(super) fn release_memory(&mut self) {
+        self.assembler.release_memory();
+    }
+}
+
+/// What one frame asks of the session after the handler saw it.
+enum After {
+    Continue,
+    Close(CloseCode, &'static str),
+    SlowConsumer,
+    /// Nothing more is read: the close handshake ended or the peer failed.
+    Stop,
+}
+
+impl Session {
+    /// Decodes and handles every complete frame in `input`; returns the
+    /// bytes consumed (a partial frame stays with the caller).
+    pub(super) fn open_input(
+        &mut self,
+        input: &mut [u8],
+        now: u64,
+        h: &mut impl super::Handler,
+    ) -> usize {
+        let mut pos = 0;
+        while pos < input.len() {
+            let frame = match self.ctx.decoder.decode(&mut input[pos..]) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(e) => {
+                    self.fail(e, now);
+                    return input.len();
+                }
+            };
+            let payload = pos + frame.payload.start..pos + frame.payload.end;
+            pos += frame.consumed;
+            let after = self.on_frame(&frame.header, &input[payload], now, h);
+            match after {
+                After::Continue => {}
+                After::Close(code, reason) => self.close(code, reason, now),
+                After::SlowConsumer => self.slow_consumer(1, now),
+                After::Stop => return input.len(),
+            }
+        }
+        if let Phase::Open(o) = &mut self.phase {
+            if !o.assembler.in_message() {
+                o.assembler.release_memory();
+            }
+        }
+        pos
+    }
+
+    fn on_frame(
+        &mut self,
+        header: &crate::protocol::FrameHeader,
+        payload: &[u8],
+        now: u64,
+        h: &mut impl super::Handler,
+    ) -> After {
+        let Session {
+            ctx, phase, out, ..
+        } = self;
+        let Phase::Open(o) = phase else {
+            return After::Stop;
+        };
+        let event = match o.assembler.on_frame(header, payload) {
+            Ok(event) => event,
+            Err(e) => {
+                self.fail(e, now);
+                return After::Stop;
+            }
+        };
+        match event {
+            Event::Message { kind, data } => {
+                if !o.close.can_send_data() {
+                    // We are closing: data from the peer is discarded.
+                    return After::Continue;
+                }
+                ctx.metrics.messages_in.inc();
+                if let Some(limiter) = o.limiter.as_mut() {
+                    if !limiter.allow(&ctx.config.rate, data.len(), now) {
+                        ctx.metrics.rate_limited.inc();
+                        return match ctx.config.rate_policy {
+                            RateLimitPolicy::Close => {
+                                After::Close(CloseCode::POLICY_VIOLATION, "rate limit")
+                            }
+                            RateLimitPolicy::Drop => {
+                                ctx.metrics.drops.inc();
+                                After::Continue
+                            }
+                        };
+                    }
+                }
+                match h.on_message(kind, data, out, ctx.config.max_outbound_bytes) {
+                    Verdict::Continue => After::Continue,
+                    Verdict::Close(code, reason) => After::Close(code, reason),
+                    Verdict::SlowConsumer => After::SlowConsumer,
+                }
+            }
+            Event::Fragment | Event::Pong(_) => After::Continue,
+            Event::Ping(payload) => {
+                if o.close.can_send_data() {
+                    out.set_pong(ControlFrame::pong(payload));
+                }
+                After::Continue
+            }
+            Event::Close { code, .. } => {
+                let received = code.unwrap_or(CloseCode::NO_STATUS);
+                ctx.metrics.close_received[close_code_index(received.0)].inc();
+                let reply = match o.close.on_peer_close(code) {
+                    CloseAction::SendCloseAndShutdown(c) => Some((ControlFrame::close(c, ""), c)),
+                    CloseAction::SendEmptyCloseAndShutdown => {
+                        Some((ControlFrame::close_empty(), CloseCode::NO_STATUS))
+                    }
+                    _ => None,
+                };
+                if let Some((frame, c)) = reply {
+                    out.push_parts(&[frame.as_bytes()]);
+                    ctx.metrics.close_sent[close_code_index(c.0)].inc();
+                }
+                self.finish_after_flush(now);
+                After::Stop
+            }
+        }
+    }
+
+    /// Fails the connection for a protocol error: close frame, then TCP.
+    fn fail(&mut self, error: ProtocolError, now: u64) {
+        if let Phase::Open(o) = &mut self.phase {
+            if let CloseAction::SendCloseAndShutdown(c) = o.close.fail(error.close_code()) {
+                self.out
+                    .push_parts(&[ControlFrame::close(c, error.reason()).as_bytes()]);
+                self.ctx.metrics.close_sent[close_code_index(c.0)].inc();
+            }
+            // Nothing more will be read: drop a half-gathered message.
+            o.assembler = MessageAssembler::new(0);
+        }
+        self.finish_after_flush(now);
+    }
+}

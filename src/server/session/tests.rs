@@ -1,0 +1,550 @@
+//! The session on a virtual clock: every deadline, the HTTP phase's one
+//! request in flight, control-frame bounds and rate limits, with no
+//! sockets and no sleeps. Time is whatever the test says it is.
+
+use super::*;
+use crate::protocol::{encode_client_frame, FrameDecoder, OpCode, Role as FrameRole, SharedFrame};
+
+const KEY: [u8; 4] = [1, 2, 3, 4];
+const UPGRADE: &[u8] = b"GET /echo HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+
+fn config() -> SessionConfig {
+    SessionConfig {
+        head: HandshakeLimits::default(),
+        max_frame_bytes: 1 << 20,
+        max_message_bytes: 1 << 20,
+        max_outbound_bytes: 1 << 20,
+        handshake_timeout_ms: 10_000,
+        close_timeout_ms: 5_000,
+        ping_interval_ms: 30_000,
+        pong_timeout_ms: 10_000,
+        rate: RateLimits::default(),
+        rate_policy: RateLimitPolicy::Close,
+        slow_consumer: SlowConsumerPolicy::Close,
+    }
+}
+
+/// A handler that answers `GET /x` with 200 (keep-alive as asked), reads
+/// bodies of `POST /body`, upgrades `/echo`, and echoes messages.
+#[derive(Default)]
+struct Echo {
+    requests: Vec<String>,
+    bodies: Vec<Vec<u8>>,
+    messages: Vec<Vec<u8>>,
+    refuse_upgrade: bool,
+}
+
+impl Handler for Echo {
+    fn on_request_head(&mut self, req: &HttpRequest) -> HeadVerdict {
+        self.requests.push(req.path.clone());
+        if req.path == "/body" {
+            let len = req.content_length().ok().flatten().unwrap_or(0);
+            return HeadVerdict::ReadBody(len);
+        }
+        let keep_alive = req.keep_alive();
+        HeadVerdict::Answer(Response {
+            bytes: format!("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n{}", req.path).into_bytes(),
+            keep_alive,
+        })
+    }
+
+    fn on_request(&mut self, _req: &HttpRequest, body: &[u8]) -> Response {
+        self.bodies.push(body.to_vec());
+        Response {
+            bytes: b"HTTP/1.1 202 Accepted\r\n\r\n".to_vec(),
+            keep_alive: true,
+        }
+    }
+
+    fn on_upgrade(&mut self, req: &UpgradeRequest) -> Result<Vec<u8>, Response> {
+        if self.refuse_upgrade {
+            return Err(Response {
+                bytes: b"HTTP/1.1 403 Forbidden\r\n\r\n".to_vec(),
+                keep_alive: false,
+            });
+        }
+        Ok(req.accept_response(None))
+    }
+
+    fn on_message(
+        &mut self,
+        kind: MessageKind,
+        data: &[u8],
+        out: &mut OutboundQueue,
+        limit: usize,
+    ) -> Verdict {
+        self.messages.push(data.to_vec());
+        let header = crate::protocol::encode_header(true, kind.opcode(), data.len(), None);
+        if out.try_push_parts(&[header.as_bytes(), data], limit) {
+            Verdict::Continue
+        } else {
+            Verdict::SlowConsumer
+        }
+    }
+}
+
+struct Harness {
+    s: Session,
+    h: Echo,
+    metrics: Arc<WorkerMetrics>,
+}
+
+impl Harness {
+    fn new(cfg: SessionConfig, now: u64) -> Harness {
+        let metrics = Arc::new(WorkerMetrics::default());
+        let ctx = SessionContext::new(cfg, metrics.clone());
+        Harness {
+            s: Session::new(ctx, now),
+            h: Echo::default(),
+            metrics,
+        }
+    }
+
+    /// An open WebSocket session (101 already written out).
+    fn open(cfg: SessionConfig, now: u64) -> Harness {
+        let mut t = Harness::new(cfg, now);
+        assert_eq!(t.input(UPGRADE, now), UPGRADE.len());
+        assert!(t.s.is_websocket());
+        assert!(t.output().starts_with(b"HTTP/1.1 101"));
+        t
+    }
+
+    /// Feeds bytes; returns how many were consumed.
+    fn input(&mut self, bytes: &[u8], now: u64) -> usize {
+        let mut buf = bytes.to_vec();
+        self.s.handle_input(&mut buf, now, &mut self.h)
+    }
+
+    /// Feeds bytes, offering the unconsumed rest again while the session
+    /// takes it (as the worker does after each answer is written).
+    fn input_all(&mut self, bytes: &[u8], now: u64) -> Vec<u8> {
+        let mut buf = bytes.to_vec();
+        let mut start = 0;
+        let mut out = Vec::new();
+        while start < buf.len() {
+            let n = self.s.handle_input(&mut buf[start..], now, &mut self.h);
+            out.extend(self.output());
+            if n == 0 {
+                break;
+            }
+            start += n;
+        }
+        out
+    }
+
+    fn output(&mut self) -> Vec<u8> {
+        let mut w = Vec::new();
+        self.s.write_to(&mut w).unwrap();
+        w
+    }
+
+    /// Frames the server wrote.
+    fn frames(&mut self) -> Vec<(OpCode, Vec<u8>)> {
+        let mut bytes = self.output();
+        let dec = FrameDecoder::new(FrameRole::Client, 1 << 24);
+        let mut frames = Vec::new();
+        let mut pos = 0;
+        while let Ok(Some(f)) = dec.decode(&mut bytes[pos..]) {
+            frames.push((
+                f.header.opcode,
+                bytes[pos + f.payload.start..pos + f.payload.end].to_vec(),
+            ));
+            pos += f.consumed;
+        }
+        assert_eq!(pos, bytes.len(), "whole frames only");
+        frames
+    }
+
+    /// Advances the clock to `now` the way the worker does: fire the
+    /// timer whenever it is due.
+    fn advance(&mut self, now: u64) {
+        while let Some(at) = self.s.poll_timeout() {
+            if at > now || self.s.poll_finish().is_some() {
+                break;
+            }
+            self.s.handle_timeout(at);
+        }
+    }
+}
+
+fn frame(op: OpCode, payload: &[u8]) -> Vec<u8> {
+    let mut v = Vec::new();
+    encode_client_frame(true, op, payload, KEY, &mut v);
+    v
+}
+
+// ----- HTTP phase ------------------------------------------------------------
+
+#[test]
+fn handshake_deadline_closes_a_silent_connection() {
+    let mut t = Harness::new(config(), 1000);
+    assert_eq!(t.s.poll_timeout(), Some(11_000));
+    t.advance(10_999);
+    assert_eq!(t.s.poll_finish(), None);
+    t.advance(11_000);
+    assert_eq!(t.s.poll_finish(), Some(Finish::Abort));
+}
+
+#[test]
+fn a_slow_head_does_not_extend_the_handshake_deadline() {
+    let mut t = Harness::new(config(), 1);
+    for (i, b) in UPGRADE[..20].iter().enumerate() {
+        assert_eq!(t.input(&[*b], 1 + i as u64 * 400), 1);
+    }
+    assert_eq!(t.s.poll_timeout(), Some(10_001));
+    t.advance(10_001);
+    assert_eq!(t.s.poll_finish(), Some(Finish::Abort));
+}
+
+#[test]
+fn keep_alive_idle_deadline_restarts_after_each_answer() {
+    let mut t = Harness::new(config(), 1);
+    let out = t.input_all(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n", 5_000);
+    assert!(out.starts_with(b"HTTP/1.1 200"));
+    assert_eq!(t.s.poll_timeout(), Some(15_000));
+    t.advance(14_999);
+    assert_eq!(t.s.poll_finish(), None);
+    t.input_all(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n", 14_000);
+    t.advance(23_999);
+    assert_eq!(
+        t.s.poll_finish(),
+        None,
+        "idle time counts from the last answer"
+    );
+    t.advance(24_000);
+    assert_eq!(t.s.poll_finish(), Some(Finish::Abort));
+}
+
+#[test]
+fn one_request_in_flight_until_its_answer_is_written() {
+    let mut t = Harness::new(config(), 1);
+    let two = b"GET /a HTTP/1.1\r\nHost: a\r\n\r\nGET /b HTTP/1.1\r\nHost: a\r\n\r\n";
+    let mut buf = two.to_vec();
+    let used = t.s.handle_input(&mut buf, 1, &mut t.h);
+    assert_eq!(used, two.len() / 2, "the second request is left unconsumed");
+    assert!(!t.s.wants_read());
+    assert_eq!(t.s.handle_input(&mut buf[used..], 1, &mut t.h), 0);
+    assert_eq!(t.h.requests, ["/a"]);
+    assert!(t.output().ends_with(b"/a"));
+    assert!(t.s.wants_read());
+    assert_eq!(
+        t.s.handle_input(&mut buf[used..], 1, &mut t.h),
+        two.len() / 2
+    );
+    assert_eq!(t.h.requests, ["/a", "/b"]);
+}
+
+#[test]
+fn pipelined_requests_cost_one_answer_of_memory() {
+    let mut t = Harness::new(config(), 1);
+    let one: &[u8] = b"GET /metrics HTTP/1.1\r\nHost: a\r\n\r\n";
+    let many: Vec<u8> = one.repeat(10_000);
+    let mut buf = many.clone();
+    let used = t.s.handle_input(&mut buf, 1, &mut t.h);
+    assert_eq!(used, one.len());
+    // Never written out: nothing more is taken, whatever is offered.
+    for _ in 0..100 {
+        assert_eq!(t.s.handle_input(&mut buf[used..], 2, &mut t.h), 0);
+    }
+    assert!(t.s.outbound_charged() < 1024, "{}", t.s.outbound_charged());
+    assert_eq!(t.h.requests.len(), 1);
+}
+
+#[test]
+fn a_request_split_anywhere_is_reassembled() {
+    let req = b"POST /body HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhelloGET /x HTTP/1.1\r\nHost: a\r\n\r\n";
+    for cut in 1..req.len() {
+        let mut t = Harness::new(config(), 1);
+        let mut out = t.input_all(&req[..cut], 1);
+        out.extend(t.input_all(&req[cut..], 1));
+        assert_eq!(t.h.bodies, [b"hello".to_vec()], "cut at {cut}");
+        assert_eq!(t.h.requests, ["/body", "/x"], "cut at {cut}");
+        assert!(out.ends_with(b"/x"), "cut at {cut}");
+    }
+}
+
+#[test]
+fn a_head_over_the_limit_is_refused_with_431() {
+    let mut t = Harness::new(config(), 1);
+    let mut head = b"GET /x HTTP/1.1\r\nX: ".to_vec();
+    head.extend(std::iter::repeat(b'a').take(10_000));
+    let out = t.input_all(&head, 1);
+    assert!(out.starts_with(b"HTTP/1.1 431"), "{:?}", &out[..20]);
+    assert_eq!(t.s.poll_finish(), Some(Finish::Graceful));
+}
+
+#[test]
+fn an_answer_without_keep_alive_ends_the_connection_once_written() {
+    let mut t = Harness::new(config(), 1);
+    t.input(b"GET /x HTTP/1.0\r\nHost: a\r\n\r\n", 1);
+    assert_eq!(t.s.poll_finish(), None, "not written yet");
+    t.output();
+    assert_eq!(t.s.poll_finish(), Some(Finish::Graceful));
+}
+
+#[test]
+fn an_answer_the_peer_never_reads_is_given_close_timeout() {
+    let mut t = Harness::new(config(), 1);
+    t.input(b"GET /x HTTP/1.0\r\nHost: a\r\n\r\n", 100);
+    assert_eq!(t.s.poll_timeout(), Some(5_100));
+    t.advance(5_100);
+    assert_eq!(t.s.poll_finish(), Some(Finish::Abort));
+}
+
+#[test]
+fn a_refused_upgrade_is_answered_and_closed() {
+    let mut t = Harness::new(config(), 1);
+    t.h.refuse_upgrade = true;
+    let out = t.input_all(UPGRADE, 1);
+    assert!(out.starts_with(b"HTTP/1.1 403"));
+    assert!(!t.s.is_websocket());
+    assert_eq!(t.s.poll_finish(), Some(Finish::Graceful));
+}
+
+#[test]
+fn frames_after_the_upgrade_head_are_left_for_the_open_phase() {
+    let mut t = Harness::new(config(), 1);
+    let mut bytes = UPGRADE.to_vec();
+    bytes.extend(frame(OpCode::Text, b"hi"));
+    let out = t.input_all(&bytes, 1);
+    assert!(out.starts_with(b"HTTP/1.1 101"));
+    assert_eq!(t.h.messages, [b"hi".to_vec()]);
+}
+
+// ----- heartbeat ---------------------------------------------------------------
+
+#[test]
+fn an_idle_peer_is_pinged_then_dropped_without_a_pong() {
+    let mut t = Harness::open(config(), 1);
+    assert_eq!(t.s.poll_timeout(), Some(30_001));
+    t.advance(30_001);
+    let frames = t.frames();
+    assert_eq!(frames.len(), 1);
+    assert_eq!(frames[0].0, OpCode::Ping);
+    assert_eq!(t.s.poll_timeout(), Some(40_001));
+    t.advance(40_000);
+    assert_eq!(t.s.poll_finish(), None);
+    t.advance(40_001);
+    assert_eq!(t.s.poll_finish(), Some(Finish::Abort));
+    assert_eq!(t.metrics.ping_timeouts.get(), 1);
+}
+
+#[test]
+fn a_pong_keeps_the_connection() {
+    let mut t = Harness::open(config(), 1);
+    t.advance(30_001);
+    let ping = t.frames().remove(0).1;
+    t.input(&frame(OpCode::Pong, &ping), 30_500);
+    t.advance(40_001);
+    assert_eq!(t.s.poll_finish(), None);
+    // The next ping is one interval after the pong.
+    assert_eq!(t.s.poll_timeout(), Some(60_500));
+    t.advance(60_500);
+    assert_eq!(t.frames()[0].0, OpCode::Ping);
+}
+
+#[test]
+fn activity_postpones_the_ping_without_touching_the_timer() {
+    let mut t = Harness::open(config(), 1);
+    t.input(&frame(OpCode::Text, b"x"), 20_000);
+    t.output();
+    assert_eq!(t.s.poll_timeout(), Some(30_001), "activity does not re-arm");
+    t.advance(30_001);
+    assert!(t.frames().is_empty(), "no ping: the peer spoke 10 s ago");
+    assert_eq!(t.s.poll_timeout(), Some(50_000));
+}
+
+#[test]
+fn a_paused_publisher_is_not_timed_out() {
+    let mut t = Harness::open(config(), 1);
+    t.advance(30_001);
+    assert_eq!(t.frames()[0].0, OpCode::Ping);
+    // The pong arrives, but we stopped reading (backpressure).
+    t.s.set_paused(true, 30_002);
+    t.advance(300_000);
+    assert_eq!(t.s.poll_finish(), None, "not judged while unread");
+    t.s.set_paused(false, 300_000);
+    assert!(t.s.wants_read());
+    t.input(&frame(OpCode::Pong, b""), 300_001);
+    t.advance(330_000);
+    assert_eq!(t.s.poll_finish(), None);
+}
+
+#[test]
+fn heartbeat_off_arms_no_timer() {
+    let mut cfg = config();
+    cfg.ping_interval_ms = 0;
+    let t = Harness::open(cfg, 1);
+    assert_eq!(t.s.poll_timeout(), None);
+}
+
+// ----- control frames and close ---------------------------------------------
+
+#[test]
+fn a_ping_flood_leaves_at_most_two_pongs_the_last_one_newest() {
+    let mut t = Harness::open(config(), 1);
+    let mut flood = Vec::new();
+    for i in 0..10_000u32 {
+        flood.extend(frame(OpCode::Ping, &i.to_be_bytes()));
+    }
+    assert_eq!(t.input(&flood, 2), flood.len());
+    assert!(t.s.outbound_charged() < 512, "{}", t.s.outbound_charged());
+    let frames = t.frames();
+    assert_eq!(
+        frames,
+        [
+            (OpCode::Pong, 0u32.to_be_bytes().to_vec()),
+            (OpCode::Pong, 9_999u32.to_be_bytes().to_vec())
+        ]
+    );
+    // A flood the peer never reads, flushed into a blocked socket after
+    // every read, still holds at most two pongs.
+    struct Blocked;
+    impl std::io::Write for Blocked {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            Err(std::io::ErrorKind::WouldBlock.into())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    for chunk in flood.chunks(600) {
+        let mut c = chunk.to_vec();
+        t.s.handle_input(&mut c, 3, &mut t.h);
+        t.s.write_to(&mut Blocked).unwrap();
+    }
+    assert!(t.s.outbound_charged() < 1024, "{}", t.s.outbound_charged());
+}
+
+#[test]
+fn the_close_handshake_is_answered_once_then_ends_gracefully() {
+    let mut t = Harness::open(config(), 1);
+    let mut bytes = frame(OpCode::Close, &1000u16.to_be_bytes());
+    bytes.extend(frame(OpCode::Close, &1000u16.to_be_bytes()));
+    bytes.extend(frame(OpCode::Text, b"after"));
+    t.input(&bytes, 2);
+    let frames = t.frames();
+    assert_eq!(frames.len(), 1);
+    assert_eq!(frames[0], (OpCode::Close, 1000u16.to_be_bytes().to_vec()));
+    assert!(t.h.messages.is_empty());
+    assert_eq!(t.s.poll_finish(), Some(Finish::Graceful));
+}
+
+#[test]
+fn an_unanswered_close_is_dropped_after_close_timeout() {
+    let mut t = Harness::open(config(), 1);
+    t.s.close(CloseCode::GOING_AWAY, "bye", 1_000);
+    t.s.close(CloseCode::GOING_AWAY, "again", 1_000);
+    let frames = t.frames();
+    assert_eq!(frames.len(), 1, "close frames once");
+    assert_eq!(&frames[0].1[..2], &1001u16.to_be_bytes());
+    assert_eq!(t.s.poll_timeout(), Some(6_000));
+    t.advance(5_999);
+    assert_eq!(t.s.poll_finish(), None);
+    t.advance(6_000);
+    assert_eq!(t.s.poll_finish(), Some(Finish::Abort));
+}
+
+#[test]
+fn the_peer_answering_our_close_ends_gracefully() {
+    let mut t = Harness::open(config(), 1);
+    t.s.close(CloseCode::GOING_AWAY, "bye", 1_000);
+    t.output();
+    t.input(&frame(OpCode::Close, &1001u16.to_be_bytes()), 1_500);
+    assert_eq!(t.s.poll_finish(), Some(Finish::Graceful));
+}
+
+#[test]
+fn protocol_errors_fail_the_connection_with_their_code() {
+    let mut t = Harness::open(config(), 1);
+    // Unmasked frame from a client: 1002.
+    t.input(&[0x81, 0x01, b'x'], 2);
+    let frames = t.frames();
+    assert_eq!(&frames[0].1[..2], &1002u16.to_be_bytes());
+    assert_eq!(t.s.poll_finish(), Some(Finish::Graceful));
+    // Too large: 1009.
+    let mut cfg = config();
+    cfg.max_message_bytes = 10;
+    let mut t = Harness::open(cfg, 1);
+    t.input(&frame(OpCode::Binary, &[0u8; 11]), 2);
+    assert_eq!(&t.frames()[0].1[..2], &1009u16.to_be_bytes());
+}
+
+// ----- outbound bound and rate limits ---------------------------------------
+
+#[test]
+fn a_message_of_the_maximum_size_is_always_deliverable() {
+    let mut t = Harness::open(config(), 1);
+    let max = vec![7u8; 1 << 20];
+    t.input(&frame(OpCode::Binary, &max), 2);
+    assert_eq!(t.s.poll_finish(), None);
+    let frames = t.frames();
+    assert_eq!(frames, [(OpCode::Binary, max.clone())]);
+    let shared = SharedFrame::encode(OpCode::Binary, &max);
+    assert_eq!(t.s.send_shared(&shared), Delivery::Queued);
+    assert_eq!(t.s.send_shared(&shared), Delivery::Full);
+}
+
+#[test]
+fn a_slow_consumer_is_closed_with_1008_after_its_backlog_is_dropped() {
+    let mut t = Harness::open(config(), 1);
+    let f = SharedFrame::encode(OpCode::Binary, &[0u8; 1000]);
+    let mut n = 0;
+    while t.s.send_shared(&f) == Delivery::Queued {
+        n += 1;
+    }
+    assert!(n > 500);
+    t.s.slow_consumer(1, 5);
+    assert_eq!(t.s.send_shared(&f), Delivery::Ignored);
+    let frames = t.frames();
+    assert_eq!(frames.len(), 1, "backlog dropped, close sent");
+    assert_eq!(&frames[0].1[..2], &1008u16.to_be_bytes());
+    assert_eq!(t.metrics.slow_consumer_closes.get(), 1);
+}
+
+#[test]
+fn the_message_rate_limit_refills_on_the_virtual_clock() {
+    let mut cfg = config();
+    cfg.rate = RateLimits {
+        messages_per_sec: 10.0,
+        burst: 2.0,
+        bytes_per_sec: 0.0,
+    };
+    cfg.rate_policy = RateLimitPolicy::Drop;
+    let mut t = Harness::open(cfg, 1);
+    for _ in 0..3 {
+        t.input(&frame(OpCode::Text, b"m"), 1_000);
+    }
+    assert_eq!(t.h.messages.len(), 2, "burst of 2");
+    t.input(&frame(OpCode::Text, b"m"), 1_050);
+    assert_eq!(t.h.messages.len(), 2, "half a token");
+    t.input(&frame(OpCode::Text, b"m"), 1_100);
+    assert_eq!(t.h.messages.len(), 3, "one token after 100 ms");
+    assert_eq!(t.metrics.rate_limited.get(), 2);
+}
+
+#[test]
+fn over_the_rate_limit_with_policy_close_closes_1008() {
+    let mut cfg = config();
+    cfg.rate = RateLimits {
+        messages_per_sec: 1.0,
+        burst: 1.0,
+        bytes_per_sec: 0.0,
+    };
+    let mut t = Harness::open(cfg, 1);
+    t.input(&frame(OpCode::Text, b"a"), 10);
+    t.output();
+    t.input(&frame(OpCode::Text, b"b"), 10);
+    let frames = t.frames();
+    assert_eq!(frames.len(), 1);
+    assert_eq!(frames[0].0, OpCode::Close);
+    assert_eq!(&frames[0].1[..2], &1008u16.to_be_bytes());
+}
+
+#[test]
+fn after_eof_the_session_is_aborted() {
+    let mut t = Harness::open(config(), 1);
+    t.s.handle_eof();
+    assert_eq!(t.s.poll_finish(), Some(Finish::Abort));
+    assert!(!t.s.wants_read());
+}
