@@ -10,9 +10,13 @@
 //! (d) incremental UTF-8 validation agrees with `std::str::from_utf8`.
 //!
 //! Case counts can be raised with `PROPTEST_CASES=N`.
+//!
+//! Saved failure seeds live next to this file, in
+//! `protocol_props.proptest-regressions` (see [`config`]).
 
 use proptest::prelude::*;
 use proptest::sample::Index;
+use proptest::test_runner::FileFailurePersistence;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use wsrelay::protocol::utf8::Utf8Validator;
@@ -34,6 +38,13 @@ fn config(default: u32) -> ProptestConfig {
         cases: cases(default),
         // Inputs are large; shrinking a failure still works, just bounded.
         max_shrink_iters: 2048,
+        // Seeds are saved next to the source file. proptest's default
+        // (`SourceParallel`) would look for
+        // `tests/proptest-regressions/protocol_props.txt` now that this is a
+        // module of a test binary whose directory holds a `main.rs`.
+        failure_persistence: Some(Box::new(FileFailurePersistence::WithSource(
+            "proptest-regressions",
+        ))),
         ..ProptestConfig::default()
     }
 }

@@ -1,10 +1,10 @@
 //! The /echo endpoint over real sockets: payload sizes and types with an
 //! independent client (tungstenite), fragmentation, control frames, the
 //! close handshake and a first frame sent together with the upgrade, with
-//! the raw-bytes client.
+//! the raw-bytes client; protocol violations (the close code the server
+//! sends, and that it then closes TCP).
 
-mod common;
-use common::*;
+use crate::support::*;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
@@ -21,7 +21,7 @@ fn pattern(len: usize, seed: u8) -> Vec<u8> {
 
 #[test]
 fn echoes_binary_at_boundary_lengths_with_tungstenite() {
-    let h = start(engine_config());
+    let h = start(test_config());
     let mut ws = ws_connect(h.local_addr(), "/echo");
     for (i, &len) in SIZES.iter().enumerate() {
         let data = pattern(len, i as u8);
@@ -40,7 +40,7 @@ fn echoes_binary_at_boundary_lengths_with_tungstenite() {
 
 #[test]
 fn echoes_text_at_boundary_lengths_with_tungstenite() {
-    let h = start(engine_config());
+    let h = start(test_config());
     let mut ws = ws_connect(h.local_addr(), "/echo");
     for &len in &SIZES {
         // Mix multi-byte characters in, keeping the exact byte length.
@@ -64,7 +64,7 @@ fn echoes_text_at_boundary_lengths_with_tungstenite() {
 
 #[test]
 fn many_small_messages_echo_in_order() {
-    let h = start(engine_config());
+    let h = start(test_config());
     let mut ws = ws_connect(h.local_addr(), "/echo");
     // Write a burst without reading, then read everything back.
     for i in 0..1000 {
@@ -91,7 +91,7 @@ fn many_small_messages_echo_in_order() {
 
 #[test]
 fn fragmented_text_with_interleaved_ping_is_echoed_whole() {
-    let h = start(engine_config());
+    let h = start(test_config());
     let mut c = RawClient::connect(h.local_addr(), "/echo");
     c.send_frame(false, OpCode::Text, b"Hel");
     c.send_frame(true, OpCode::Ping, b"mid");
@@ -130,7 +130,7 @@ fn fragmented_text_with_interleaved_ping_is_echoed_whole() {
 fn frame_split_across_many_writes_is_reassembled() {
     // The server must not depend on read boundaries: feed one frame a few
     // bytes at a time.
-    let h = start(engine_config());
+    let h = start(test_config());
     let mut c = RawClient::connect(h.local_addr(), "/echo");
     let payload = pattern(300, 9);
     let mut bytes = Vec::new();
@@ -147,7 +147,7 @@ fn frame_split_across_many_writes_is_reassembled() {
 
 #[test]
 fn ping_gets_pong_with_same_payload_raw() {
-    let h = start(engine_config());
+    let h = start(test_config());
     let mut c = RawClient::connect(h.local_addr(), "/echo");
     for payload in [&b""[..], b"x", &[7u8; 125][..]] {
         c.send_frame(true, OpCode::Ping, payload);
@@ -168,7 +168,7 @@ fn ping_gets_pong_with_same_payload_raw() {
 
 #[test]
 fn ping_gets_pong_with_same_payload_tungstenite() {
-    let h = start(engine_config());
+    let h = start(test_config());
     let mut ws = ws_connect(h.local_addr(), "/echo");
     ws.send(Message::Ping(b"are you there".to_vec())).unwrap();
     loop {
@@ -187,7 +187,7 @@ fn ping_gets_pong_with_same_payload_tungstenite() {
 
 #[test]
 fn close_is_echoed_then_tcp_closed_raw() {
-    let h = start(engine_config());
+    let h = start(test_config());
     let mut c = RawClient::connect(h.local_addr(), "/echo");
     c.send_close(1000, "bye");
     let f = c.expect_frame();
@@ -218,7 +218,7 @@ fn close_is_echoed_then_tcp_closed_raw() {
 
 #[test]
 fn close_is_echoed_then_tcp_closed_tungstenite() {
-    let h = start(engine_config());
+    let h = start(test_config());
     let mut ws = ws_connect(h.local_addr(), "/echo");
     ws.close(Some(tungstenite::protocol::CloseFrame {
         code: tungstenite::protocol::frame::coding::CloseCode::Normal,
@@ -235,7 +235,7 @@ fn close_is_echoed_then_tcp_closed_tungstenite() {
 #[test]
 fn data_after_close_is_ignored() {
     // After the client's close, further frames are not answered.
-    let h = start(engine_config());
+    let h = start(test_config());
     let mut c = RawClient::connect(h.local_addr(), "/echo");
     let mut bytes = Vec::new();
     encode_client_frame(true, OpCode::Close, &[0x03, 0xe8], [9, 9, 9, 9], &mut bytes);
@@ -253,7 +253,7 @@ fn data_after_close_is_ignored() {
 
 #[test]
 fn first_frame_in_same_write_as_upgrade_is_processed() {
-    let h = start(engine_config());
+    let h = start(test_config());
     let mut s = TcpStream::connect(h.local_addr()).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut bytes = upgrade_request("/echo", "");
@@ -293,7 +293,7 @@ fn first_frame_in_same_write_as_upgrade_is_processed() {
 
 #[test]
 fn partial_first_frame_in_upgrade_write_completes_later() {
-    let h = start(engine_config());
+    let h = start(test_config());
     let mut c = RawClient::connect_tcp(h.local_addr());
     let mut frame = Vec::new();
     encode_client_frame(
@@ -329,7 +329,7 @@ fn partial_first_frame_in_upgrade_write_completes_later() {
 fn large_fragmented_message_with_pings_is_echoed_whole() {
     // Fragments larger than the server's 64 KiB read buffer, a ping
     // between them, reassembled into one 150 KiB message.
-    let h = start(engine_config());
+    let h = start(test_config());
     let mut c = RawClient::connect(h.local_addr(), "/echo");
     let data = pattern(150_000, 42);
     let parts: Vec<&[u8]> = data.chunks(50_000).collect();
@@ -352,7 +352,7 @@ fn large_fragmented_message_with_pings_is_echoed_whole() {
 
 #[test]
 fn close_sent_with_the_upgrade_request_is_answered() {
-    let h = start(engine_config());
+    let h = start(test_config());
     let mut c = RawClient::connect_tcp(h.local_addr());
     let mut bytes = upgrade_request("/echo", "");
     encode_client_frame(true, OpCode::Close, &[0x03, 0xe8], [3, 1, 4, 1], &mut bytes);
@@ -378,6 +378,157 @@ fn close_sent_with_the_upgrade_request_is_answered() {
     // Close frame with code 1000, then EOF.
     assert_eq!(&got[p..p + 4], &[0x88, 2, 0x03, 0xe8]);
     assert_eq!(got.len(), p + 4);
+    h.shutdown();
+    h.join();
+}
+
+// ----- protocol violations ---------------------------------------------------------
+
+#[test]
+fn unmasked_frame_gets_1002() {
+    let h = start(test_config());
+    let mut c = RawClient::connect(h.local_addr(), "/echo");
+    c.send_raw(&[0x81, 0x02, b'h', b'i']);
+    let reason = expect_failed(&mut c, 1002);
+    assert!(reason.contains("mask"), "{reason}");
+    h.shutdown();
+    h.join();
+}
+
+#[test]
+fn reserved_opcodes_get_1002() {
+    let h = start(test_config());
+    for op in [0x3u8, 0x7, 0xb, 0xf] {
+        let mut c = RawClient::connect(h.local_addr(), "/echo");
+        c.send_raw(&[0x80 | op, 0x80, 1, 2, 3, 4]);
+        let reason = expect_failed(&mut c, 1002);
+        assert!(reason.contains("opcode"), "op {op:#x}: {reason}");
+    }
+    h.shutdown();
+    h.join();
+}
+
+#[test]
+fn reserved_bits_get_1002() {
+    let h = start(test_config());
+    let mut c = RawClient::connect(h.local_addr(), "/echo");
+    // RSV1 set (no extension was negotiated).
+    c.send_raw(&[0xc1, 0x80, 1, 2, 3, 4]);
+    expect_failed(&mut c, 1002);
+    h.shutdown();
+    h.join();
+}
+
+#[test]
+fn invalid_utf8_text_gets_1007() {
+    let h = start(test_config());
+    let mut c = RawClient::connect(h.local_addr(), "/echo");
+    c.send_frame(true, OpCode::Text, &[b'o', b'k', 0xff, 0xfe]);
+    expect_failed(&mut c, 1007);
+    // Invalid across fragments (a truncated sequence at the end).
+    let mut c = RawClient::connect(h.local_addr(), "/echo");
+    c.send_frame(false, OpCode::Text, "€".as_bytes().get(..2).unwrap());
+    c.send_frame(true, OpCode::Continuation, b"x");
+    expect_failed(&mut c, 1007);
+    // Binary messages are not UTF-8 checked.
+    let mut c = RawClient::connect(h.local_addr(), "/echo");
+    c.send_binary(&[0xff, 0xfe]);
+    assert_eq!(c.expect_frame().payload, vec![0xff, 0xfe]);
+    assert_eq!(close_codes_sent(&h, 1007), 2);
+    h.shutdown();
+    h.join();
+}
+
+#[test]
+fn invalid_close_frames_get_1002() {
+    let h = start(test_config());
+    // Codes that must never be on the wire, and a 1-byte close payload.
+    let cases: [&[u8]; 5] = [
+        &[0x03, 0xed], // 1005
+        &[0x03, 0xee], // 1006
+        &[0x03, 0xe7], // 999
+        &[0x13, 0x88], // 5000
+        &[0x03],       // too short
+    ];
+    for payload in cases {
+        let mut c = RawClient::connect(h.local_addr(), "/echo");
+        c.send_frame(true, OpCode::Close, payload);
+        expect_failed(&mut c, 1002);
+    }
+    // A close reason that is not UTF-8.
+    let mut c = RawClient::connect(h.local_addr(), "/echo");
+    c.send_frame(true, OpCode::Close, &[0x03, 0xe8, 0xff]);
+    let (code, _) = c.expect_close(Duration::from_secs(5));
+    assert!(code == 1007 || code == 1002, "{code}");
+    assert!(c.wait_eof(Duration::from_secs(3)));
+    h.shutdown();
+    h.join();
+}
+
+#[test]
+fn control_frame_violations_get_1002() {
+    let h = start(test_config());
+    // Ping with a 126-byte payload (control frames max 125).
+    let mut c = RawClient::connect(h.local_addr(), "/echo");
+    let mut bytes = Vec::new();
+    encode_client_frame(true, OpCode::Ping, &[0; 126], [1, 2, 3, 4], &mut bytes);
+    c.send_raw(&bytes);
+    expect_failed(&mut c, 1002);
+    // Fragmented ping (FIN clear).
+    let mut c = RawClient::connect(h.local_addr(), "/echo");
+    c.send_frame(false, OpCode::Ping, b"x");
+    expect_failed(&mut c, 1002);
+    h.shutdown();
+    h.join();
+}
+
+#[test]
+fn fragmentation_violations_get_1002() {
+    let h = start(test_config());
+    // Continuation with no message started.
+    let mut c = RawClient::connect(h.local_addr(), "/echo");
+    c.send_frame(true, OpCode::Continuation, b"x");
+    expect_failed(&mut c, 1002);
+    // A new data frame while a fragmented message is open.
+    let mut c = RawClient::connect(h.local_addr(), "/echo");
+    c.send_frame(false, OpCode::Text, b"a");
+    c.send_frame(true, OpCode::Text, b"b");
+    expect_failed(&mut c, 1002);
+    h.shutdown();
+    h.join();
+}
+
+#[test]
+fn valid_data_before_a_violation_is_still_echoed() {
+    let h = start(test_config());
+    let mut c = RawClient::connect(h.local_addr(), "/echo");
+    let mut bytes = Vec::new();
+    encode_client_frame(true, OpCode::Text, b"good", [1, 2, 3, 4], &mut bytes);
+    bytes.extend_from_slice(&[0x81, 0x03, b'b', b'a', b'd']); // unmasked
+    c.send_raw(&bytes);
+    let f = c.expect_frame();
+    assert_eq!(
+        (f.opcode, f.payload.as_slice()),
+        (OpCode::Text, &b"good"[..])
+    );
+    expect_failed(&mut c, 1002);
+    h.shutdown();
+    h.join();
+}
+
+#[test]
+fn failing_one_connection_leaves_others_alone() {
+    let h = start(test_config());
+    let mut good = ws_connect(h.local_addr(), "/echo");
+    let mut bad = RawClient::connect(h.local_addr(), "/echo");
+    bad.send_raw(&[0x81, 0x00]);
+    expect_failed(&mut bad, 1002);
+    good.send(tungstenite::Message::Text("fine".into()))
+        .unwrap();
+    assert_eq!(
+        ws_expect_data(&mut good),
+        tungstenite::Message::Text("fine".into())
+    );
     h.shutdown();
     h.join();
 }

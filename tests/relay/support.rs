@@ -1,8 +1,14 @@
-//! Shared helpers for integration tests: an in-process relay on an
-//! ephemeral port and a raw-bytes WebSocket client built on the protocol
-//! core's client mode (independent clients, e.g. tungstenite, are used
-//! directly in the tests).
-#![allow(dead_code)]
+//! The one set of helpers of the `relay` test binary: an in-process relay
+//! on an ephemeral port, a raw-bytes WebSocket client built on the protocol
+//! core's client mode, tungstenite helpers (an independent client), plain
+//! HTTP helpers and a Prometheus exposition parser.
+//!
+//! Timing rule for every test in this binary: no assertion may depend on a
+//! wall-clock window under one second. Waiting for something that should
+//! happen uses a generous bound ([`WAIT`], which only bounds a failure);
+//! a check that something does *not* happen uses [`QUIET`] (1 s) once, via
+//! [`assert_raw_silent`] / [`assert_ws_silent`], or better an ordering
+//! argument (a later message or a pong arrives first).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -13,12 +19,25 @@ use wsrelay::protocol::{
 };
 use wsrelay::server::{self, ServerHandle};
 
-/// A config for tests: ephemeral port, two workers, stats off.
+/// How long a test waits for something that should happen (it only
+/// bounds a failure).
+pub const WAIT: Duration = Duration::from_secs(5);
+
+/// The window of a negative check ("nothing arrives"): 1 s, far longer
+/// than anything in flight takes on loopback.
+pub const QUIET: Duration = Duration::from_secs(1);
+
+/// A config for tests: ephemeral port, two workers, stats off, and short
+/// shutdown (500 ms) and close (2 s) timeouts so that tearing down a relay
+/// whose clients never answer the closing handshake is fast. No test
+/// asserts on these two timeouts (tests about shutdown set their own).
 pub fn test_config() -> Config {
     Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         workers: 2,
         stats_interval: Duration::ZERO,
+        shutdown_timeout: Duration::from_millis(500),
+        close_timeout: Duration::from_secs(2),
         ..Config::default()
     }
 }
@@ -196,6 +215,29 @@ impl RawClient {
         }
     }
 
+    /// A frame already received (in the buffer or the socket), without
+    /// waiting for one: the second half of a negative check, after
+    /// [`QUIET`] has passed. `Read_::Timeout` when there is none.
+    pub fn poll_frame(&mut self) -> Read_ {
+        self.stream.set_nonblocking(true).unwrap();
+        let filled = self.fill();
+        self.stream.set_nonblocking(false).unwrap();
+        match self.read_frame(Duration::ZERO) {
+            Read_::Timeout if filled.is_err() => Read_::Eof,
+            r => r,
+        }
+    }
+
+    /// Sends a close (1000), expects the echoed 1000 and then EOF.
+    pub fn close_gracefully(&mut self) {
+        self.send_close(1000, "");
+        assert_eq!(self.expect_close(WAIT).0, 1000);
+        assert!(
+            self.wait_eof(WAIT),
+            "server closes TCP after the close handshake"
+        );
+    }
+
     /// True once the server has closed TCP (within `timeout`).
     pub fn wait_eof(&mut self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
@@ -257,17 +299,7 @@ pub fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     cond()
 }
 
-// ----- helpers for the engine_* integration tests ----------------------------
-
-/// `test_config()` with short shutdown and close timeouts, so teardown of a
-/// test relay is fast even when clients never answer the closing handshake.
-pub fn engine_config() -> Config {
-    Config {
-        shutdown_timeout: Duration::from_millis(500),
-        close_timeout: Duration::from_secs(2),
-        ..test_config()
-    }
-}
+// ----- tungstenite ------------------------------------------------------------
 
 /// A tungstenite client over a plain blocking `TcpStream`.
 pub type Ws = tungstenite::WebSocket<TcpStream>;
@@ -388,6 +420,30 @@ pub fn on_which_worker<T>(h: &ServerHandle, connect: impl FnOnce() -> T) -> (T, 
         "one upgrade expected: {before:?} -> {after:?}"
     );
     (t, grew[0])
+}
+
+/// Connects tungstenite members to `path` until there are at least
+/// `total` and every worker has at least `per_worker`. Returns each member
+/// with the worker it landed on.
+pub fn spread(h: &ServerHandle, path: &str, total: usize, per_worker: usize) -> Vec<(Ws, usize)> {
+    let addr = h.local_addr();
+    let mut members = Vec::new();
+    let mut counts = vec![0usize; h.workers()];
+    while members.len() < total || counts.iter().any(|&c| c < per_worker) {
+        assert!(
+            members.len() < 200,
+            "connections never reached every worker: {counts:?}"
+        );
+        let (ws, w) = on_which_worker(h, || ws_connect(addr, path));
+        counts[w] += 1;
+        members.push((ws, w));
+    }
+    members
+}
+
+/// A counter summed over every worker.
+pub fn sum(h: &ServerHandle, f: impl Fn(&wsrelay::metrics::WorkerMetrics) -> u64) -> u64 {
+    h.shared().metrics.iter().map(|m| f(m)).sum()
 }
 
 /// Writes `request` on a fresh connection and reads the answer until the
@@ -784,4 +840,157 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// Close frames with `code` the relay sent, over every worker.
+pub fn close_codes_sent(h: &wsrelay::server::ServerHandle, code: u16) -> u64 {
+    h.shared()
+        .metrics
+        .iter()
+        .map(|m| m.close_sent[wsrelay::metrics::close_code_index(code)].get())
+        .sum()
+}
+
+/// Expects a close frame with `code` (skipping data), then EOF.
+#[track_caller]
+pub fn expect_failed(c: &mut RawClient, code: u16) -> String {
+    let (got, reason) = c.expect_close(Duration::from_secs(5));
+    assert_eq!(got, code, "reason: {reason}");
+    assert!(
+        c.wait_eof(Duration::from_secs(3)),
+        "TCP must be closed after a {code} failure"
+    );
+    reason
+}
+
+// ----- negative checks -----------------------------------------------------------
+
+/// Waits [`QUIET`] once, then checks that none of `clients` has received
+/// anything (frame or EOF).
+#[track_caller]
+pub fn assert_raw_silent(clients: &mut [(&str, &mut RawClient)]) {
+    std::thread::sleep(QUIET);
+    for (who, c) in clients.iter_mut() {
+        match c.poll_frame() {
+            Read_::Timeout => {}
+            other => panic!("{who} should receive nothing, got {other:?}"),
+        }
+    }
+}
+
+/// [`assert_raw_silent`] for tungstenite clients.
+#[track_caller]
+pub fn assert_ws_silent(clients: &mut [(&str, &mut Ws)]) {
+    std::thread::sleep(QUIET);
+    for (who, ws) in clients.iter_mut() {
+        // One read: returns what is already there, or times out (100 ms
+        // socket read timeout) with nothing.
+        if let Some(m) = ws_read(ws, Duration::ZERO) {
+            panic!("{who} should receive nothing, got {m:?}");
+        }
+    }
+}
+
+// ----- HTTP requests and refusals ---------------------------------------------------
+
+/// Writes `request` on a fresh connection and returns the response head
+/// (up to and including the blank line), read within [`WAIT`]; the
+/// connection is then dropped. For answers that keep the connection open
+/// (101, keep-alive).
+#[track_caller]
+pub fn response_head(addr: SocketAddr, request: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    s.write_all(request).unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match s.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            other => panic!(
+                "no complete response head ({other:?}) after {:?}",
+                String::from_utf8_lossy(&head)
+            ),
+        }
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+/// A request built from a request line and header lines (each without CRLF).
+pub fn request(line: &str, headers: &[&str]) -> Vec<u8> {
+    let mut s = format!("{line}\r\n");
+    for h in headers {
+        s.push_str(h);
+        s.push_str("\r\n");
+    }
+    s.push_str("\r\n");
+    s.into_bytes()
+}
+
+/// Header value (case-insensitive name) from a response text.
+pub fn header<'a>(response: &'a str, name: &str) -> Option<&'a str> {
+    let head = response.split("\r\n\r\n").next()?;
+    head.lines().skip(1).find_map(|l| {
+        let (n, v) = l.split_once(':')?;
+        n.trim()
+            .eq_ignore_ascii_case(name)
+            .then_some(v.trim_matches([' ', '\r']))
+    })
+}
+
+/// The body of a response text.
+pub fn body(response: &str) -> &str {
+    response.split_once("\r\n\r\n").map_or("", |(_, b)| b)
+}
+
+/// Sends `req`, expects `status` with `body_part` in the body, a correct
+/// Content-Length, `Connection: close`, no `Sec-WebSocket-Accept`, and the
+/// connection closed by the server afterwards. Returns the response.
+#[track_caller]
+pub fn expect_refusal(addr: SocketAddr, req: &[u8], status: u16, body_part: &str) -> String {
+    let (resp, closed) = http_exchange(addr, req, WAIT);
+    assert_eq!(
+        status_of(&resp),
+        status,
+        "request:\n{}\nresponse:\n{resp}",
+        String::from_utf8_lossy(req)
+    );
+    let line = resp.lines().next().unwrap_or("");
+    assert!(line.starts_with(&format!("HTTP/1.1 {status} ")), "{line}");
+    assert!(body(&resp).contains(body_part), "{resp}");
+    assert_eq!(
+        header(&resp, "content-length").and_then(|v| v.parse::<usize>().ok()),
+        Some(body(&resp).len()),
+        "{resp}"
+    );
+    assert_eq!(header(&resp, "connection"), Some("close"), "{resp}");
+    assert!(
+        header(&resp, "sec-websocket-accept").is_none(),
+        "refusal must not accept: {resp}"
+    );
+    assert!(closed, "server must close after a refusal:\n{resp}");
+    resp
+}
+
+/// After `shutdown()`: waits until every worker has begun shutting down,
+/// observed as its listener being gone (connections refused).
+#[track_caller]
+pub fn wait_listeners_closed(addr: SocketAddr) {
+    assert!(
+        eventually(WAIT, || TcpStream::connect(addr).is_err()),
+        "listeners still open after shutdown()"
+    );
+}
+
+/// Polls `/metrics` until `cond` holds (or [`WAIT`] passes) and returns the
+/// last scrape.
+pub fn scrape_until(addr: SocketAddr, mut cond: impl FnMut(&Metrics) -> bool) -> Metrics {
+    let mut last = scrape(addr);
+    if eventually(WAIT, || {
+        last = scrape(addr);
+        cond(&last)
+    }) {
+        return last;
+    }
+    last
 }

@@ -1,19 +1,8 @@
-//! Production surface: admission at the handshake (origins, connection
-//! caps, room caps, room names) over real sockets.
+//! Admission at the handshake over real sockets: origins, the connection,
+//! per-IP and room caps, room names.
 
-mod common;
-use common::*;
-use std::time::Duration;
+use crate::support::*;
 use wsrelay::config::Config;
-
-const WAIT: Duration = Duration::from_secs(5);
-
-fn surface_config() -> Config {
-    Config {
-        shutdown_timeout: Duration::from_millis(500),
-        ..test_config()
-    }
-}
 
 fn rejections(addr: std::net::SocketAddr, reason: &str, status: &str) -> f64 {
     scrape(addr)
@@ -22,12 +11,6 @@ fn rejections(addr: std::net::SocketAddr, reason: &str, status: &str) -> f64 {
             &[("reason", reason), ("status", status)],
         )
         .unwrap()
-}
-
-fn close_gracefully(c: &mut RawClient) {
-    c.send_close(1000, "");
-    assert_eq!(c.expect_close(WAIT).0, 1000);
-    assert!(c.wait_eof(WAIT));
 }
 
 /// Reads the rest of a refused handshake: the server closes after it.
@@ -42,9 +25,16 @@ fn assert_closed_after_refusal(mut s: std::net::TcpStream) {
 fn allowed_origins_gate_upgrades() {
     let h = start(Config {
         allowed_origins: vec!["https://good.example".to_string()],
-        ..surface_config()
+        ..test_config()
     });
     let addr = h.local_addr();
+    // The whole refusal: status, body, Connection: close, then EOF.
+    expect_refusal(
+        addr,
+        &upgrade_request("/echo", "Origin: https://evil.example\r\n"),
+        403,
+        "origin",
+    );
     let refused = [
         "https://evil.example",
         "http://good.example",
@@ -74,7 +64,7 @@ fn allowed_origins_gate_upgrades() {
     let (status, s) = upgrade_status(addr, "/rooms/r", "Origin: https://good.example\r\n");
     assert_eq!(status, 101);
     open.push(s);
-    assert_eq!(rejections(addr, "forbidden_origin", "403"), 6.0);
+    assert_eq!(rejections(addr, "forbidden_origin", "403"), 7.0);
     assert_eq!(scrape(addr).value("wsrelay_connections_open"), 5.0);
     h.shutdown();
     h.join();
@@ -82,7 +72,7 @@ fn allowed_origins_gate_upgrades() {
 
 #[test]
 fn no_allowed_origins_means_any_origin() {
-    let h = start(surface_config());
+    let h = start(test_config());
     let (status, _s) = upgrade_status(h.local_addr(), "/echo", "Origin: https://any.example\r\n");
     assert_eq!(status, 101);
     h.shutdown();
@@ -93,11 +83,12 @@ fn no_allowed_origins_means_any_origin() {
 fn max_connections_per_ip_answers_429_until_one_closes() {
     let h = start(Config {
         max_connections_per_ip: 2,
-        ..surface_config()
+        ..test_config()
     });
     let addr = h.local_addr();
     let mut a = RawClient::connect(addr, "/echo");
     let b = RawClient::connect(addr, "/rooms/r");
+    expect_refusal(addr, &upgrade_request("/echo", ""), 429, "too many");
     for path in ["/echo", "/rooms/r", "/rooms/other"] {
         let (status, s) = upgrade_status(addr, path, "");
         assert_eq!(status, 429, "{path}");
@@ -105,11 +96,11 @@ fn max_connections_per_ip_answers_429_until_one_closes() {
     }
     // Plain HTTP is not a WebSocket connection: not capped.
     assert_eq!(http_get(addr, "/healthz").status, 200);
-    assert_eq!(rejections(addr, "too_many_per_ip", "429"), 3.0);
+    assert_eq!(rejections(addr, "too_many_per_ip", "429"), 4.0);
     // The refused attempt did not create the room it asked for.
     assert_eq!(scrape(addr).value("wsrelay_rooms_open"), 1.0);
 
-    close_gracefully(&mut a);
+    a.close_gracefully();
     let mut c = None;
     assert!(
         eventually(WAIT, || {
@@ -138,25 +129,14 @@ fn max_connections_per_ip_answers_429_until_one_closes() {
 fn max_connections_answers_503() {
     let h = start(Config {
         max_connections: 3,
-        ..surface_config()
+        ..test_config()
     });
     let addr = h.local_addr();
     let mut a = RawClient::connect(addr, "/echo");
     let _b = RawClient::connect(addr, "/rooms/r");
     let _c = RawClient::connect(addr, "/echo");
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    {
-        use std::io::Write;
-        s.write_all(&upgrade_request("/echo", "")).unwrap();
-    }
-    s.set_read_timeout(Some(WAIT)).unwrap();
-    let mut resp = String::new();
-    {
-        use std::io::Read;
-        let _ = s.read_to_string(&mut resp);
-    }
-    assert_eq!(status_of(&resp), 503, "{resp}");
-    assert!(resp.contains("Retry-After:"), "{resp}");
+    let resp = expect_refusal(addr, &upgrade_request("/echo", ""), 503, "unavailable");
+    assert_eq!(header(&resp, "retry-after"), Some("5"), "{resp}");
     assert_eq!(upgrade_status(addr, "/rooms/q", "").0, 503);
     // HTTP endpoints keep working at the cap.
     assert_eq!(http_get(addr, "/healthz").status, 200);
@@ -169,7 +149,7 @@ fn max_connections_answers_503() {
         ),
         Some(2.0)
     );
-    close_gracefully(&mut a);
+    a.close_gracefully();
     assert!(eventually(WAIT, || upgrade_status(addr, "/echo", "").0 == 101));
     h.shutdown();
     h.join();
@@ -179,16 +159,14 @@ fn max_connections_answers_503() {
 fn max_rooms_caps_distinct_rooms_until_one_empties() {
     let h = start(Config {
         max_rooms: 2,
-        ..surface_config()
+        ..test_config()
     });
     let addr = h.local_addr();
     // Room "a" on both workers, room "b" on both workers.
     let a = connect_on_every_worker(&h, "/rooms/a", 1);
     let b = connect_on_every_worker(&h, "/rooms/b", 1);
     let open = a.len() + b.len();
-    let (status, s) = upgrade_status(addr, "/rooms/c", "");
-    assert_eq!(status, 503);
-    assert_closed_after_refusal(s);
+    expect_refusal(addr, &upgrade_request("/rooms/c", ""), 503, "unavailable");
     // Existing rooms can still be joined, from either worker.
     let mut more_a = connect_on_every_worker(&h, "/rooms/a", 1);
     let m = scrape(addr);
@@ -204,7 +182,7 @@ fn max_rooms_caps_distinct_rooms_until_one_empties() {
     // Room "b" loses its members on one worker: it still exists.
     let (b_first, b_rest): (Vec<_>, Vec<_>) = b.into_iter().partition(|(w, _)| *w == 0);
     for (_, mut c) in b_first {
-        close_gracefully(&mut c);
+        c.close_gracefully();
     }
     let expected = (a.len() + b_rest.len() + more_a.len() + 1) as f64;
     assert!(eventually(WAIT, || {
@@ -214,7 +192,7 @@ fn max_rooms_caps_distinct_rooms_until_one_empties() {
     assert_eq!(upgrade_status(addr, "/rooms/c", "").0, 503);
     // ... and once the last one leaves, a new room fits.
     for (_, mut c) in b_rest {
-        close_gracefully(&mut c);
+        c.close_gracefully();
     }
     let mut c_member = None;
     assert!(eventually(WAIT, || {
@@ -227,7 +205,7 @@ fn max_rooms_caps_distinct_rooms_until_one_empties() {
     assert_eq!(scrape(addr).value("wsrelay_rooms_open"), 2.0);
     assert_eq!(upgrade_status(addr, "/rooms/b", "").0, 503);
     for (_, c) in more_a.iter_mut() {
-        close_gracefully(c);
+        c.close_gracefully();
     }
     drop(a);
     h.shutdown();
@@ -239,7 +217,7 @@ fn max_room_name_bytes_limits_room_names() {
     let h = start(Config {
         max_room_name_bytes: 8,
         publish_token: "t".to_string(),
-        ..surface_config()
+        ..test_config()
     });
     let addr = h.local_addr();
     let (status, s) = upgrade_status(addr, "/rooms/abcdefghi", "");
@@ -270,12 +248,130 @@ fn max_room_name_bytes_limits_room_names() {
 fn bad_room_name_message_states_the_configured_limit() {
     let h = start(Config {
         max_room_name_bytes: 8,
-        ..surface_config()
+        ..test_config()
     });
     let addr = h.local_addr();
     let resp = http_raw(addr, &upgrade_request("/rooms/abcdefghi", ""));
     assert_eq!(status_of(&resp), 400);
     assert!(resp.contains("1-8 bytes"), "{resp}");
+    h.shutdown();
+    h.join();
+}
+
+// ----- connections that never upgrade ---------------------------------------------
+
+/// Opens two TCP connections that never upgrade (one silent, one with a
+/// partial request head), then a third silent one, and returns what the
+/// relay sent on the third and whether it closed it within [`WAIT`]
+/// (the handshake timeout is 60 s, so only admission can close it).
+fn third_never_upgrading_connection(h: &wsrelay::server::ServerHandle) -> (String, bool) {
+    use std::io::{Read, Write};
+    let addr = h.local_addr();
+    let _silent = std::net::TcpStream::connect(addr).unwrap();
+    let mut partial = std::net::TcpStream::connect(addr).unwrap();
+    partial
+        .write_all(b"GET /echo HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    assert!(eventually(WAIT, || h.totals().connections_accepted >= 2));
+    let mut third = std::net::TcpStream::connect(addr).unwrap();
+    third.set_read_timeout(Some(WAIT)).unwrap();
+    let mut out = Vec::new();
+    let closed = match third.read_to_end(&mut out) {
+        Ok(_) => true,
+        Err(e) => !matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+    };
+    (String::from_utf8_lossy(&out).into_owned(), closed)
+}
+
+/// Finding 4: connections that never upgrade count against
+/// `max_connections_per_ip`. With a cap of 2 and two never-upgrading
+/// connections open, a third TCP connection from 127.0.0.1 is closed at
+/// once. Observable: EOF (or reset) without a request being sent, within
+/// 5 s (far below the 60 s handshake timeout), optionally after an HTTP
+/// 429 answer.
+#[test]
+#[ignore = "engine v2: fails on 5ced42d, fixed by the engine restructure"]
+fn never_upgrading_connections_count_against_max_connections_per_ip() {
+    let h = start(Config {
+        max_connections_per_ip: 2,
+        handshake_timeout: std::time::Duration::from_secs(60),
+        ..test_config()
+    });
+    let (got, closed) = third_never_upgrading_connection(&h);
+    assert!(
+        closed,
+        "a third never-upgrading connection from 127.0.0.1 is still open after 5 s \
+         with max_connections_per_ip = 2"
+    );
+    assert!(got.is_empty() || status_of(&got) == 429, "{got}");
+    h.shutdown();
+    h.join();
+}
+
+/// Finding 4, for `max_connections`: with a cap of 2 and two
+/// never-upgrading connections open, a third TCP connection is closed at
+/// once (EOF within 5 s, optionally after an HTTP 503 answer).
+#[test]
+#[ignore = "engine v2: fails on 5ced42d, fixed by the engine restructure"]
+fn never_upgrading_connections_count_against_max_connections() {
+    let h = start(Config {
+        max_connections: 2,
+        handshake_timeout: std::time::Duration::from_secs(60),
+        ..test_config()
+    });
+    let (got, closed) = third_never_upgrading_connection(&h);
+    assert!(
+        closed,
+        "a third never-upgrading connection is still open after 5 s with max_connections = 2"
+    );
+    assert!(got.is_empty() || status_of(&got) == 503, "{got}");
+    h.shutdown();
+    h.join();
+}
+
+/// An IPv4-mapped IPv6 client (an IPv6 socket connecting to
+/// `::ffff:127.0.0.1` on a dual-stack listener bound to `[::]`) counts as
+/// 127.0.0.1 for `max_connections_per_ip`. Skipped (passes, with a note
+/// on stderr) where the environment has no dual-stack IPv6 loopback.
+#[test]
+fn ipv4_mapped_ipv6_clients_count_as_their_ipv4_address() {
+    let h = match wsrelay::server::start(Config {
+        listen: "[::]:0".parse().unwrap(),
+        max_connections_per_ip: 1,
+        ..test_config()
+    }) {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("skipped: cannot listen on [::]: {e}");
+            return;
+        }
+    };
+    let port = h.local_addr().port();
+    let v4: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mapped: std::net::SocketAddr = format!("[::ffff:127.0.0.1]:{port}").parse().unwrap();
+    if std::net::TcpStream::connect(v4).is_err() || std::net::TcpStream::connect(mapped).is_err() {
+        eprintln!("skipped: no dual-stack loopback (IPV6_V6ONLY?)");
+        h.shutdown();
+        h.join();
+        return;
+    }
+    // Both ways round: the IPv4 client first, then the mapped one; then
+    // the mapped one first.
+    let (status, a) = upgrade_status(v4, "/echo", "");
+    assert_eq!(status, 101);
+    assert_eq!(upgrade_status(mapped, "/echo", "").0, 429);
+    drop(a);
+    let mut b = None;
+    assert!(eventually(WAIT, || {
+        let (status, s) = upgrade_status(mapped, "/echo", "");
+        b = Some(s);
+        status == 101
+    }));
+    assert_eq!(upgrade_status(v4, "/echo", "").0, 429);
+    drop(b);
     h.shutdown();
     h.join();
 }

@@ -1,44 +1,13 @@
-//! Production surface: `/healthz` and `/metrics` over real sockets.
+//! `/healthz` and `/metrics` over real sockets. (`/healthz` during
+//! shutdown: `lifecycle`.)
 
-mod common;
-use common::*;
-use std::time::Duration;
+use crate::support::*;
 use wsrelay::config::Config;
 use wsrelay::protocol::OpCode;
 
-fn surface_config() -> Config {
-    Config {
-        shutdown_timeout: Duration::from_millis(500),
-        ..test_config()
-    }
-}
-
-const WAIT: Duration = Duration::from_secs(5);
-
-/// Polls `/metrics` until `cond` holds (or 5 s pass) and returns the last scrape.
-fn scrape_until(addr: std::net::SocketAddr, mut cond: impl FnMut(&Metrics) -> bool) -> Metrics {
-    let mut last = scrape(addr);
-    if eventually(WAIT, || {
-        last = scrape(addr);
-        cond(&last)
-    }) {
-        return last;
-    }
-    last
-}
-
-fn close_gracefully(c: &mut RawClient) {
-    c.send_close(1000, "");
-    assert_eq!(c.expect_close(WAIT).0, 1000);
-    assert!(
-        c.wait_eof(WAIT),
-        "server closes TCP after the close handshake"
-    );
-}
-
 #[test]
 fn healthz_ok_while_accepting_on_keep_alive_connection() {
-    let h = start(surface_config());
+    let h = start(test_config());
     let mut conn = HttpConn::connect(h.local_addr());
     for _ in 0..3 {
         let r = conn.request(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
@@ -52,70 +21,11 @@ fn healthz_ok_while_accepting_on_keep_alive_connection() {
     h.join();
 }
 
-/// The scenario of the issue: a keep-alive connection opened while
-/// accepting asks `/healthz` again once shutdown has begun, while
-/// WebSockets are still draining.
-#[test]
-fn healthz_503_on_idle_keep_alive_connection_after_shutdown() {
-    let h = start(Config {
-        shutdown_timeout: Duration::from_secs(2),
-        ..test_config()
-    });
-    let mut conn = HttpConn::connect(h.local_addr());
-    let r = conn.request(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
-    assert_eq!(r.status, 200);
-    // A WebSocket that does not answer the 1001 keeps the relay draining
-    // (shutdown ends early once only idle HTTP connections remain).
-    let _draining = RawClient::connect(h.local_addr(), "/echo");
-    h.shutdown();
-    // Let the worker see the flag before the next request arrives.
-    std::thread::sleep(Duration::from_millis(200));
-    conn.send(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
-    let r = conn
-        .read_response(WAIT)
-        .expect("a 503 answer on the open keep-alive connection, not a closed socket");
-    assert_eq!(r.status, 503);
-    assert_eq!(r.header("connection"), Some("close"));
-    h.join();
-}
-
-/// A request already (partly) received when shutdown begins is answered:
-/// `/healthz` with 503, `/metrics` showing `wsrelay_accepting 0`.
-#[test]
-fn healthz_503_and_accepting_0_for_requests_in_flight_at_shutdown() {
-    let h = start(Config {
-        shutdown_timeout: Duration::from_secs(3),
-        ..test_config()
-    });
-    let addr = h.local_addr();
-    let mut health = HttpConn::connect(addr);
-    let r = health.request(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
-    assert_eq!(r.status, 200);
-    health.send(b"GET /healthz HTTP/1.1\r\n");
-    let mut metrics = HttpConn::connect(addr);
-    metrics.send(b"GET /metrics HTTP/1.1\r\n");
-    std::thread::sleep(Duration::from_millis(150));
-    h.shutdown();
-    std::thread::sleep(Duration::from_millis(200));
-    health.send(b"Host: x\r\n\r\n");
-    let r = health.read_response(WAIT).expect("an answer");
-    assert_eq!(r.status, 503, "{}", r.text());
-    assert_eq!(r.header("connection"), Some("close"));
-    assert!(health.wait_closed(WAIT));
-
-    metrics.send(b"Host: x\r\n\r\n");
-    let r = metrics.read_response(WAIT).expect("an answer");
-    assert_eq!(r.status, 200);
-    let m = Metrics::parse(&r.text()).unwrap();
-    assert_eq!(m.value("wsrelay_accepting"), 0.0);
-    h.join();
-}
-
 #[test]
 fn metrics_exposition_format_and_families() {
     let h = start(Config {
         workers: 3,
-        ..surface_config()
+        ..test_config()
     });
     let r = http_get(h.local_addr(), "/metrics");
     assert_eq!(r.status, 200);
@@ -201,7 +111,7 @@ fn metrics_exposition_format_and_families() {
 
 #[test]
 fn metrics_count_echo_traffic_and_open_connections() {
-    let h = start(surface_config());
+    let h = start(test_config());
     let addr = h.local_addr();
     let mut a = RawClient::connect(addr, "/echo");
     let mut b = RawClient::connect(addr, "/echo");
@@ -234,7 +144,7 @@ fn metrics_count_echo_traffic_and_open_connections() {
     assert_eq!(m.value("wsrelay_fanout_deliveries_total"), 0.0);
     assert_eq!(m.value("wsrelay_rooms_open"), 0.0);
 
-    close_gracefully(&mut c);
+    c.close_gracefully();
     let m = scrape_until(addr, |m| m.value("wsrelay_connections_open") == 2.0);
     assert_eq!(m.value("wsrelay_connections_open"), 2.0);
     // An abrupt TCP close also leaves the gauge.
@@ -249,7 +159,7 @@ fn metrics_count_echo_traffic_and_open_connections() {
 
 #[test]
 fn metrics_count_handshake_rejections_by_reason() {
-    let h = start(surface_config());
+    let h = start(test_config());
     let addr = h.local_addr();
     // Three 404s: a plain request, an upgrade to an unknown path, and one
     // under /echo/.
@@ -263,6 +173,13 @@ fn metrics_count_handshake_rejections_by_reason() {
     // Bad role and bad room name: 400.
     assert_eq!(upgrade_status(addr, "/rooms/r?role=admin", "").0, 400);
     assert_eq!(upgrade_status(addr, "/rooms/a%20b", "").0, 400);
+    // An unsupported WebSocket version: 426.
+    expect_refusal(
+        addr,
+        b"GET /echo HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 8\r\n\r\n",
+        426,
+        "Sec-WebSocket-Version",
+    );
 
     let m = scrape(addr);
     let rej = |reason: &str, status: &str| {
@@ -276,14 +193,16 @@ fn metrics_count_handshake_rejections_by_reason() {
     assert_eq!(rej("upgrade_required", "426"), 1.0);
     assert_eq!(rej("bad_role", "400"), 1.0);
     assert_eq!(rej("bad_room_name", "400"), 1.0);
+    assert_eq!(rej("unsupported_version", "426"), 1.0);
     assert_eq!(rej("forbidden_origin", "403"), 0.0);
+    assert_eq!(rej("bad_key", "400"), 0.0);
     let total: f64 = m
         .samples
         .iter()
         .filter(|s| s.name == "wsrelay_handshake_rejections_total")
         .map(|s| s.value)
         .sum();
-    assert_eq!(total, 6.0);
+    assert_eq!(total, 7.0);
     // Every rejection sample carries both labels.
     for s in m
         .samples
@@ -299,11 +218,11 @@ fn metrics_count_handshake_rejections_by_reason() {
 
 #[test]
 fn metrics_count_close_codes_sent_and_received() {
-    let h = start(surface_config());
+    let h = start(test_config());
     let addr = h.local_addr();
     // Normal closure initiated by the client: received 1000, echoed 1000.
     let mut a = RawClient::connect(addr, "/echo");
-    close_gracefully(&mut a);
+    a.close_gracefully();
     // Protocol error (unmasked client frame): the relay sends 1002.
     let mut b = RawClient::connect(addr, "/echo");
     b.send_raw(&[0x81, 0x02, b'h', b'i']);
@@ -347,7 +266,7 @@ fn metrics_count_close_codes_sent_and_received() {
 
 #[test]
 fn metrics_rooms_open_and_fanout_deliveries() {
-    let h = start(surface_config());
+    let h = start(test_config());
     let addr = h.local_addr();
     // Members of "fan" on both workers, so fan-out crosses workers.
     let mut members = connect_on_every_worker(&h, "/rooms/fan", 2);
@@ -367,14 +286,10 @@ fn metrics_rooms_open_and_fanout_deliveries() {
         );
     }
     // No echo to the publisher (echo_self = false), nothing to other rooms.
-    assert!(matches!(
-        members[0].1.read_frame(Duration::from_millis(300)),
-        Read_::Timeout
-    ));
-    assert!(matches!(
-        other.read_frame(Duration::from_millis(100)),
-        Read_::Timeout
-    ));
+    assert_raw_silent(&mut [
+        ("the publisher", &mut members[0].1),
+        ("a member of another room", &mut other),
+    ]);
     let m = scrape_until(addr, |m| {
         m.value("wsrelay_fanout_deliveries_total") == k as f64
     });
@@ -384,11 +299,11 @@ fn metrics_rooms_open_and_fanout_deliveries() {
     // The publisher's worker hands the message to the one other worker.
     assert_eq!(m.value("wsrelay_fanout_remote_total"), 1.0);
 
-    close_gracefully(&mut other);
+    other.close_gracefully();
     let m = scrape_until(addr, |m| m.value("wsrelay_rooms_open") == 1.0);
     assert_eq!(m.value("wsrelay_rooms_open"), 1.0);
     for (_, mut c) in members {
-        close_gracefully(&mut c);
+        c.close_gracefully();
     }
     let m = scrape_until(addr, |m| m.value("wsrelay_rooms_open") == 0.0);
     assert_eq!(m.value("wsrelay_rooms_open"), 0.0);
@@ -398,57 +313,10 @@ fn metrics_rooms_open_and_fanout_deliveries() {
 }
 
 #[test]
-fn metrics_count_ping_timeouts() {
-    let h = start(Config {
-        ping_interval: Duration::from_millis(200),
-        pong_timeout: Duration::from_millis(300),
-        ..surface_config()
-    });
-    let addr = h.local_addr();
-    let mut silent = RawClient::connect(addr, "/echo");
-    let mut polite = RawClient::connect(addr, "/echo");
-    // Answer every ping on `polite` for 1.5 s; `silent` answers none.
-    let until = std::time::Instant::now() + Duration::from_millis(1500);
-    let mut pings = 0;
-    while std::time::Instant::now() < until {
-        if let Read_::Frame(f) = polite.read_frame(Duration::from_millis(50)) {
-            assert_eq!(f.opcode, OpCode::Ping);
-            pings += 1;
-            polite.send_frame(true, OpCode::Pong, &f.payload);
-        }
-    }
-    assert!(pings >= 2, "pings answered: {pings}");
-    // The silent client got a ping and then lost its connection.
-    let mut saw_ping = false;
-    let closed = loop {
-        match silent.read_frame(WAIT) {
-            Read_::Frame(f) => saw_ping |= f.opcode == OpCode::Ping,
-            Read_::Eof => break true,
-            Read_::Timeout => break false,
-        }
-    };
-    assert!(saw_ping && closed);
-    let m = scrape_until(addr, |m| m.value("wsrelay_ping_timeouts_total") >= 1.0);
-    assert_eq!(m.value("wsrelay_ping_timeouts_total"), 1.0);
-    assert_eq!(m.value("wsrelay_connections_open"), 1.0);
-    // The polite client is still served.
-    polite.send_text("still here");
-    let f = loop {
-        let f = polite.expect_frame();
-        if f.opcode != OpCode::Ping {
-            break f;
-        }
-    };
-    assert_eq!(f.payload, b"still here");
-    h.shutdown();
-    h.join();
-}
-
-#[test]
 fn metrics_disabled_answers_404() {
     let h = start(Config {
         metrics: false,
-        ..surface_config()
+        ..test_config()
     });
     let addr = h.local_addr();
     let r = http_get(addr, "/metrics");

@@ -1,9 +1,9 @@
-//! Timers and lifetimes: heartbeats, the handshake deadline, keep-alive
-//! idling, graceful shutdown in-process and of the real binary (SIGTERM),
-//! and the binary's start-up errors.
+//! Lifetimes: graceful shutdown in-process and of the real binary
+//! (SIGTERM), the binary's start-up (errors, allocator re-exec).
+//! (Heartbeats, the handshake deadline, keep-alive idling and the close
+//! timeout moved to virtual-clock tests of the sans-IO session: MOVED.md.)
 
-mod common;
-use common::*;
+use crate::support::*;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -12,20 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use tungstenite::Message;
 use wsrelay::config::Config;
-use wsrelay::protocol::OpCode;
 use wsrelay::server::ServerHandle;
-
-fn heartbeat_config() -> Config {
-    Config {
-        ping_interval: Duration::from_millis(200),
-        pong_timeout: Duration::from_millis(200),
-        ..engine_config()
-    }
-}
-
-fn ping_timeouts(h: &ServerHandle) -> u64 {
-    h.totals().ping_timeouts
-}
 
 /// `join()` in a thread; true if it returned within `timeout`.
 fn join_within(h: ServerHandle, timeout: Duration) -> bool {
@@ -37,165 +24,6 @@ fn join_within(h: ServerHandle, timeout: Duration) -> bool {
     rx.recv_timeout(timeout).is_ok()
 }
 
-// ----- heartbeats ------------------------------------------------------------
-
-#[test]
-fn unanswered_ping_closes_the_connection() {
-    let h = start(heartbeat_config());
-    let mut c = RawClient::connect(h.local_addr(), "/echo");
-    let f = match c.read_frame(Duration::from_secs(3)) {
-        Read_::Frame(f) => f,
-        other => panic!("expected a ping, got {other:?}"),
-    };
-    assert_eq!(f.opcode, OpCode::Ping);
-    assert!(f.payload.len() <= 125);
-    // Never answered: dropped within pong_timeout (plus slack).
-    assert!(
-        c.wait_eof(Duration::from_secs(3)),
-        "connection must be closed after an unanswered ping"
-    );
-    assert!(eventually(Duration::from_secs(2), || ping_timeouts(&h) >= 1));
-    assert!(eventually(Duration::from_secs(2), || h
-        .totals()
-        .connections_open
-        == 0));
-    h.shutdown();
-    h.join();
-}
-
-#[test]
-fn tungstenite_client_answers_pings_and_stays_open() {
-    let h = start(heartbeat_config());
-    let mut ws = ws_connect(h.local_addr(), "/echo");
-    // Read (tungstenite answers each ping while reading) for several
-    // ping intervals and pong timeouts.
-    let mut pings = 0;
-    let until = Instant::now() + Duration::from_millis(1200);
-    while Instant::now() < until {
-        match ws_read(&mut ws, Duration::from_millis(100)) {
-            Some(Message::Ping(_)) => pings += 1,
-            Some(other) => panic!("unexpected {other:?}"),
-            None => {}
-        }
-    }
-    assert!(pings >= 2, "expected repeated pings, got {pings}");
-    ws.send(Message::Text("still open".into())).unwrap();
-    assert_eq!(ws_expect_data(&mut ws), Message::Text("still open".into()));
-    assert_eq!(ping_timeouts(&h), 0);
-    h.shutdown();
-    h.join();
-}
-
-#[test]
-fn raw_client_answering_pongs_stays_open() {
-    let h = start(heartbeat_config());
-    let mut c = RawClient::connect(h.local_addr(), "/rooms/hb");
-    let mut pings = 0;
-    let until = Instant::now() + Duration::from_millis(1500);
-    while Instant::now() < until {
-        match c.read_frame(Duration::from_millis(100)) {
-            Read_::Frame(f) if f.opcode == OpCode::Ping => {
-                pings += 1;
-                c.send_frame(true, OpCode::Pong, &f.payload);
-            }
-            Read_::Frame(f) => panic!("unexpected {f:?}"),
-            Read_::Eof => panic!("closed although every ping was answered"),
-            Read_::Timeout => {}
-        }
-    }
-    assert!(pings >= 2, "{pings}");
-    assert_eq!(ping_timeouts(&h), 0);
-    assert_eq!(h.totals().connections_open, 1);
-    h.shutdown();
-    h.join();
-}
-
-#[test]
-fn heartbeats_off_leave_idle_connections_alone() {
-    let h = start(Config {
-        ping_interval: Duration::ZERO,
-        handshake_timeout: Duration::from_millis(200),
-        ..engine_config()
-    });
-    let mut c = RawClient::connect(h.local_addr(), "/echo");
-    // Idle well past the handshake deadline: no ping, no close.
-    match c.read_frame(Duration::from_millis(800)) {
-        Read_::Timeout => {}
-        other => panic!("idle connection got {other:?}"),
-    }
-    c.send_text("x");
-    assert_eq!(c.expect_frame().payload, b"x");
-    h.shutdown();
-    h.join();
-}
-
-// ----- handshake deadline ------------------------------------------------------
-
-#[test]
-fn partial_request_head_is_dropped_at_the_handshake_deadline() {
-    let h = start(Config {
-        handshake_timeout: Duration::from_millis(300),
-        ..engine_config()
-    });
-    let t = Instant::now();
-    let mut c = RawClient::connect_tcp(h.local_addr());
-    c.send_raw(b"GET /echo HTTP/1.1\r\nHost: localhost\r\nUpgr");
-    assert!(c.wait_eof(Duration::from_secs(3)), "not disconnected");
-    // Not before the deadline (timer granularity is 10 ms).
-    assert!(
-        t.elapsed() >= Duration::from_millis(250),
-        "{:?}",
-        t.elapsed()
-    );
-    // A connection that sends nothing at all is dropped the same way.
-    let mut c = RawClient::connect_tcp(h.local_addr());
-    assert!(c.wait_eof(Duration::from_secs(3)));
-    // Trickling bytes does not extend the deadline.
-    let t = Instant::now();
-    let mut c = RawClient::connect_tcp(h.local_addr());
-    let mut closed = false;
-    for b in b"GET /echo HTTP/1.1\r\nHost: localhost\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa" {
-        c.send_raw(&[*b]);
-        if let Read_::Eof = c.read_frame(Duration::from_millis(30)) {
-            closed = true;
-            break;
-        }
-    }
-    assert!(
-        closed || c.wait_eof(Duration::from_secs(3)),
-        "trickled head kept the connection open"
-    );
-    assert!(t.elapsed() < Duration::from_secs(3));
-    h.shutdown();
-    h.join();
-}
-
-#[test]
-fn idle_keep_alive_http_connection_is_closed() {
-    let h = start(Config {
-        handshake_timeout: Duration::from_millis(300),
-        ..engine_config()
-    });
-    let mut s = TcpStream::connect(h.local_addr()).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-        .unwrap();
-    let mut buf = Vec::new();
-    let mut tmp = [0u8; 1024];
-    // The answer, then EOF once the connection idled past the deadline.
-    loop {
-        match s.read(&mut tmp) {
-            Ok(0) => break,
-            Ok(n) => buf.extend_from_slice(&tmp[..n]),
-            Err(e) => panic!("no EOF on an idle keep-alive connection: {e}"),
-        }
-    }
-    let text = String::from_utf8_lossy(&buf);
-    assert!(text.starts_with("HTTP/1.1 200 "), "{text}");
-    h.shutdown();
-    h.join();
-}
-
 // ----- graceful shutdown (in-process) -------------------------------------------
 
 #[test]
@@ -204,7 +32,7 @@ fn shutdown_closes_every_connection_with_1001_and_exits_once_answered() {
         // Long: join() must return because everyone answered, not because
         // the timeout passed.
         shutdown_timeout: Duration::from_secs(30),
-        ..engine_config()
+        ..test_config()
     });
     let addr = h.local_addr();
     let mut ws_echo = ws_connect(addr, "/echo");
@@ -258,8 +86,8 @@ fn shutdown_closes_every_connection_with_1001_and_exits_once_answered() {
 #[test]
 fn shutdown_gives_up_on_silent_clients_after_shutdown_timeout() {
     let h = start(Config {
-        shutdown_timeout: Duration::from_millis(500),
-        ..engine_config()
+        shutdown_timeout: Duration::from_secs(1),
+        ..test_config()
     });
     let mut c = RawClient::connect(h.local_addr(), "/echo");
     let mut w = ws_connect(h.local_addr(), "/rooms/x");
@@ -276,10 +104,99 @@ fn shutdown_gives_up_on_silent_clients_after_shutdown_timeout() {
 fn shutdown_with_no_connections_is_immediate() {
     let h = start(Config {
         shutdown_timeout: Duration::from_secs(30),
-        ..engine_config()
+        ..test_config()
     });
     h.shutdown();
     assert!(join_within(h, Duration::from_secs(10)));
+}
+
+#[test]
+fn upgrade_completed_during_shutdown_is_refused() {
+    // A client in the middle of its request head when shutdown begins
+    // gets 503 (or the connection closed), never a 101.
+    let h = start(Config {
+        shutdown_timeout: Duration::from_secs(2),
+        ..test_config()
+    });
+    let mut s = TcpStream::connect(h.local_addr()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let req = upgrade_request("/echo", "");
+    s.write_all(&req[..20]).unwrap();
+    // The relay has the connection (it reads the first part whenever it
+    // gets to it; idle or not, the connection survives the start of the
+    // shutdown).
+    assert!(eventually(WAIT, || h.totals().connections_accepted == 1));
+    h.shutdown();
+    // Every worker has seen the shutdown once its listener is gone.
+    wait_listeners_closed(h.local_addr());
+    let _ = s.write_all(&req[20..]);
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.is_empty() || status_of(&text) == 503, "got: {text}");
+    h.join();
+}
+
+/// The scenario of the issue: a keep-alive connection opened while
+/// accepting asks `/healthz` again once shutdown has begun, while
+/// WebSockets are still draining.
+#[test]
+fn healthz_503_on_idle_keep_alive_connection_after_shutdown() {
+    let h = start(Config {
+        shutdown_timeout: Duration::from_secs(2),
+        ..test_config()
+    });
+    let mut conn = HttpConn::connect(h.local_addr());
+    let r = conn.request(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(r.status, 200);
+    // A WebSocket that does not answer the 1001 keeps the relay draining
+    // (shutdown ends early once only idle HTTP connections remain).
+    let _draining = RawClient::connect(h.local_addr(), "/echo");
+    h.shutdown();
+    // Every worker has seen the flag once its listener is gone.
+    wait_listeners_closed(h.local_addr());
+    conn.send(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    let r = conn
+        .read_response(WAIT)
+        .expect("a 503 answer on the open keep-alive connection, not a closed socket");
+    assert_eq!(r.status, 503);
+    assert_eq!(r.header("connection"), Some("close"));
+    h.join();
+}
+
+/// A request already (partly) received when shutdown begins is answered:
+/// `/healthz` with 503, `/metrics` showing `wsrelay_accepting 0`.
+#[test]
+fn healthz_503_and_accepting_0_for_requests_in_flight_at_shutdown() {
+    let h = start(Config {
+        shutdown_timeout: Duration::from_secs(3),
+        ..test_config()
+    });
+    let addr = h.local_addr();
+    let mut health = HttpConn::connect(addr);
+    let r = health.request(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(r.status, 200);
+    health.send(b"GET /healthz HTTP/1.1\r\n");
+    let mut metrics = HttpConn::connect(addr);
+    metrics.send(b"GET /metrics HTTP/1.1\r\n");
+    // Both connections are the relay's (whether it read the partial heads
+    // before or after the flag, the connections survive the start of the
+    // shutdown and the heads are completed afterwards).
+    assert!(eventually(WAIT, || h.totals().connections_accepted == 2));
+    h.shutdown();
+    wait_listeners_closed(addr);
+    health.send(b"Host: x\r\n\r\n");
+    let r = health.read_response(WAIT).expect("an answer");
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.header("connection"), Some("close"));
+    assert!(health.wait_closed(WAIT));
+
+    metrics.send(b"Host: x\r\n\r\n");
+    let r = metrics.read_response(WAIT).expect("an answer");
+    assert_eq!(r.status, 200);
+    let m = Metrics::parse(&r.text()).unwrap();
+    assert_eq!(m.value("wsrelay_accepting"), 0.0);
+    h.join();
 }
 
 // ----- the real binary ------------------------------------------------------------
@@ -322,10 +239,21 @@ fn stderr_of(child: &mut Child) -> String {
 
 /// Waits until `addr` answers /healthz with 200.
 fn wait_ready(child: &mut Child, addr: SocketAddr) {
+    if let Err(e) = try_ready(child, addr) {
+        panic!("{e}");
+    }
+}
+
+/// Waits until `addr` answers /healthz with 200; `Err` with the exit
+/// status and stderr if the child exits first.
+fn try_ready(child: &mut Child, addr: SocketAddr) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         if let Some(status) = child.try_wait().unwrap() {
-            panic!("wsrelay exited early ({status}): {}", stderr_of(child));
+            return Err(format!(
+                "wsrelay exited early ({status}): {}",
+                stderr_of(child)
+            ));
         }
         if TcpStream::connect(addr).is_ok() {
             let (resp, _) = http_exchange(
@@ -334,7 +262,7 @@ fn wait_ready(child: &mut Child, addr: SocketAddr) {
                 Duration::from_secs(3),
             );
             if status_of(&resp) == 200 {
-                return;
+                return Ok(());
             }
         }
         assert!(Instant::now() < deadline, "wsrelay never became ready");
@@ -382,16 +310,11 @@ fn spawn_relay_env(env: &[(&str, Option<&str>)], extra: &[&str]) -> (Child, Sock
         }
         let mut child = cmd.spawn().unwrap();
         let addr: SocketAddr = listen.parse().unwrap();
-        std::thread::sleep(Duration::from_millis(20));
-        if let Some(status) = child.try_wait().unwrap() {
-            let err = stderr_of(&mut child);
-            if err.contains("cannot listen") {
-                continue; // port taken meanwhile
-            }
-            panic!("wsrelay exited at start ({status}): {err}");
+        match try_ready(&mut child, addr) {
+            Ok(()) => return (child, addr),
+            Err(e) if e.contains("cannot listen") => continue, // port taken meanwhile
+            Err(e) => panic!("{e}"),
         }
-        wait_ready(&mut child, addr);
-        return (child, addr);
     }
     panic!("no free port found");
 }
@@ -491,7 +414,7 @@ fn binary_unknown_config_key_exits_2_with_one_line() {
 fn a_second_relay_on_the_same_port_is_refused_not_silently_sharing_it() {
     // SO_REUSEPORT lets sockets of the same user share a port; a second
     // relay started by mistake would take half of the connections.
-    let first = wsrelay::server::start(engine_config()).expect("first relay");
+    let first = wsrelay::server::start(test_config()).expect("first relay");
     let addr = first.local_addr();
     expect_bind_refused(addr);
     // The first relay still serves (it got every connection).
@@ -540,7 +463,7 @@ fn expect_bind_refused(addr: SocketAddr) -> String {
     assert!(err.to_ascii_lowercase().contains("in use"), "{err}");
     let e = wsrelay::server::start(Config {
         listen: addr,
-        ..engine_config()
+        ..test_config()
     })
     .err()
     .expect("in-process start() must be refused too");
@@ -632,36 +555,4 @@ fn binary_leaves_glibc_thread_cache_alone_when_told_to() {
         "{err}"
     );
     assert!(err.contains("glibc malloc thread cache on"), "{err}");
-}
-
-// ----- close deadline -------------------------------------------------------------
-
-#[test]
-fn server_initiated_close_without_answer_is_dropped_after_close_timeout() {
-    let h = start(Config {
-        close_timeout: Duration::from_millis(300),
-        ..engine_config()
-    });
-    // A subscriber that publishes is closed by the server (1008); it
-    // never answers the close, so TCP is dropped at the close deadline.
-    let mut c = RawClient::connect(h.local_addr(), "/rooms/ro?role=sub");
-    c.send_text("not allowed");
-    let t = Instant::now();
-    let (code, reason) = c.expect_close(Duration::from_secs(5));
-    assert_eq!(code, 1008, "{reason}");
-    assert!(
-        c.wait_eof(Duration::from_secs(3)),
-        "no EOF after close_timeout"
-    );
-    assert!(
-        t.elapsed() >= Duration::from_millis(200),
-        "{:?}",
-        t.elapsed()
-    );
-    assert!(eventually(Duration::from_secs(2), || h
-        .totals()
-        .connections_open
-        == 0));
-    h.shutdown();
-    h.join();
 }

@@ -1,0 +1,29 @@
+//! The relay's integration tests, one binary, one module per concept:
+//!
+//! - `handshake`: upgrade routing and refusals, plain HTTP on the same port;
+//! - `echo`: `/echo` payloads, fragmentation, control frames, close
+//!   handshake, protocol violations;
+//! - `rooms`: fan-out across workers, roles, echo_self, ordering, churn;
+//! - `admission`: origins, connection / per-IP / room caps;
+//! - `publish`: `POST /publish/{room}`;
+//! - `metrics`: `/healthz`, `/metrics`;
+//! - `lifecycle`: graceful shutdown (in-process and the binary), start-up;
+//! - `bounds`: size limits, slow consumers, rate limits, descriptors,
+//!   memory and backpressure bounds;
+//! - `protocol_props`: property tests of the sans-IO protocol core.
+//!
+//! Helpers live in `support`. Per-connection deadlines and rate-limit
+//! timing (heartbeats, handshake deadline, keep-alive idling, close
+//! timeout, token refill) are not tested here over sockets; see MOVED.md.
+
+mod support;
+
+mod admission;
+mod bounds;
+mod echo;
+mod handshake;
+mod lifecycle;
+mod metrics;
+mod protocol_props;
+mod publish;
+mod rooms;
