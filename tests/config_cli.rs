@@ -1,11 +1,20 @@
-//! End-to-end tests of `wsrelay::config::parse_args`: real argv vectors and
-//! real config files on disk, exactly as `main` will call it.
+//! End-to-end tests of the configuration: real argv vectors and real config
+//! files on disk through `parse_args_with_env` (with an explicit, usually
+//! empty, environment so the developer's own `WSRELAY_*` variables cannot
+//! change the results), and the real binary for the process environment.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use wsrelay::config::{parse_args, Command, Config, RateLimitPolicy, SlowConsumerPolicy};
+use wsrelay::config::{
+    parse_args_with_env, Command, Config, ConfigError, RateLimitPolicy, SlowConsumerPolicy,
+};
+
+/// `parse_args` as `main` calls it, but with no environment variables.
+fn parse_args(args: Vec<String>) -> Result<Command, ConfigError> {
+    parse_args_with_env(args, std::iter::empty::<(String, String)>())
+}
 
 /// A config file under the temp dir, removed on drop; the name is unique per
 /// process and per call so parallel tests (and parallel test runs) never collide.
@@ -201,7 +210,7 @@ fn print_config_output_reparses_identically() {
         "--allowed-origins",
         "https://a.example,https://b.example",
         "--rate-limit-bytes",
-        "64KiB",
+        "8MiB", // at least max_message_bytes (4MiB in FILE)
     ]))
     .expect("parse");
     let printed = match cmd {
@@ -210,7 +219,7 @@ fn print_config_output_reparses_identically() {
     };
     let text = printed.to_toml();
     assert!(text.contains("stats_interval = \"90s\""), "{text}");
-    assert!(text.contains("rate_limit_bytes = \"64KiB\""), "{text}");
+    assert!(text.contains("rate_limit_bytes = \"8MiB\""), "{text}");
 
     // Parsed back as a string...
     let again = Config::from_toml_str(&text, "printed").expect("printed TOML parses");
@@ -259,4 +268,33 @@ fn documented_example_file_parses_to_defaults() {
         ..Config::default()
     };
     assert_eq!(c, expected);
+}
+
+/// The real binary reads `WSRELAY_*` from its environment, between the
+/// file and the flags, and reports a misspelt variable on one line.
+#[test]
+fn binary_reads_environment_between_file_and_flags() {
+    let f = TempConfig::new(FILE);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wsrelay"))
+        .args(["--print-config", "-c", f.path(), "--workers", "3"])
+        .env("WSRELAY_PUBLISH_TOKEN", "from-env")
+        .env("WSRELAY_WORKERS", "7")
+        .output()
+        .expect("run wsrelay");
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let c = Config::from_toml_str(&text, "stdout").expect("printed TOML parses");
+    assert_eq!(c.publish_token, "from-env"); // env beats file
+    assert_eq!(c.workers, 3); // flag beats env
+    assert_eq!(c.ping_interval, Duration::from_secs(20)); // file beats default
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wsrelay"))
+        .arg("--print-config")
+        .env("WSRELAY_PUBLISH_TOKN", "x")
+        .output()
+        .expect("run wsrelay");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("did you mean WSRELAY_PUBLISH_TOKEN?"), "{err}");
 }

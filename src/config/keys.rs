@@ -1,0 +1,249 @@
+//! The one table of configuration keys. Each key is declared once, with its
+//! Rust type, value kind, default, range and help; the `Config` struct, its
+//! `Default`, the TOML reader, the flags, the `WSRELAY_*` variables,
+//! `--print-config` and the docs table are all generated from it.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use toml::Value;
+
+use super::values::{Addr, Check, Count, Dur, Flag, Kind, Level, List, Policy, Size, Text};
+use super::{ConfigError, RateLimitPolicy, SlowConsumerPolicy, LOG_LEVELS};
+use super::{MAX_ROOM_NAME_LIMIT, MAX_WORKERS};
+
+const KIB: usize = 1 << 10;
+const MIB: usize = 1 << 20;
+/// Upper bound of byte sizes: far above any sane frame, buffer or queue,
+/// and small enough that sums such as head + message + chunk cannot overflow.
+const GIB: usize = 1 << 30;
+/// Upper bound of counts of connections and rooms.
+const TEN_MILLION: usize = 10_000_000;
+const fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+/// Upper bound of durations: keeps `now + timeout` far from overflow in the
+/// engine's millisecond clock.
+const DAY: Duration = Duration::from_secs(86_400);
+
+/// One key as data, for help text and the docs table.
+pub(crate) struct KeyInfo {
+    pub name: &'static str,
+    pub help: &'static str,
+    #[cfg_attr(not(test), allow(dead_code))] // read by the docs table (tests)
+    pub type_name: &'static str,
+    pub value_name: &'static str,
+    pub switch: bool,
+    pub default: String,
+    pub range: String,
+}
+
+macro_rules! config_keys {
+    ($( $name:ident : $ty:ty as $kind:ty = $default:expr, $check:expr, $help:literal; )*) => {
+        /// Effective relay configuration. All fields are public; build one
+        /// with [`Config::default`], [`Config::from_toml_str`] or
+        /// [`parse_args`](super::parse_args), then call [`Config::validate`].
+        /// Each field's text is its one-line help (docs/configuration.md
+        /// has the ranges and the longer notes).
+        #[derive(Clone, Debug, PartialEq, Eq)]
+        pub struct Config {
+            $( #[doc = $help] pub $name: $ty, )*
+        }
+
+        impl Default for Config {
+            fn default() -> Config {
+                Config { $( $name: $default, )* }
+            }
+        }
+
+        /// Every key, in table (file and print) order.
+        pub(crate) const KEY_NAMES: &[&str] = &[$( stringify!($name) ),*];
+
+        pub(crate) fn key_infos() -> Vec<KeyInfo> {
+            let d = Config::default();
+            vec![$(
+                KeyInfo {
+                    name: stringify!($name),
+                    help: $help,
+                    type_name: <$kind as Kind>::TYPE,
+                    value_name: <$kind as Kind>::VALUE_NAME,
+                    switch: <$kind as Kind>::SWITCH,
+                    default: <$kind as Kind>::show(&d.$name),
+                    range: {
+                        let c: Check<$ty> = $check;
+                        c.describe(<$kind as Kind>::show, <$kind as Kind>::CHOICES)
+                    },
+                },
+            )*]
+        }
+
+        impl Config {
+            /// Sets one key from a TOML value; `None` = unknown key.
+            pub(crate) fn set_toml(&mut self, key: &str, v: &Value) -> Option<Result<(), String>> {
+                match key {
+                    $( stringify!($name) => Some(<$kind as Kind>::from_toml(v).map(|x| self.$name = x)), )*
+                    _ => None,
+                }
+            }
+
+            /// Sets one key from flag or environment text; `None` = unknown key.
+            pub(crate) fn set_text(&mut self, key: &str, s: &str) -> Option<Result<(), String>> {
+                match key {
+                    $( stringify!($name) => Some(<$kind as Kind>::parse(s).map(|x| self.$name = x)), )*
+                    _ => None,
+                }
+            }
+
+            /// Key/value pairs in table order, in canonical TOML form.
+            pub(crate) fn entries(&self) -> Vec<(&'static str, Value)> {
+                vec![$( (stringify!($name), <$kind as Kind>::to_toml(&self.$name)), )*]
+            }
+
+            /// The per-key range checks, in table order.
+            pub(crate) fn check_keys(&self) -> Result<(), ConfigError> {
+                $({
+                    let c: Check<$ty> = $check;
+                    c.check(&self.$name, <$kind as Kind>::show)
+                        .map_err(|m| ConfigError::key(stringify!($name), m))?;
+                })*
+                Ok(())
+            }
+        }
+    };
+}
+
+use Check::{Any, OffOr, Range, Rule};
+
+config_keys! {
+    listen: SocketAddr as Addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9001), Any,
+        "Address every worker binds (each worker has its own SO_REUSEPORT listener)";
+    workers: usize as Count<usize> = 0, Range(0, MAX_WORKERS),
+        "Worker event loops; 0 = one per CPU core";
+    pin_cores: bool as Flag = false, Any,
+        "Pin each worker thread to its own core";
+    max_connections: usize as Count<usize> = 100_000, Range(1, TEN_MILLION),
+        "Max open connections; beyond -> 503 at handshake";
+    max_connections_per_ip: usize as Count<usize> = 0, Range(0, TEN_MILLION),
+        "Max connections per client IP (IPv6: per ipv6_prefix_len prefix); 0 = unlimited; beyond -> 429";
+    ipv6_prefix_len: u8 as Count<u8> = 64, Range(1, 128),
+        "Per-IP limits group IPv6 clients by this prefix length (64 = one /64 per client)";
+    max_request_head_bytes: usize as Size = 8 * KIB, Range(1, MIB),
+        "Max HTTP request head size; beyond -> 431";
+    max_request_headers: usize as Count<usize> = 64, Range(1, 1024),
+        "Max number of request headers; beyond -> 431";
+    max_frame_bytes: usize as Size = MIB, Range(1, GIB),
+        "Max frame payload; beyond -> close 1009";
+    max_message_bytes: usize as Size = MIB, Range(1, GIB),
+        "Max message size; beyond -> close 1009 (POST /publish body -> 413)";
+    max_outbound_bytes: usize as Size = MIB, Range(1, GIB),
+        "Per-connection outbound queue bound; beyond -> slow_consumer policy";
+    slow_consumer: SlowConsumerPolicy as Policy<SlowConsumerPolicy> = SlowConsumerPolicy::Close, Any,
+        "When the outbound queue is full: close the connection, or drop the message for it";
+    fanout_queue_len: usize as Count<usize> = 4096, Range(1, 1 << 20),
+        "Capacity (messages) of each cross-worker fan-out channel";
+    read_buffer_bytes: usize as Size = 64 * KIB, Range(1, GIB),
+        "Size of pooled read buffers";
+    read_budget_bytes: usize as Size = 256 * KIB, Range(1, GIB),
+        "Max bytes read from one connection per wake-up (fairness)";
+    buffer_pool_size: usize as Count<usize> = 1024, Range(0, 1 << 20),
+        "Max idle buffers kept per worker";
+    send_buffer_bytes: usize as Size = 0, Range(0, GIB),
+        "SO_SNDBUF per connection; 0 = kernel autotuning";
+    malloc_thread_cache: bool as Flag = false, Any,
+        "Keep glibc's per-thread malloc cache (false: turned off at start so bursts' memory is returned)";
+    handshake_timeout: Duration as Dur = Duration::from_secs(10), Range(ms(1), DAY),
+        "Time allowed to complete the HTTP upgrade";
+    close_timeout: Duration as Dur = Duration::from_secs(5), Range(Duration::ZERO, DAY),
+        "Time to wait for the peer's close frame before dropping the TCP connection";
+    ping_interval: Duration as Dur = Duration::from_secs(30), OffOr(ms(100), DAY),
+        "Heartbeat ping interval (idle time before a ping); 0 = heartbeats off";
+    pong_timeout: Duration as Dur = Duration::from_secs(10), OffOr(ms(1), DAY),
+        "Time to wait for a pong before closing; must be > 0 while heartbeats are on";
+    shutdown_timeout: Duration as Dur = Duration::from_secs(5), Range(Duration::ZERO, DAY),
+        "Graceful shutdown: time connections get to close";
+    stats_interval: Duration as Dur = Duration::from_secs(10), OffOr(ms(100), DAY),
+        "Interval between stats log lines; 0 = off";
+    echo_self: bool as Flag = false, Any,
+        "Deliver a client's own messages back to it";
+    subprotocols: Vec<String> as List = Vec::new(), Rule(check_subprotocols, "RFC 6455 tokens, no duplicates"),
+        "Supported subprotocols, server preference order (comma-separated)";
+    allowed_origins: Vec<String> as List = Vec::new(), Rule(check_origins, "origins such as `https://example.com`"),
+        "Allowed Origin values (comma-separated); empty = any origin";
+    max_rooms: usize as Count<usize> = 100_000, Range(1, TEN_MILLION),
+        "Max number of rooms";
+    max_room_name_bytes: usize as Size = 128, Range(1, MAX_ROOM_NAME_LIMIT),
+        "Max room name length in bytes";
+    rate_limit_messages: u32 as Count<u32> = 0, Range(0, 10_000_000),
+        "Messages per second per connection; 0 = off";
+    rate_limit_burst: u32 as Count<u32> = 0, Range(0, 10_000_000),
+        "Message burst allowance; 0 = same as rate_limit_messages";
+    rate_limit_bytes: usize as Size = 0, Range(0, GIB),
+        "Bytes per second per connection (also the byte burst); 0 = off";
+    rate_limit_policy: RateLimitPolicy as Policy<RateLimitPolicy> = RateLimitPolicy::Close, Any,
+        "When a rate limit is exceeded: close the connection, or drop the excess messages";
+    publish_token: String as Text = String::new(), Rule(check_token, "no control characters, no surrounding spaces"),
+        "Bearer token for POST /publish; empty = endpoint disabled (404)";
+    metrics: bool as Flag = true, Any,
+        "Serve GET /metrics";
+    log_level: String as Level = "info".to_string(), Rule(check_log_level, "`error`, `warn`, `info`, `debug`, `trace`"),
+        "Log level; the RUST_LOG variable, when set, overrides it";
+}
+
+/// RFC 7230 `tchar`, the alphabet of a subprotocol token.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+#[allow(clippy::ptr_arg)] // Check::Rule takes fn(&T), T being the field type
+fn check_subprotocols(list: &Vec<String>) -> Result<(), String> {
+    for (i, p) in list.iter().enumerate() {
+        if p.is_empty() || !p.bytes().all(is_tchar) {
+            return Err(format!(
+                "{p:?} is not a valid subprotocol token (RFC 6455 §4.1)"
+            ));
+        }
+        if list[..i].contains(p) {
+            return Err(format!("{p:?} is listed twice"));
+        }
+    }
+    Ok(())
+}
+
+#[allow(clippy::ptr_arg)] // Check::Rule takes fn(&T), T being the field type
+fn check_origins(list: &Vec<String>) -> Result<(), String> {
+    for o in list {
+        if o.is_empty()
+            || o.chars()
+                .any(|c| c.is_whitespace() || c.is_control() || c == ',')
+        {
+            return Err(format!(
+                "{o:?} is not a valid origin (expected e.g. \"https://example.com\")"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Header values are trimmed and cannot carry control characters, so such
+/// a token could never match and would silently disable publishing.
+#[allow(clippy::ptr_arg)] // Check::Rule takes fn(&T), T being the field type
+fn check_token(token: &String) -> Result<(), String> {
+    if token.chars().any(char::is_control) || token.trim() != token {
+        return Err(
+            "must not contain control characters or leading/trailing whitespace".to_string(),
+        );
+    }
+    Ok(())
+}
+
+#[allow(clippy::ptr_arg)] // Check::Rule takes fn(&T), T being the field type
+fn check_log_level(level: &String) -> Result<(), String> {
+    if LOG_LEVELS.contains(&level.as_str()) {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid level {level:?} (expected one of {})",
+            LOG_LEVELS.join(", ")
+        ))
+    }
+}

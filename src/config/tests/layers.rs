@@ -1,0 +1,455 @@
+//! Environment, precedence of the layers, ranges, rules between keys, and
+//! the docs table.
+
+use super::super::cli::env_name;
+use super::super::keys::KEY_NAMES;
+use super::super::*;
+use super::*;
+use std::ffi::OsString;
+use std::time::Duration;
+
+/// Differs from `non_default()` in every key (so it can be told apart as a
+/// layer over it), and is valid.
+fn alt() -> Config {
+    Config {
+        listen: "0.0.0.0:7000".parse().unwrap(),
+        workers: 3,
+        pin_cores: false,
+        max_connections: 999,
+        max_connections_per_ip: 5,
+        ipv6_prefix_len: 56,
+        max_request_head_bytes: 4 << 10,
+        max_request_headers: 20,
+        max_frame_bytes: 512 << 10,
+        max_message_bytes: 16 << 20,
+        max_outbound_bytes: 2 << 20,
+        slow_consumer: SlowConsumerPolicy::Close,
+        fanout_queue_len: 100,
+        read_buffer_bytes: 8 << 10,
+        read_budget_bytes: 128 << 10,
+        buffer_pool_size: 10,
+        send_buffer_bytes: 256 << 10,
+        malloc_thread_cache: false,
+        handshake_timeout: Duration::from_secs(3),
+        close_timeout: Duration::from_secs(1),
+        ping_interval: Duration::from_millis(100),
+        pong_timeout: Duration::from_secs(60),
+        shutdown_timeout: Duration::from_secs(1),
+        stats_interval: Duration::from_secs(86_400),
+        echo_self: false,
+        subprotocols: vec!["mqtt".into()],
+        allowed_origins: vec!["https://c.example".into()],
+        max_rooms: 6,
+        max_room_name_bytes: 1,
+        rate_limit_messages: 10,
+        rate_limit_burst: 20,
+        rate_limit_bytes: 16 << 20,
+        rate_limit_policy: RateLimitPolicy::Close,
+        publish_token: "env-secret".into(),
+        metrics: true,
+        log_level: "warn".into(),
+    }
+}
+
+/// Differs from `alt()` in every key, and is valid.
+fn third() -> Config {
+    Config {
+        listen: "127.0.0.2:6000".parse().unwrap(),
+        workers: 1,
+        pin_cores: true,
+        max_connections: 1,
+        max_connections_per_ip: 1,
+        ipv6_prefix_len: 128,
+        max_request_head_bytes: 1 << 20,
+        max_request_headers: 1024,
+        max_frame_bytes: 1,
+        max_message_bytes: 1 << 30,
+        max_outbound_bytes: 1 << 30,
+        slow_consumer: SlowConsumerPolicy::Drop,
+        fanout_queue_len: 1 << 20,
+        read_buffer_bytes: 1,
+        read_budget_bytes: 1,
+        buffer_pool_size: 1 << 20,
+        send_buffer_bytes: 1 << 30,
+        malloc_thread_cache: true,
+        handshake_timeout: Duration::from_millis(1),
+        close_timeout: Duration::from_secs(86_400),
+        ping_interval: Duration::from_secs(86_400),
+        pong_timeout: Duration::from_millis(1),
+        shutdown_timeout: Duration::from_secs(86_400),
+        stats_interval: Duration::from_millis(100),
+        echo_self: true,
+        subprotocols: vec!["a".into(), "b".into()],
+        allowed_origins: vec!["null".into()],
+        max_rooms: 10_000_000,
+        max_room_name_bytes: 1024,
+        rate_limit_messages: 10_000_000,
+        rate_limit_burst: 0,
+        rate_limit_bytes: 1 << 30,
+        rate_limit_policy: RateLimitPolicy::Drop,
+        publish_token: "flag-secret".into(),
+        metrics: false,
+        log_level: "error".into(),
+    }
+}
+
+/// Every key as (key, flag text) pairs, in the syntax flags and variables take.
+fn texts(c: &Config) -> Vec<(&'static str, String)> {
+    c.entries()
+        .into_iter()
+        .map(|(k, v)| (k, crate::config::values::flag_display(&v)))
+        .collect()
+}
+
+#[test]
+fn every_key_from_file_env_and_flag_with_precedence() {
+    let layers = [Config::default(), non_default(), alt(), third()];
+    for pair in layers.windows(2) {
+        for ((k, a), (_, b)) in pair[0].entries().iter().zip(pair[1].entries()) {
+            assert_ne!(*a, b, "consecutive layers must differ in {k}");
+        }
+    }
+    for c in &layers[1..] {
+        c.validate().unwrap();
+    }
+    let file = temp_file(&non_default().to_toml());
+    let f = file.to_str().unwrap();
+    let env: Vec<(String, String)> = texts(&alt())
+        .into_iter()
+        .map(|(k, v)| (env_name(k), v))
+        .collect();
+    let env_refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (&**k, &**v)).collect();
+    let mut flags: Vec<String> = vec!["-c".into(), f.into()];
+    for (k, v) in texts(&third()) {
+        flags.push(format!("--{}={v}", k.replace('_', "-")));
+    }
+    let flag_refs: Vec<&str> = flags.iter().map(String::as_str).collect();
+
+    // File over defaults.
+    assert_eq!(run(&["-c", f]).unwrap(), non_default());
+    // Environment over the file.
+    assert_eq!(run_env(&["-c", f], &env_refs).unwrap(), alt());
+    // Flags over the environment (and over the file).
+    assert_eq!(run_env(&flag_refs, &env_refs).unwrap(), third());
+    assert_eq!(run(&flag_refs).unwrap(), third());
+    // Environment alone, over the defaults.
+    assert_eq!(run_env(&[], &env_refs).unwrap(), alt());
+    std::fs::remove_file(file).ok();
+}
+
+#[test]
+fn env_values_use_flag_syntax() {
+    let c = run_env(
+        &[],
+        &[
+            ("WSRELAY_PUBLISH_TOKEN", "t0k"),
+            ("WSRELAY_ECHO_SELF", "yes"),
+            ("WSRELAY_SUBPROTOCOLS", "a, b"),
+            ("WSRELAY_PING_INTERVAL", "1m"),
+            ("PATH", "/bin"),
+            ("wsrelay_workers", "9"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(c.publish_token, "t0k");
+    assert!(c.echo_self);
+    assert_eq!(c.subprotocols, ["a", "b"]);
+    assert_eq!(c.ping_interval, Duration::from_secs(60));
+    assert_eq!(c.workers, 0, "lower-case names are not ours");
+    // An empty value clears a list the file set.
+    let path = temp_file("subprotocols = [\"x\"]\n");
+    let c = run_env(
+        &["-c", path.to_str().unwrap()],
+        &[("WSRELAY_SUBPROTOCOLS", "")],
+    )
+    .unwrap();
+    assert!(c.subprotocols.is_empty());
+    std::fs::remove_file(path).ok();
+    // Variables of the allocator and of the scripts are not keys, and are ignored.
+    let reserved = [
+        ("WSRELAY_MALLOC_REEXEC", "1"),
+        ("WSRELAY_CONFORMANCE_PATH", "/echo"),
+        ("WSRELAY_BIN", "x"),
+        ("WSRELAY_UPDATE_DOCS", "1"),
+    ];
+    assert_eq!(run_env(&[], &reserved).unwrap(), Config::default());
+}
+
+fn env_err(env: &[(&str, &str)]) -> String {
+    let e = run_env(&[], env).expect_err("expected an error");
+    assert_eq!(e.exit_code(), 2);
+    let s = e.to_string();
+    assert!(!s.contains('\n'), "{s}");
+    s
+}
+
+#[test]
+fn env_errors_name_the_variable() {
+    assert_eq!(
+        env_err(&[("WSRELAY_PING_INTERVAL", "30")]),
+        "config error: environment variable WSRELAY_PING_INTERVAL (key \"ping_interval\"): invalid duration \"30\" (a unit is required except for 0; expected e.g. 30s, 500ms)"
+    );
+    let e = env_err(&[("WSRELAY_ECHO_SELF", "maybe")]);
+    assert!(
+        e.contains("WSRELAY_ECHO_SELF") && e.contains("invalid boolean"),
+        "{e}"
+    );
+    // Range errors are found after merging, and name the key.
+    let e = env_err(&[("WSRELAY_WORKERS", "65")]);
+    assert!(
+        e.contains("key \"workers\"") && e.contains("out of range"),
+        "{e}"
+    );
+    // A flag can fix an out-of-range variable, but not a malformed one.
+    assert_eq!(
+        run_env(&["--workers", "2"], &[("WSRELAY_WORKERS", "65")])
+            .unwrap()
+            .workers,
+        2
+    );
+    assert!(run_env(&["--workers", "2"], &[("WSRELAY_WORKERS", "two")]).is_err());
+}
+
+#[test]
+fn env_non_utf8_value_names_the_variable() {
+    use std::os::unix::ffi::OsStringExt;
+    let env = vec![(
+        OsString::from("WSRELAY_PUBLISH_TOKEN"),
+        OsString::from_vec(vec![0xff, 0xfe]),
+    )];
+    let e = parse_args_with_env(args(&[]), env).unwrap_err().to_string();
+    assert!(
+        e.contains("WSRELAY_PUBLISH_TOKEN") && e.contains("UTF-8"),
+        "{e}"
+    );
+}
+
+#[test]
+fn unknown_env_variable_suggests_the_right_one() {
+    assert_eq!(
+        env_err(&[("WSRELAY_PIGN_INTERVAL", "30s")]),
+        "config error: unknown environment variable WSRELAY_PIGN_INTERVAL (did you mean WSRELAY_PING_INTERVAL?; a WSRELAY_* variable must name a config key)"
+    );
+    let e = env_err(&[("WSRELAY_PUBLISH_TOKN", "x")]);
+    assert!(e.contains("did you mean WSRELAY_PUBLISH_TOKEN?"), "{e}");
+    let e = env_err(&[("WSRELAY_Workers", "2")]);
+    assert!(e.contains("did you mean WSRELAY_WORKERS?"), "{e}");
+    let e = env_err(&[("WSRELAY_ZZZZZZZZZZZZZZ", "1")]);
+    assert!(
+        !e.contains("did you mean") && e.contains("WSRELAY_ZZZZZZZZZZZZZZ"),
+        "{e}"
+    );
+}
+
+#[test]
+fn misspelt_file_key_suggests_with_transpositions() {
+    let e = file_err("max_frame_btyes = 1\n");
+    assert!(e.contains("did you mean \"max_frame_bytes\""), "{e}");
+    let e = file_err("ipv6-prefix-len = 48\n");
+    assert!(e.contains("did you mean \"ipv6_prefix_len\""), "{e}");
+}
+
+#[test]
+fn range_errors_name_the_key() {
+    let check = |f: &dyn Fn(&mut Config), key: &str, needle: &str| {
+        let mut c = Config::default();
+        f(&mut c);
+        let e = c.validate().expect_err(key).to_string();
+        assert!(
+            e.starts_with(&format!("config error: key \"{key}\": ")),
+            "{e}"
+        );
+        assert!(e.contains(needle), "{key}: {e}");
+    };
+    check(
+        &|c| c.workers = 65,
+        "workers",
+        "65 is out of range (allowed: 0 ..= 64)",
+    );
+    check(
+        &|c| c.ipv6_prefix_len = 0,
+        "ipv6_prefix_len",
+        "(allowed: 1 ..= 128)",
+    );
+    check(
+        &|c| c.ipv6_prefix_len = 129,
+        "ipv6_prefix_len",
+        "129 is out of range",
+    );
+    check(
+        &|c| c.max_message_bytes = (1 << 30) + 1,
+        "max_message_bytes",
+        "1 ..= 1GiB",
+    );
+    check(
+        &|c| c.send_buffer_bytes = 2 << 30,
+        "send_buffer_bytes",
+        "2GiB is out of range",
+    );
+    check(
+        &|c| c.ping_interval = Duration::from_millis(99),
+        "ping_interval",
+        "99ms is out of range (allowed: 0 (off) or 100ms ..= 1d)",
+    );
+    check(
+        &|c| c.shutdown_timeout = Duration::from_secs(86_401),
+        "shutdown_timeout",
+        "1d",
+    );
+    check(
+        &|c| c.handshake_timeout = Duration::from_micros(999),
+        "handshake_timeout",
+        "1ms ..= 1d",
+    );
+    check(
+        &|c| c.pong_timeout = Duration::from_micros(1),
+        "pong_timeout",
+        "out of range",
+    );
+    check(
+        &|c| c.max_request_head_bytes = 2 << 20,
+        "max_request_head_bytes",
+        "1MiB",
+    );
+    // The edges themselves are accepted; 16 MiB messages and more are allowed.
+    let ok = Config {
+        ipv6_prefix_len: 128,
+        ping_interval: Duration::from_millis(100),
+        stats_interval: Duration::ZERO,
+        max_message_bytes: 64 << 20,
+        close_timeout: Duration::from_secs(86_400),
+        ..Config::default()
+    };
+    ok.validate().unwrap();
+    // Through the flags: the same message, after the flag was parsed.
+    let e = err(&["--ipv6-prefix-len", "129"]);
+    assert!(
+        e.contains("key \"ipv6_prefix_len\": 129 is out of range"),
+        "{e}"
+    );
+    let e = err(&["--ipv6-prefix-len", "300"]);
+    assert!(
+        e.contains("(flag --ipv6-prefix-len): invalid number \"300\" (too large)"),
+        "{e}"
+    );
+    assert_eq!(
+        run(&["--ipv6-prefix-len", "48"]).unwrap().ipv6_prefix_len,
+        48
+    );
+    assert_eq!(Config::default().ipv6_prefix_len, 64);
+}
+
+#[test]
+fn cross_key_errors_name_both_keys() {
+    let check = |f: &dyn Fn(&mut Config), a: &str, b: &str| {
+        let mut c = Config::default();
+        f(&mut c);
+        let e = c.validate().expect_err(a).to_string();
+        assert!(
+            e.starts_with(&format!(
+                "config error: key \"{a}\" conflicts with key \"{b}\": "
+            )),
+            "{e}"
+        );
+        assert!(!e.contains('\n'));
+    };
+    check(
+        &|c| c.max_frame_bytes = (1 << 20) + 1,
+        "max_frame_bytes",
+        "max_message_bytes",
+    );
+    check(
+        &|c| c.rate_limit_bytes = (1 << 20) - 1,
+        "rate_limit_bytes",
+        "max_message_bytes",
+    );
+    check(
+        &|c| c.pong_timeout = Duration::ZERO,
+        "pong_timeout",
+        "ping_interval",
+    );
+    check(
+        &|c| c.rate_limit_burst = 5,
+        "rate_limit_burst",
+        "rate_limit_messages",
+    );
+    // Allowed: equal frame and message limits, a byte limit of exactly one
+    // max-size message, and a pong wait longer than the ping interval
+    // (one ping is outstanding at a time, so nothing piles up).
+    let ok = Config {
+        rate_limit_bytes: 1 << 20,
+        ping_interval: Duration::from_secs(1),
+        pong_timeout: Duration::from_secs(30),
+        ..Config::default()
+    };
+    ok.validate().unwrap();
+    let e = err(&["--max-frame-bytes", "2MiB"]);
+    assert!(
+        e.contains("a 2MiB frame could never be accepted into a message of at most 1MiB"),
+        "{e}"
+    );
+}
+
+#[test]
+fn help_names_the_variables_and_print_config_the_ranges() {
+    let help = parse_args_with_env(args(&["--help"]), no_env())
+        .unwrap_err()
+        .to_string();
+    assert!(help.contains("[env: WSRELAY_MAX_FRAME_BYTES]"), "{help}");
+    assert!(help.contains("--ipv6-prefix-len <N>"), "{help}");
+    assert!(
+        help.contains("WSRELAY_<KEY> environment variables"),
+        "{help}"
+    );
+    let text = Config::default().to_toml();
+    assert!(
+        text.contains("(range: 1 ..= 128)\nipv6_prefix_len = 64\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("(range: 0 (off) or 100ms ..= 1d)\nping_interval = \"30s\"\n"),
+        "{text}"
+    );
+}
+
+#[test]
+fn docs_reference_table_is_current() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/configuration.md");
+    let doc = std::fs::read_to_string(path).expect("read docs/configuration.md");
+    let table = docs::reference_table();
+    for key in KEY_NAMES {
+        let row = format!("| `{key}` | `--{}", key.replace('_', "-"));
+        assert!(table.contains(&row), "no row for {key}");
+        assert!(table.contains(&format!("`{}`", env_name(key))));
+    }
+    let want = docs::splice(&doc, &table).unwrap_or_else(|| {
+        panic!(
+            "docs/configuration.md lacks the lines {} and {}",
+            docs::BEGIN,
+            docs::END
+        )
+    });
+    if want == doc {
+        return;
+    }
+    if std::env::var_os("WSRELAY_UPDATE_DOCS").is_some_and(|v| v == "1") {
+        std::fs::write(path, want).expect("rewrite docs/configuration.md");
+        return;
+    }
+    panic!(
+        "the key table in docs/configuration.md differs from the key table in src/config/keys.rs; \
+         regenerate it with: WSRELAY_UPDATE_DOCS=1 cargo test --lib config::tests::docs_reference_table_is_current"
+    );
+}
+
+#[test]
+fn docs_splice_replaces_only_between_markers() {
+    let doc = format!("intro\n{}\nold table\n{}\noutro\n", docs::BEGIN, docs::END);
+    let out = docs::splice(&doc, "| new |\n").unwrap();
+    assert_eq!(
+        out,
+        format!("intro\n{}\n| new |\n{}\noutro\n", docs::BEGIN, docs::END)
+    );
+    assert_eq!(docs::splice(&out, "| new |\n").unwrap(), out);
+    assert!(docs::splice("no markers", "x").is_none());
+}
