@@ -301,7 +301,10 @@ impl Worker {
             key,
             attachment: conn.attachment,
             upgraded: false,
-            shutting_down: self.shutdown_deadline.is_some(),
+            // The flag, not this worker's deadline: a request read between
+            // the flag and this worker's next loop top is answered as
+            // shutting down too.
+            shutting_down: shared.shutdown.load(Ordering::Acquire),
         };
         let outcome = conn.read(pool, ctx, now, self.read_budget, read_closed, &mut router);
         let upgraded = router.upgraded;

@@ -548,3 +548,63 @@ fn after_eof_the_session_is_aborted() {
     assert_eq!(t.s.poll_finish(), Some(Finish::Abort));
     assert!(!t.s.wants_read());
 }
+
+#[test]
+fn the_byte_rate_limit_drops_what_does_not_fit_and_refills() {
+    let mut cfg = config();
+    cfg.rate = RateLimits {
+        messages_per_sec: 0.0,
+        burst: 0.0,
+        bytes_per_sec: 1000.0,
+    };
+    cfg.rate_policy = RateLimitPolicy::Drop;
+    let mut t = Harness::open(cfg, 1);
+    let big = [1u8; 600];
+    let mut two = frame(OpCode::Binary, &big);
+    two.extend(frame(OpCode::Binary, &big));
+    two.extend(frame(OpCode::Binary, b"tiny"));
+    t.input(&two, 100);
+    assert_eq!(t.h.messages.len(), 2, "600 passes, 600 dropped, 4 fits");
+    assert_eq!(t.h.messages[1], b"tiny");
+    t.input(&frame(OpCode::Binary, &big), 1_100);
+    assert_eq!(t.h.messages.len(), 3, "a second later the bucket is full");
+    assert_eq!(t.s.poll_finish(), None);
+}
+
+#[test]
+fn rate_limits_count_messages_not_frames_or_pings() {
+    let mut cfg = config();
+    cfg.rate = RateLimits {
+        messages_per_sec: 1.0,
+        burst: 2.0,
+        bytes_per_sec: 0.0,
+    };
+    let mut t = Harness::open(cfg, 1);
+    let mut bytes = Vec::new();
+    for i in 0..20u8 {
+        bytes.extend(frame(OpCode::Ping, &[i]));
+    }
+    // One message in ten fragments.
+    for i in 0..10 {
+        let op = if i == 0 {
+            OpCode::Text
+        } else {
+            OpCode::Continuation
+        };
+        let mut f = Vec::new();
+        encode_client_frame(i == 9, op, b"ab", KEY, &mut f);
+        bytes.extend(f);
+    }
+    bytes.extend(frame(OpCode::Text, b"second"));
+    t.input(&bytes, 10);
+    assert_eq!(
+        t.h.messages,
+        [b"abababababababababab".to_vec(), b"second".to_vec()]
+    );
+    assert_eq!(t.s.poll_finish(), None);
+    assert!(t.frames().iter().all(|(op, _)| *op != OpCode::Close));
+    t.input(&frame(OpCode::Text, b"third"), 10);
+    let frames = t.frames();
+    assert_eq!(frames.last().map(|f| f.0), Some(OpCode::Close));
+    assert_eq!(&frames.last().unwrap().1[..2], &1008u16.to_be_bytes());
+}
