@@ -142,7 +142,7 @@ start_server() {
     bash -c "${override//\{port\}/$port}" >"$server_log" 2>&1 </dev/null &
   else
     "$bin" --listen "127.0.0.1:$port" \
-      --max-frame-bytes 16MiB --max-message-bytes 16MiB --max-outbound-bytes 64MiB \
+      --max-frame-bytes 16MiB --max-message-bytes 16MiB \
       --workers 1 --stats-interval 0 >"$server_log" 2>&1 </dev/null &
   fi
   server_pid=$!

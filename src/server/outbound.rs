@@ -12,12 +12,11 @@
 //! its size, so a message of `max_message_bytes` is always deliverable,
 //! and a connection holds at most `max(max_outbound_bytes, one message)`.
 //!
-//! **Control frames.** A pong is queued in order behind what is already
-//! there, unless an earlier pong is still unwritten: then it waits in a
-//! single slot, where the newest replaces older ones (RFC 6455 §5.5.3),
-//! until that one is written. So a ping flood costs at most two pong
-//! frames, not one per ping. A close frame is queued once by the session's
-//! close handshake; the heartbeat ping at most once per interval.
+//! **Control frames.** At most one pong is queued and unwritten at a time:
+//! the session does not read a further ping until the previous pong has
+//! been written (so a ping flood that does not read its pongs stops being
+//! read, as TCP would have it). A close frame is queued once by the
+//! session's close handshake; the heartbeat ping at most once per interval.
 
 use crate::protocol::{ControlFrame, SharedFrame};
 use std::collections::VecDeque;
@@ -76,9 +75,7 @@ pub struct OutboundQueue {
     head_written: usize,
     /// Memory held by the items (see [`Item::charge`]).
     charged: usize,
-    /// The newest pong not yet committed to the stream.
-    pong: Option<Box<ControlFrame>>,
-    /// A committed pong is queued and not fully written.
+    /// A pong is queued and not fully written.
     pong_queued: bool,
 }
 
@@ -89,13 +86,7 @@ impl OutboundQueue {
 
     /// Nothing left to write.
     pub fn is_empty(&self) -> bool {
-        self.items.is_empty() && self.pong.is_none()
-    }
-
-    /// A pong was queued behind data and is not yet written (for tests).
-    #[cfg(test)]
-    fn pong_waiting(&self) -> bool {
-        self.pong_queued || self.pong.is_some()
+        self.items.is_empty()
     }
 
     /// Memory the queue holds, as charged against the bound.
@@ -164,15 +155,16 @@ impl OutboundQueue {
         self.push(Item::Owned(v));
     }
 
-    /// Queues a pong behind what is queued, or, while an earlier pong is
-    /// still unwritten, keeps it as the one pending pong (replacing an
-    /// older pending one).
-    pub fn set_pong(&mut self, pong: ControlFrame) {
-        match &mut self.pong {
-            Some(p) => **p = pong,
-            None => self.pong = Some(Box::new(pong)),
-        }
-        self.commit_pong();
+    /// Queues a pong (the caller keeps at most one unwritten, see
+    /// [`OutboundQueue::pong_pending`]).
+    pub fn push_pong(&mut self, pong: ControlFrame) {
+        self.pong_queued = true;
+        self.push(Item::Control(Box::new(pong)));
+    }
+
+    /// A pong is queued and not fully written.
+    pub fn pong_pending(&self) -> bool {
+        self.pong_queued
     }
 
     fn push(&mut self, item: Item) {
@@ -195,17 +187,6 @@ impl OutboundQueue {
         dropped
     }
 
-    /// Queues the pending pong, unless an earlier one is still unwritten.
-    fn commit_pong(&mut self) {
-        if self.pong_queued {
-            return;
-        }
-        if let Some(p) = self.pong.take() {
-            self.pong_queued = true;
-            self.push(Item::Control(p));
-        }
-    }
-
     /// Accounts for an entry leaving the queue.
     fn popped(&mut self, item: &Item) {
         self.charged -= item.charge();
@@ -218,7 +199,6 @@ impl OutboundQueue {
     /// empty or the writer would block. Returns bytes written with the
     /// outcome; errors other than `WouldBlock` are returned.
     pub fn flush<W: Write>(&mut self, w: &mut W) -> io::Result<(Flush, usize)> {
-        self.commit_pong();
         let mut total = 0;
         while !self.items.is_empty() {
             let mut slices: [IoSlice<'_>; MAX_IOVECS] = [IoSlice::new(&[]); MAX_IOVECS];
@@ -233,7 +213,6 @@ impl OutboundQueue {
                 Ok(written) => {
                     total += written;
                     self.advance(written);
-                    self.commit_pong();
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     return Ok((Flush::Pending, total))

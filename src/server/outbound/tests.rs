@@ -65,34 +65,37 @@ fn an_empty_queue_admits_one_message_of_any_size() {
 }
 
 #[test]
-fn pongs_replace_each_other_and_at_most_two_are_held() {
+fn a_pong_stays_pending_until_fully_written() {
     let mut q = OutboundQueue::new();
     let f = SharedFrame::encode(OpCode::Binary, &[7u8; 20]); // 22 bytes
     q.try_push_shared(&f, usize::MAX);
+    q.push_pong(ControlFrame::pong(b"first"));
+    assert!(q.pong_pending());
     let mut w = Trickle {
         out: Vec::new(),
         cap: 100,
-        budget: 5,
+        budget: 24, // the frame and one byte of the pong
     };
-    q.set_pong(ControlFrame::pong(b"first"));
-    q.flush(&mut w).unwrap(); // frame partly written, "first" queued behind it
-                              // A flood while the socket is blocked: every flush attempt keeps at
-                              // most the queued pong plus the newest pending one.
-    for i in 0..1000u32 {
-        q.set_pong(ControlFrame::pong(&i.to_be_bytes()));
-        q.flush(&mut w).unwrap();
-    }
-    assert!(q.items.len() <= 2, "{}", q.items.len());
+    q.flush(&mut w).unwrap();
+    assert!(q.pong_pending(), "partly written");
     w.budget = usize::MAX;
     q.flush(&mut w).unwrap();
-    q.flush(&mut w).unwrap();
+    assert!(!q.pong_pending());
     let mut expected = f.as_bytes().to_vec();
     expected.extend_from_slice(ControlFrame::pong(b"first").as_bytes());
-    expected.extend_from_slice(ControlFrame::pong(&999u32.to_be_bytes()).as_bytes());
-    assert_eq!(w.out, expected, "in order, the newest pong last");
-    assert!(q.is_empty());
-    assert!(!q.pong_waiting());
+    assert_eq!(w.out, expected);
     assert_eq!(q.charged(), 0);
+    // Discarding an unstarted pong clears it too.
+    q.push_parts(&[b"x"]);
+    q.push_pong(ControlFrame::pong(b"p"));
+    let mut blocked = Trickle {
+        out: Vec::new(),
+        cap: 1,
+        budget: 0,
+    };
+    q.flush(&mut blocked).unwrap();
+    q.discard_unstarted();
+    assert!(!q.pong_pending());
 }
 
 #[test]
@@ -100,7 +103,7 @@ fn a_pong_never_overtakes_queued_bytes() {
     let mut q = OutboundQueue::new();
     q.push_parts(&[b"HTTP/1.1 101 Switching Protocols\r\n\r\n"]);
     q.push_parts(&[&[0x81, 1, b'e']]);
-    q.set_pong(ControlFrame::pong(b"p"));
+    q.push_pong(ControlFrame::pong(b"p"));
     let mut w = sink();
     q.flush(&mut w).unwrap();
     assert!(w.out.starts_with(b"HTTP/1.1 101"));

@@ -184,6 +184,8 @@ pub struct Session {
     /// Reading is paused by the worker (cross-worker backpressure): the
     /// heartbeat does not judge a peer we are not reading.
     paused: bool,
+    /// A ping waits to be read until the previous pong is written.
+    ping_stalled: bool,
 }
 
 impl Session {
@@ -199,6 +201,7 @@ impl Session {
             finishing: false,
             aborted: false,
             paused: false,
+            ping_stalled: false,
         }
     }
 
@@ -215,7 +218,10 @@ impl Session {
         }
         match &self.phase {
             Phase::Http(_) => self.out.is_empty(),
-            Phase::Open(o) => o.close.state() != CloseState::Closed,
+            Phase::Open(o) => {
+                o.close.state() != CloseState::Closed
+                    && !(self.ping_stalled && self.out.pong_pending())
+            }
         }
     }
 
@@ -244,6 +250,7 @@ impl Session {
         if input.is_empty() || !self.wants_read() {
             return 0;
         }
+        self.ping_stalled = false;
         self.last_activity = now;
         match &mut self.phase {
             Phase::Http(_) => self.http_input(input, now, h),

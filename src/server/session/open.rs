@@ -58,6 +58,11 @@ impl Session {
     ) -> usize {
         let mut pos = 0;
         while pos < input.len() {
+            if self.out.pong_pending() && self.next_is_ping(&input[pos..]) {
+                // One pong in flight: read the next ping once it is written.
+                self.ping_stalled = true;
+                break;
+            }
             let frame = match self.ctx.decoder.decode(&mut input[pos..]) {
                 Ok(Some(frame)) => frame,
                 Ok(None) => break,
@@ -134,7 +139,7 @@ impl Session {
             Event::Fragment | Event::Pong(_) => After::Continue,
             Event::Ping(payload) => {
                 if o.close.can_send_data() {
-                    out.set_pong(ControlFrame::pong(payload));
+                    out.push_pong(ControlFrame::pong(payload));
                 }
                 After::Continue
             }
@@ -156,6 +161,15 @@ impl Session {
                 After::Stop
             }
         }
+    }
+
+    /// Whether the frame starting `input` is a complete-header ping (looked
+    /// at without decoding: decoding unmasks the payload in place).
+    fn next_is_ping(&self, input: &[u8]) -> bool {
+        matches!(
+            self.ctx.decoder.decode_header(input),
+            Ok(Some(h)) if h.opcode == crate::protocol::OpCode::Ping
+        )
     }
 
     /// Fails the connection for a protocol error: close frame, then TCP.
