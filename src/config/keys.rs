@@ -122,9 +122,9 @@ config_keys! {
     pin_cores: bool as Flag = false, Any,
         "Pin each worker thread to its own core";
     max_connections: usize as Count<usize> = 100_000, Range(1, TEN_MILLION),
-        "Max open connections; beyond -> 503 at handshake";
+        "Max open connections, counted from accept (HTTP and WebSocket); beyond -> 503 and close";
     max_connections_per_ip: usize as Count<usize> = 0, Range(0, TEN_MILLION),
-        "Max connections per client IP (IPv6: per ipv6_prefix_len prefix); 0 = unlimited; beyond -> 429";
+        "Max open connections per client IP, counted from accept (IPv6: per ipv6_prefix_len prefix); 0 = unlimited; beyond -> 429 and close";
     ipv6_prefix_len: u8 as Count<u8> = 64, Range(1, 128),
         "Per-IP limits group IPv6 clients by this prefix length (64 = one /64 per client)";
     max_request_head_bytes: usize as Size = 8 * KIB, Range(1, MIB),
@@ -136,7 +136,7 @@ config_keys! {
     max_message_bytes: usize as Size = MIB, Range(1, GIB),
         "Max message size; beyond -> close 1009 (POST /publish body -> 413)";
     max_outbound_bytes: usize as Size = MIB, Range(1, GIB),
-        "Per-connection outbound queue bound; beyond -> slow_consumer policy";
+        "Memory a connection's outbound queue may hold (buffers + entries); an empty queue always takes one message; beyond -> slow_consumer policy";
     slow_consumer: SlowConsumerPolicy as Policy<SlowConsumerPolicy> = SlowConsumerPolicy::Close, Any,
         "When the outbound queue is full: close the connection, or drop the message for it";
     fanout_queue_len: usize as Count<usize> = 4096, Range(1, 1 << 20),
@@ -152,7 +152,7 @@ config_keys! {
     malloc_thread_cache: bool as Flag = false, Any,
         "Keep glibc's per-thread malloc cache (false: turned off at start so bursts' memory is returned)";
     handshake_timeout: Duration as Dur = Duration::from_secs(10), Range(ms(1), DAY),
-        "Time allowed to complete the HTTP upgrade";
+        "Time allowed to send a complete request (head and body); also the keep-alive idle time";
     close_timeout: Duration as Dur = Duration::from_secs(5), Range(Duration::ZERO, DAY),
         "Time to wait for the peer's close frame before dropping the TCP connection";
     ping_interval: Duration as Dur = Duration::from_secs(30), OffOr(ms(100), DAY),

@@ -438,7 +438,7 @@ fn docs_reference_table_is_current() {
     }
     panic!(
         "the key table in docs/configuration.md differs from the key table in src/config/keys.rs; \
-         regenerate it with: WSRELAY_UPDATE_DOCS=1 cargo test --lib config::tests::docs_reference_table_is_current"
+         regenerate it with: WSRELAY_UPDATE_DOCS=1 cargo test --lib config::tests::layers::docs_reference_table_is_current"
     );
 }
 
