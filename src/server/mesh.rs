@@ -291,3 +291,78 @@ impl MeshPort {
         self.paused.shrink_to(keep);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::directory::RoomDirectory;
+    use mio::{Poll, Token};
+
+    /// A mesh of `n` workers whose queues hold one message each.
+    fn mesh(n: usize) -> (Mesh, Vec<Receiver<WorkerMsg>>, Vec<Poll>) {
+        let polls: Vec<Poll> = (0..n).map(|_| Poll::new().unwrap()).collect();
+        let wakers = polls
+            .iter()
+            .map(|p| Arc::new(Waker::new(p.registry(), Token(0)).unwrap()))
+            .collect();
+        let (mesh, rx) = Mesh::new(wakers, 1);
+        (mesh, rx, polls)
+    }
+
+    #[test]
+    fn a_paused_publisher_resumes_when_its_own_destinations_drain() {
+        let (mesh, mut rx, _polls) = mesh(3);
+        let metrics = WorkerMetrics::default();
+        let dir = RoomDirectory::new(10);
+        let room = dir.join("r", 0).unwrap();
+        let frame = SharedFrame::encode(crate::protocol::OpCode::Text, b"x");
+        let mut port = MeshPort::new(rx.remove(0), 3);
+        // Fill worker 1's and worker 2's queues, then overflow both.
+        for _ in 0..2 {
+            port.send(&mesh, 0b110, &room, &frame, 1, &metrics);
+        }
+        assert!(port.is_blocked(0b010) && port.is_blocked(0b100));
+        assert!(
+            !port.is_blocked(0b001),
+            "this worker is never a destination"
+        );
+        port.pause(7, 1, 0b010); // publishes only to worker 1
+        port.pause(8, 1, 0b110); // publishes to both
+                                 // Worker 1 drains its queue; worker 2 does not.
+        while rx[0].try_recv().is_ok() {}
+        let mut resumed = Vec::new();
+        port.drain_overflow(&mesh, &mut resumed);
+        assert_eq!(resumed.iter().map(|p| p.key).collect::<Vec<_>>(), [7]);
+        assert!(!port.is_blocked(0b010));
+        assert!(port.is_blocked(0b100));
+        // Worker 2 drains: the other one resumes too.
+        while rx[1].try_recv().is_ok() {}
+        resumed.clear();
+        port.drain_overflow(&mesh, &mut resumed);
+        assert_eq!(resumed.iter().map(|p| p.key).collect::<Vec<_>>(), [8]);
+        assert!(!port.has_blocked());
+        assert_eq!(metrics.fanout_backpressure.get(), 2);
+    }
+
+    #[test]
+    fn overflow_keeps_order() {
+        let (mesh, mut rx, _polls) = mesh(2);
+        let metrics = WorkerMetrics::default();
+        let dir = RoomDirectory::new(10);
+        let room = dir.join("r", 0).unwrap();
+        let mut port = MeshPort::new(rx.remove(0), 2);
+        for i in 0..5u8 {
+            let f = SharedFrame::encode(crate::protocol::OpCode::Binary, &[i]);
+            port.send(&mesh, 0b10, &room, &f, 1, &metrics);
+        }
+        let mut got = Vec::new();
+        let mut resumed = Vec::new();
+        while got.len() < 5 {
+            while let Ok(m) = rx[0].try_recv() {
+                got.push(*m.frame.as_bytes().last().unwrap());
+            }
+            port.drain_overflow(&mesh, &mut resumed);
+        }
+        assert_eq!(got, [0, 1, 2, 3, 4]);
+    }
+}

@@ -10,16 +10,20 @@
 //! - `lifecycle`: graceful shutdown (in-process and the binary), start-up;
 //! - `bounds`: size limits, slow consumers, rate limits, descriptors,
 //!   memory and backpressure bounds;
-//! - `protocol_props`: property tests of the sans-IO protocol core.
+//! - `protocol_props`: property tests of the sans-IO protocol core;
+//! - `config`: argv, files and environment through `parse_args_with_env`,
+//!   and the binary's own reading of them.
 //!
 //! Helpers live in `support`. Per-connection deadlines and rate-limit
 //! timing (heartbeats, handshake deadline, keep-alive idling, close
-//! timeout, token refill) are not tested here over sockets; see MOVED.md.
+//! timeout, token refill) are not tested here over sockets: they are
+//! virtual-clock tests of the session (`src/server/session/tests.rs`).
 
 mod support;
 
 mod admission;
 mod bounds;
+mod config;
 mod echo;
 mod handshake;
 mod lifecycle;

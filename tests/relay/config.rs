@@ -252,7 +252,7 @@ fn help_and_version_are_exit_code_zero() {
 /// apart from listening on all interfaces it documents exactly the defaults.
 #[test]
 fn documented_example_file_parses_to_defaults() {
-    let doc = include_str!("../docs/configuration.md");
+    let doc = include_str!("../../docs/configuration.md");
     let section = doc
         .split("## Complete example")
         .nth(1)
