@@ -77,10 +77,6 @@ pub struct Config {
     /// `max_outbound_bytes`, and so how soon it is detected as a slow
     /// consumer, at some cost in throughput (docs/configuration.md).
     pub send_buffer_bytes: usize,
-    /// Keep glibc's per-thread malloc cache. Off by default: the relay
-    /// re-executes itself once at start with it turned off, so memory a
-    /// burst leaves behind can be returned (see `allocator`).
-    pub malloc_thread_cache: bool,
     /// Time allowed to complete the HTTP upgrade.
     pub handshake_timeout: Duration,
     /// Time to wait for the peer's close frame before dropping the TCP connection.
@@ -138,7 +134,6 @@ impl Default for Config {
             read_budget_bytes: 256 * 1024,
             buffer_pool_size: 1024,
             send_buffer_bytes: 0,
-            malloc_thread_cache: false,
             handshake_timeout: Duration::from_secs(10),
             close_timeout: Duration::from_secs(5),
             ping_interval: Duration::from_secs(30),
@@ -210,10 +205,6 @@ const KEYS: &[(&str, &str)] = &[
     (
         "send_buffer_bytes",
         "SO_SNDBUF per connection (0 = kernel autotuning)",
-    ),
-    (
-        "malloc_thread_cache",
-        "Keep glibc's per-thread malloc cache (false: turned off at start so bursts' memory is returned)",
     ),
     (
         "handshake_timeout",
@@ -468,10 +459,6 @@ impl Config {
             ("read_budget_bytes", size_value(self.read_budget_bytes)),
             ("buffer_pool_size", count_value(self.buffer_pool_size)),
             ("send_buffer_bytes", size_value(self.send_buffer_bytes)),
-            (
-                "malloc_thread_cache",
-                Value::Boolean(self.malloc_thread_cache),
-            ),
             ("handshake_timeout", dur(self.handshake_timeout)),
             ("close_timeout", dur(self.close_timeout)),
             ("ping_interval", dur(self.ping_interval)),
@@ -564,7 +551,6 @@ impl Config {
             "read_budget_bytes" => self.read_budget_bytes = toml_size(&v)?,
             "buffer_pool_size" => self.buffer_pool_size = toml_count(&v)?,
             "send_buffer_bytes" => self.send_buffer_bytes = toml_size(&v)?,
-            "malloc_thread_cache" => self.malloc_thread_cache = toml_bool(&v)?,
             "handshake_timeout" => self.handshake_timeout = toml_duration(&v)?,
             "close_timeout" => self.close_timeout = toml_duration(&v)?,
             "ping_interval" => self.ping_interval = toml_duration(&v)?,
@@ -1117,8 +1103,6 @@ struct Cli {
     buffer_pool_size: Option<usize>,
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     send_buffer_bytes: Option<usize>,
-    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", value_parser = parse_bool)]
-    malloc_thread_cache: Option<bool>,
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     handshake_timeout: Option<Duration>,
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
@@ -1182,7 +1166,6 @@ impl Cli {
             read_budget_bytes,
             buffer_pool_size,
             send_buffer_bytes,
-            malloc_thread_cache,
             handshake_timeout,
             close_timeout,
             ping_interval,
@@ -1823,7 +1806,6 @@ mod tests {
             read_budget_bytes: 1 << 30,
             buffer_pool_size: 0,
             send_buffer_bytes: 12_345,
-            malloc_thread_cache: true,
             handshake_timeout: Duration::from_millis(2500),
             close_timeout: Duration::ZERO,
             ping_interval: Duration::from_secs(90),
