@@ -8,27 +8,10 @@ use wsrelay::config::{parse_args, Command, Config};
 use wsrelay::metrics::Totals;
 use wsrelay::server;
 
-#[cfg(all(feature = "alloc-mimalloc", feature = "alloc-jemalloc"))]
-compile_error!("at most one of the alloc-* features");
-
-#[cfg(feature = "alloc-mimalloc")]
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-#[cfg(feature = "alloc-jemalloc")]
-#[global_allocator]
-static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
-/// jemalloc's options, read before `main` (the crate's prefixed
-/// `malloc_conf`; `_RJEM_MALLOC_CONF` in the environment is applied after it).
-#[cfg(feature = "alloc-jemalloc")]
-#[allow(non_upper_case_globals)]
-#[export_name = "_rjem_malloc_conf"]
-pub static malloc_conf: Option<&'static libc::c_char> = Some(
-    // SAFETY: a NUL-terminated static byte string, read by jemalloc only.
-    unsafe { &*(b"background_thread:true\0".as_ptr() as *const libc::c_char) },
-);
-
+// No `#[global_allocator]`: the system allocator (glibc malloc on Linux)
+// gives a burst's memory back as fully and as fast as mimalloc or jemalloc
+// did in the burst test, without a dependency (docs/reliability.md,
+// "Allocator choice"). Operators can tune it with GLIBC_TUNABLES.
 fn main() {
     let config = match parse_args(std::env::args_os()) {
         Ok(Command::Run(c)) => c,

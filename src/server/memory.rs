@@ -12,32 +12,13 @@ use slab::Slab;
 /// Returns free heap pages to the operating system. glibc only shrinks a
 /// heap from its top on its own, so memory freed in the middle after a
 /// burst of connections would otherwise stay resident. `malloc_trim`
-/// walks every arena, not just the caller's.
+/// walks every arena, not just the caller's. The relay runs on the system
+/// allocator (glibc on Linux), chosen by measurement: `docs/reliability.md`,
+/// "Allocator choice". Under another allocator this call would have to be
+/// that allocator's own release (`mi_collect`, jemalloc's
+/// `arena.<all>.purge`); elsewhere than glibc it does nothing.
 pub fn release_free_heap() {
-    #[cfg(feature = "alloc-mimalloc")]
-    // SAFETY: mi_collect only frees the calling thread's empty pages and
-    // purges what mimalloc holds unused.
-    unsafe {
-        libmimalloc_sys::mi_collect(false);
-    }
-    #[cfg(feature = "alloc-jemalloc")]
-    // SAFETY: "arena.4096.purge" (MALLCTL_ARENAS_ALL) takes no argument and
-    // purges the unused dirty pages of every arena.
-    unsafe {
-        tikv_jemalloc_sys::mallctl(
-            b"arena.4096.purge\0".as_ptr().cast(),
-            std::ptr::null_mut(),
-            std::ptr::null_mut(),
-            std::ptr::null_mut(),
-            0,
-        );
-    }
-    #[cfg(all(
-        target_os = "linux",
-        target_env = "gnu",
-        not(feature = "alloc-mimalloc"),
-        not(feature = "alloc-jemalloc")
-    ))]
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only walks the allocator's own free lists (under
     // its locks) and advises the kernel about unused pages; it does not
     // touch memory that is in use. Covered by
