@@ -4,9 +4,7 @@
 //!   message assembly, close handshake, client mode).
 //! - [`server`]: the relay engine (per-core mio loops, rooms, fan-out).
 //! - [`config`]: configuration file and flags; [`metrics`]: counters.
-//! - [`allocator`]: start-up tuning of glibc's malloc (thread cache off).
 
-pub mod allocator;
 pub mod config;
 pub mod metrics;
 pub mod protocol;

@@ -8,6 +8,10 @@ use wsrelay::config::{parse_args, Command, Config};
 use wsrelay::metrics::Totals;
 use wsrelay::server;
 
+// No `#[global_allocator]`: the system allocator (glibc malloc on Linux)
+// gives a burst's memory back as fully and as fast as mimalloc or jemalloc
+// did in the burst test, without a dependency (docs/reliability.md,
+// "Allocator choice"). Operators can tune it with GLIBC_TUNABLES.
 fn main() {
     let config = match parse_args(std::env::args_os()) {
         Ok(Command::Run(c)) => c,
@@ -25,7 +29,6 @@ fn main() {
         }
     };
     init_logging(&config);
-    tune_allocator(&config);
     check_nofile(&config);
 
     let handle = match server::start(config.clone()) {
@@ -58,43 +61,6 @@ fn init_logging(config: &Config) {
     env_logger::Builder::from_env(env)
         .format_timestamp_millis()
         .init();
-}
-
-/// Turns glibc's per-thread malloc cache off by re-executing once (see
-/// `wsrelay::allocator`), before any thread exists, and says what was done.
-fn tune_allocator(config: &Config) {
-    use wsrelay::allocator::{self, Plan, REEXEC_MARKER_VAR, TUNABLES_VAR};
-    let plan = allocator::plan(
-        config.malloc_thread_cache,
-        std::env::var_os(TUNABLES_VAR).as_deref(),
-        std::env::var_os(REEXEC_MARKER_VAR).as_deref(),
-    );
-    match plan {
-        Plan::Reexec(tunables) => {
-            let err = allocator::reexec(&tunables);
-            log::warn!(
-                "cannot re-execute to turn glibc's malloc thread cache off ({err}); memory freed after bursts will be returned less fully (malloc_thread_cache = true skips this step)"
-            );
-        }
-        Plan::NotApplied => {
-            log::warn!("{TUNABLES_VAR} did not reach the re-executed relay (glibc erased it?)")
-        }
-        Plan::OperatorValue(v) => log::info!(
-            "{TUNABLES_VAR} sets {}={v}; left as given",
-            allocator::TCACHE_TUNABLE
-        ),
-        Plan::Off { .. } | Plan::Kept | Plan::Unsupported => {}
-    }
-    if let Some(active) = allocator::thread_cache_active() {
-        log::info!(
-            "glibc malloc thread cache {}",
-            if active {
-                "on (memory freed after connection bursts is returned less fully)"
-            } else {
-                "off"
-            }
-        );
-    }
 }
 
 /// Raises the open-files limit and says so when it cannot hold

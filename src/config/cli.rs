@@ -11,10 +11,9 @@ use super::keys::{key_infos, KEY_NAMES};
 use super::{suggest, Command, Config, ConfigError, ENV_PREFIX};
 
 /// `WSRELAY_*` variables that are not configuration keys and are ignored:
-/// the allocator's re-exec marker, the test suite's docs switch and the
-/// scripts' own settings (which the relay may inherit from them).
+/// the test suite's docs switch and the scripts' own settings (which the
+/// relay may inherit from them).
 pub const RESERVED_ENV: &[&str] = &[
-    "WSRELAY_MALLOC_REEXEC",
     "WSRELAY_UPDATE_DOCS",
     "WSRELAY_BIN",
     "WSRELAY_LOAD",

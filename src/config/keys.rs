@@ -149,8 +149,6 @@ config_keys! {
         "Max idle buffers kept per worker";
     send_buffer_bytes: usize as Size = 0, Range(0, GIB),
         "SO_SNDBUF per connection; 0 = kernel autotuning";
-    malloc_thread_cache: bool as Flag = false, Any,
-        "Keep glibc's per-thread malloc cache (false: turned off at start so bursts' memory is returned)";
     handshake_timeout: Duration as Dur = Duration::from_secs(10), Range(ms(1), DAY),
         "Time allowed to send a complete request (head and body); also the keep-alive idle time";
     close_timeout: Duration as Dur = Duration::from_secs(5), Range(Duration::ZERO, DAY),

@@ -12,7 +12,11 @@ use slab::Slab;
 /// Returns free heap pages to the operating system. glibc only shrinks a
 /// heap from its top on its own, so memory freed in the middle after a
 /// burst of connections would otherwise stay resident. `malloc_trim`
-/// walks every arena, not just the caller's.
+/// walks every arena, not just the caller's. The relay runs on the system
+/// allocator (glibc on Linux), chosen by measurement: `docs/reliability.md`,
+/// "Allocator choice". Under another allocator this call would have to be
+/// that allocator's own release (`mi_collect`, jemalloc's
+/// `arena.<all>.purge`); elsewhere than glibc it does nothing.
 pub fn release_free_heap() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only walks the allocator's own free lists (under

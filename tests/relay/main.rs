@@ -12,7 +12,9 @@
 //!   memory and backpressure bounds;
 //! - `protocol_props`: property tests of the sans-IO protocol core;
 //! - `config`: argv, files and environment through `parse_args_with_env`,
-//!   and the binary's own reading of them.
+//!   and the binary's own reading of them;
+//! - `startup`: the binary starts as one plain process (a piped config is
+//!   read once, the process keeps its name).
 //!
 //! Helpers live in `support`. Per-connection deadlines and rate-limit
 //! timing (heartbeats, handshake deadline, keep-alive idling, close
@@ -31,3 +33,4 @@ mod metrics;
 mod protocol_props;
 mod publish;
 mod rooms;
+mod startup;

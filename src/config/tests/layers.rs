@@ -29,7 +29,6 @@ fn alt() -> Config {
         read_budget_bytes: 128 << 10,
         buffer_pool_size: 10,
         send_buffer_bytes: 256 << 10,
-        malloc_thread_cache: false,
         handshake_timeout: Duration::from_secs(3),
         close_timeout: Duration::from_secs(1),
         ping_interval: Duration::from_millis(100),
@@ -71,7 +70,6 @@ fn third() -> Config {
         read_budget_bytes: 1,
         buffer_pool_size: 1 << 20,
         send_buffer_bytes: 1 << 30,
-        malloc_thread_cache: true,
         handshake_timeout: Duration::from_millis(1),
         close_timeout: Duration::from_secs(86_400),
         ping_interval: Duration::from_secs(86_400),
@@ -165,9 +163,8 @@ fn env_values_use_flag_syntax() {
     .unwrap();
     assert!(c.subprotocols.is_empty());
     std::fs::remove_file(path).ok();
-    // Variables of the allocator and of the scripts are not keys, and are ignored.
+    // Variables of the scripts are not keys, and are ignored.
     let reserved = [
-        ("WSRELAY_MALLOC_REEXEC", "1"),
         ("WSRELAY_CONFORMANCE_PATH", "/echo"),
         ("WSRELAY_BIN", "x"),
         ("WSRELAY_UPDATE_DOCS", "1"),

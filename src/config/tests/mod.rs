@@ -369,7 +369,6 @@ pub(super) fn non_default() -> Config {
         read_budget_bytes: 1 << 30,
         buffer_pool_size: 0,
         send_buffer_bytes: 12_345,
-        malloc_thread_cache: true,
         handshake_timeout: Duration::from_millis(2500),
         close_timeout: Duration::ZERO,
         ping_interval: Duration::from_secs(90),
