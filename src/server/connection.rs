@@ -117,12 +117,13 @@ impl Connection {
             // Offer what is buffered first (e.g. a pipelined request
             // waiting for the previous answer to be written).
             while start < end && self.session.wants_read() {
-                let used = self.session.handle_input(&mut buf[start..end], now, h);
+                let used = self.offer(&mut buf[start..end], now, ctx, h);
                 if used == 0 {
                     break;
                 }
                 start += used;
             }
+
             if !self.session.wants_read() {
                 self.stalled = self.session.poll_finish().is_none();
                 break ReadOutcome::Stalled;
@@ -185,6 +186,24 @@ impl Connection {
         outcome
     }
 
+    /// Offers input to the session, with the connection's transport at
+    /// hand to write replies before they are judged (see
+    /// [`WriteBeforeJudging`]).
+    fn offer(
+        &mut self,
+        input: &mut [u8],
+        now: u64,
+        ctx: &SessionContext,
+        h: &mut impl Handler,
+    ) -> usize {
+        let mut h = WriteBeforeJudging {
+            inner: h,
+            transport: &mut self.transport,
+            ctx,
+        };
+        self.session.handle_input(input, now, &mut h)
+    }
+
     /// Writes queued output. Returns whether everything was written; on a
     /// socket error the session is told the peer is gone.
     pub fn flush(&mut self, metrics: &WorkerMetrics) -> bool {
@@ -244,6 +263,59 @@ impl Connection {
     /// Whether bytes wait in the read buffer.
     pub fn has_buffered_input(&self) -> bool {
         self.rbuf.is_some()
+    }
+}
+
+/// Writes a connection's queue before a reply is judged against the
+/// bound: replies pile up within one read (echo), and a client that reads
+/// promptly must not look slow because the loop writes once per iteration.
+/// The session stays free of IO; this is the connection, which owns the
+/// transport, standing between it and the application's handler.
+struct WriteBeforeJudging<'a, H> {
+    inner: &'a mut H,
+    transport: &'a mut Transport,
+    ctx: &'a SessionContext,
+}
+
+impl<H: Handler> Handler for WriteBeforeJudging<'_, H> {
+    fn on_request_head(
+        &mut self,
+        req: &crate::protocol::HttpRequest,
+    ) -> super::session::HeadVerdict {
+        self.inner.on_request_head(req)
+    }
+
+    fn on_request(
+        &mut self,
+        req: &crate::protocol::HttpRequest,
+        body: &[u8],
+    ) -> super::session::Response {
+        self.inner.on_request(req, body)
+    }
+
+    fn on_upgrade(
+        &mut self,
+        req: &crate::protocol::UpgradeRequest,
+    ) -> Result<Vec<u8>, super::session::Response> {
+        self.inner.on_upgrade(req)
+    }
+
+    fn on_message(
+        &mut self,
+        kind: crate::protocol::MessageKind,
+        data: &[u8],
+        out: &mut super::outbound::OutboundQueue,
+        limit: usize,
+    ) -> super::session::Verdict {
+        match self.inner.on_message(kind, data, out, limit) {
+            super::session::Verdict::SlowConsumer => {
+                if let Ok((_, n)) = out.flush(self.transport) {
+                    self.ctx.metrics.bytes_out.add(n as u64);
+                }
+                self.inner.on_message(kind, data, out, limit)
+            }
+            v => v,
+        }
     }
 }
 

@@ -9,6 +9,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 use tungstenite::Message;
+use wsrelay::config::Config;
 use wsrelay::protocol::{encode_client_frame, OpCode};
 
 const SIZES: [usize; 7] = [0, 1, 125, 126, 65535, 65536, 200_000];
@@ -529,6 +530,37 @@ fn failing_one_connection_leaves_others_alone() {
         ws_expect_data(&mut good),
         tungstenite::Message::Text("fine".into())
     );
+    h.shutdown();
+    h.join();
+}
+
+/// A client that pipelines far more than `max_outbound_bytes` of messages
+/// in one go while reading promptly gets every echo: replies piling up
+/// within one read budget are written before the bound judges them.
+#[test]
+fn pipelined_echoes_beyond_the_outbound_bound_are_not_a_slow_consumer() {
+    let h = start(Config {
+        max_outbound_bytes: 64 << 10,
+        ..test_config()
+    });
+    let mut c = RawClient::connect(h.local_addr(), "/echo");
+    let mut bytes = Vec::new();
+    let msg = [7u8; 1000];
+    for _ in 0..1000 {
+        encode_client_frame(true, OpCode::Binary, &msg, [1, 2, 3, 4], &mut bytes);
+    }
+    let mut writer = c.stream.try_clone().unwrap();
+    let sender = std::thread::spawn(move || writer.write_all(&bytes).is_ok());
+    for i in 0..1000 {
+        let f = c.expect_frame();
+        assert_eq!(
+            (f.opcode, f.payload.len()),
+            (OpCode::Binary, 1000),
+            "echo {i}: {:?}",
+            f.close_code()
+        );
+    }
+    assert!(sender.join().unwrap());
     h.shutdown();
     h.join();
 }
