@@ -283,7 +283,10 @@ impl Worker {
         };
         // A publisher into a room with members on a blocked worker waits
         // until those workers drain (see `mesh`).
-        if let Some(m) = conn.membership().filter(|m| m.publishes) {
+        if let Some(m) = conn
+            .membership()
+            .filter(|m| m.publishes && port.has_blocked())
+        {
             let mask = rooms.remote_mask(m.room_id);
             if port.is_blocked(mask) {
                 if !conn.session.is_paused() {
