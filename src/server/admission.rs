@@ -16,21 +16,23 @@ use std::sync::{Mutex, MutexGuard};
 
 /// A client address as counted: IPv4 addresses in their mapped form,
 /// IPv6 addresses cut to the configured prefix.
+/// Stored as bytes: a `u128` would be 16-byte aligned and pad every
+/// connection entry that holds one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct IpKey(u128);
+pub struct IpKey([u8; 16]);
 
 impl IpKey {
     /// The counting key of `ip` with IPv6 addresses grouped by `prefix` bits.
     pub fn new(ip: IpAddr, prefix: u8) -> IpKey {
         match ip {
-            IpAddr::V4(v4) => IpKey(u128::from(v4.to_ipv6_mapped())),
+            IpAddr::V4(v4) => IpKey(v4.to_ipv6_mapped().octets()),
             IpAddr::V6(v6) => {
                 if let Some(v4) = v6.to_ipv4_mapped() {
-                    return IpKey(u128::from(v4.to_ipv6_mapped()));
+                    return IpKey(v4.to_ipv6_mapped().octets());
                 }
                 let bits = u32::from(prefix.clamp(1, 128));
                 let mask = u128::MAX << (128 - bits);
-                IpKey(u128::from(v6) & mask)
+                IpKey((u128::from(v6) & mask).to_be_bytes())
             }
         }
     }

@@ -327,7 +327,7 @@ mod tests {
     fn connection_stays_small() {
         // Bytes per idle connection matter at 100k+ connections.
         assert!(
-            std::mem::size_of::<Connection>() <= 256,
+            std::mem::size_of::<Connection>() <= 208,
             "{}",
             std::mem::size_of::<Connection>()
         );

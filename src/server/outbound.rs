@@ -71,8 +71,10 @@ pub enum Flush {
 #[derive(Default)]
 pub struct OutboundQueue {
     items: VecDeque<Item>,
-    /// Bytes of the front item already written.
-    head_written: usize,
+    /// Bytes of the front item already written (an item is at most one
+    /// message, ≤ 1 GiB by configuration, plus a header: fits, and keeps
+    /// the queue, which every connection holds, at 48 bytes).
+    head_written: u32,
     /// Memory held by the items (see [`Item::charge`]).
     charged: usize,
     /// A pong is queued and not fully written.
@@ -205,7 +207,11 @@ impl OutboundQueue {
             let mut n = 0;
             for (i, item) in self.items.iter().take(MAX_IOVECS).enumerate() {
                 let b = item.bytes();
-                slices[i] = IoSlice::new(if i == 0 { &b[self.head_written..] } else { b });
+                slices[i] = IoSlice::new(if i == 0 {
+                    &b[self.head_written as usize..]
+                } else {
+                    b
+                });
                 n += 1;
             }
             match w.write_vectored(&slices[..n]) {
@@ -229,7 +235,7 @@ impl OutboundQueue {
             let Some(front) = self.items.front() else {
                 break;
             };
-            let left = front.bytes().len() - self.head_written;
+            let left = front.bytes().len() - self.head_written as usize;
             if n >= left {
                 n -= left;
                 if let Some(item) = self.items.pop_front() {
@@ -237,7 +243,7 @@ impl OutboundQueue {
                 }
                 self.head_written = 0;
             } else {
-                self.head_written += n;
+                self.head_written += n as u32;
                 n = 0;
             }
         }

@@ -273,6 +273,7 @@ impl Session {
         if self.deadline == 0 || now < self.deadline {
             return;
         }
+        let fired = self.deadline;
         self.deadline = 0;
         let cfg = &self.ctx.config;
         let Phase::Open(o) = &mut self.phase else {
@@ -293,13 +294,14 @@ impl Session {
         o.release_memory();
         if self.paused {
             // We are not reading this peer: its pong may be waiting unread.
-            o.ping_sent = 0;
+            o.awaiting_pong = false;
             self.deadline = now + cfg.ping_interval_ms;
             return;
         }
-        if o.ping_sent != 0 {
-            if self.last_activity >= o.ping_sent {
-                o.ping_sent = 0;
+        if o.awaiting_pong {
+            let ping_sent = fired - cfg.pong_timeout_ms;
+            if self.last_activity >= ping_sent {
+                o.awaiting_pong = false;
                 self.deadline = self.last_activity + cfg.ping_interval_ms;
                 if self.deadline <= now {
                     self.deadline = now + 1;
@@ -314,7 +316,7 @@ impl Session {
         if now >= due {
             self.out
                 .push_parts(&[ControlFrame::ping(&now.to_be_bytes()).as_bytes()]);
-            o.ping_sent = now;
+            o.awaiting_pong = true;
             self.deadline = now + cfg.pong_timeout_ms;
         } else {
             self.deadline = due;

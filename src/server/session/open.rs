@@ -15,8 +15,9 @@ pub struct OpenPhase {
     pub(super) close: CloseHandshake,
     /// Boxed: most deployments run without rate limits.
     limiter: Option<Box<RateLimiter>>,
-    /// Clock when an unanswered heartbeat ping was sent; 0: none.
-    pub(super) ping_sent: u64,
+    /// A heartbeat ping is unanswered; it was sent `pong_timeout` before
+    /// the armed deadline (so the time need not be stored).
+    pub(super) awaiting_pong: bool,
 }
 
 impl OpenPhase {
@@ -28,7 +29,7 @@ impl OpenPhase {
                 .rate
                 .enabled()
                 .then(|| Box::new(RateLimiter::new(&cfg.rate, now))),
-            ping_sent: 0,
+            awaiting_pong: false,
         }
     }
 
