@@ -15,9 +15,9 @@
 # FUZZ_TOOLCHAIN=nightly uses `cargo +nightly` instead of RUSTC_BOOTSTRAP=1.
 #
 # Targets (cargo fuzz list): handshake, frame_decoder, assembler,
-# client_response, session. The session target's seeds include reproducers
-# of known findings (seeds/session/crash-*), which pass unless
-# WSRELAY_FUZZ_STRICT=1 is set (see README.md).
+# client_response, session. The session target's seeds include the
+# reproducers of its fixed findings (seeds/session/regression-*, see
+# README.md).
 set -uo pipefail
 
 secs="${1:-600}"

@@ -34,17 +34,14 @@
 //! - `handle_input` consumes at most what it is offered, and leaves the
 //!   bytes it did not consume untouched (they are offered again);
 //! - the outbound charge stays within `max(max_outbound_bytes, one
-//!   message) + control allowance` (see `bound`); with the environment
-//!   variable `WSRELAY_FUZZ_STRICT=1` without the allowance for capacity
-//!   growth of coalesced buffers and repeated heartbeat pings (see
-//!   `fuzz/README.md`);
+//!   message) + control allowance` (see `bound`);
 //! - after `handle_timeout(now)` the next deadline, if any, is after `now`
 //!   (unless the session finished);
 //! - once `poll_finish()` is `Some` it stays `Some`, `wants_read()` is
 //!   false and no input is taken;
 //! - everything written parses as HTTP responses (status line, headers,
 //!   `Content-Length` body; nothing after `Connection: close`), then after
-//!   a `101` (strict mode: a `101` must come before any frame) as
+//!   a `101` (which must come before any frame) as
 //!   well-formed server frames: unmasked, FIN, no RSV, no
 //!   continuation, text and close reasons UTF-8, control payloads ≤ 125,
 //!   valid close codes, and nothing after the close frame;
@@ -55,7 +52,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use std::io::{self, IoSlice, Write};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use wsrelay::config::{RateLimitPolicy, SlowConsumerPolicy};
 use wsrelay::metrics::WorkerMetrics;
 use wsrelay::protocol::handshake::http_response;
@@ -76,8 +73,6 @@ use wsrelay::server::session::{
 
 const TOKEN: &str = "token";
 const MAX_ROOM: usize = 128;
-/// Owned buffers are coalesced up to this size (`outbound::COALESCE_LIMIT`).
-const COALESCE_LIMIT: usize = 16 * 1024;
 
 const MESSAGE_LIMITS: [usize; 10] = [1, 16, 125, 126, 300, 1000, 4096, 9000, 20_000, 70_000];
 const OUTBOUND_LIMITS: [usize; 8] = [0, 64, 256, 1000, 4096, 10_000, 20_000, 1 << 20];
@@ -90,10 +85,6 @@ const STEPS: [u64; 16] = [
 ];
 const WRITE_BUDGETS: [usize; 8] = [0, 1, 2, 7, 64, 500, 4096, usize::MAX];
 
-fn strict() -> bool {
-    static STRICT: OnceLock<bool> = OnceLock::new();
-    *STRICT.get_or_init(|| std::env::var_os("WSRELAY_FUZZ_STRICT").is_some_and(|v| v == "1"))
-}
 
 const UPGRADE_ECHO: &[u8] = b"GET /echo HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
 const CANNED: [&[u8]; 12] = [
@@ -518,12 +509,6 @@ impl Wire {
 
     /// Consumes one complete response; `false` if incomplete.
     fn http_response(&mut self) -> bool {
-        if self.upgrade_accepted && !strict() && self.buf.first().is_some_and(|b| *b != b'H') {
-            // Known (strict mode reports it): `slow_consumer` right after
-            // the upgrade discards the unwritten `101`, frames follow.
-            self.state = WireState::Frames;
-            return true;
-        }
         let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") else {
             assert!(self.buf.len() < 4096, "response head too long");
             assert!(
@@ -662,16 +647,7 @@ impl Driver {
         // close frame, one heartbeat ping; each one entry, owned ones at
         // least 256 bytes of capacity.
         let control = 4 * ENTRY_COST + 768 + 128 + 256 + 256;
-        if strict() {
-            data + control
-        } else {
-            // Known: charging capacities lets a coalescing append that
-            // doubles a buffer (< COALESCE_LIMIT) overshoot the check made
-            // with the appended length, once for data and once for each
-            // unjudged push; heartbeat pings that are never written pile
-            // up one per interval (bounded here by the input length).
-            data + control + 3 * COALESCE_LIMIT + 2 * 4096
-        }
+        data + control
     }
 
     fn check(&mut self) {

@@ -1,24 +1,28 @@
 //! A connection's queue of bytes waiting to be written.
 //!
 //! Broadcast frames are shared (`SharedFrame`, reference-counted); echo
-//! replies, HTTP answers and close frames are owned buffers, and
-//! consecutive small owned writes are coalesced into one buffer.
+//! replies are owned data buffers, coalesced while small; HTTP answers and
+//! control frames are entries of their own, which are never judged against
+//! the bound nor discarded (the session bounds them: one answer in flight,
+//! one pong, one heartbeat ping, one close).
 //!
 //! **The bound.** Data is charged at what it makes us hold: the capacity
 //! of each buffer (a shared frame's whole allocation, which this queue
 //! keeps alive) plus [`ENTRY_COST`] per entry, not just its payload. A
 //! data push is admitted when the charge stays within the limit, or when
-//! the queue is empty: an empty queue always takes one message, whatever
-//! its size, so a message of `max_message_bytes` is always deliverable,
-//! and a connection holds at most `max(max_outbound_bytes, one message)`.
+//! the queue holds no data (an HTTP answer or a control frame may be
+//! waiting): such a queue always takes one message, whatever its size, so a
+//! message of `max_message_bytes` is always deliverable, and a connection
+//! holds at most `max(max_outbound_bytes, one message)` of data.
 //!
 //! **Control frames.** At most one pong is queued and unwritten at a time:
 //! the session does not read a further ping until the previous pong has
 //! been written (so a ping flood that does not read its pongs stops being
 //! read, as TCP would have it). A close frame is queued once by the
-//! session's close handshake; the heartbeat ping at most once per interval.
+//! session's close handshake; a heartbeat ping once per interval, and a
+//! peer that has not read the previous one by its pong deadline is dropped.
 
-use crate::protocol::{ControlFrame, SharedFrame};
+use crate::protocol::{ControlFrame, OpCode, SharedFrame};
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
 
@@ -26,12 +30,20 @@ use std::io::{self, IoSlice, Write};
 const MAX_IOVECS: usize = 64;
 /// Largest empty ring kept for the next delivery (entries).
 const RING_KEEP: usize = 4;
-/// Owned buffers are coalesced up to this size.
+/// Data buffers are coalesced up to this size.
 const COALESCE_LIMIT: usize = 16 * 1024;
+/// Smallest buffer allocated for data (small echoes then coalesce in it).
+const MIN_DATA_BUFFER: usize = 256;
 
 enum Item {
+    /// A broadcast, shared by reference count. Data.
     Shared(SharedFrame),
-    Owned(Vec<u8>),
+    /// Frames encoded for this connection alone (echo replies, a
+    /// publisher's copy of a batch without its own messages). Data.
+    Data(Vec<u8>),
+    /// An HTTP answer (the `101` included): never discarded.
+    Http(Vec<u8>),
+    /// Ping, pong or close: never discarded.
     Control(Box<ControlFrame>),
 }
 
@@ -39,9 +51,13 @@ impl Item {
     fn bytes(&self) -> &[u8] {
         match self {
             Item::Shared(f) => f.as_bytes(),
-            Item::Owned(v) => v,
+            Item::Data(v) | Item::Http(v) => v,
             Item::Control(c) => c.as_bytes(),
         }
+    }
+
+    fn is_data(&self) -> bool {
+        matches!(self, Item::Shared(_) | Item::Data(_))
     }
 
     /// Memory this entry holds, charged against the bound.
@@ -49,7 +65,7 @@ impl Item {
         ENTRY_COST
             + match self {
                 Item::Shared(f) => f.capacity(),
-                Item::Owned(v) => v.capacity(),
+                Item::Data(v) | Item::Http(v) => v.capacity(),
                 Item::Control(_) => std::mem::size_of::<ControlFrame>(),
             }
     }
@@ -79,6 +95,8 @@ pub struct OutboundQueue {
     charged: usize,
     /// A pong is queued and not fully written.
     pong_queued: bool,
+    /// A ping is queued and not fully written.
+    ping_queued: bool,
 }
 
 impl OutboundQueue {
@@ -96,15 +114,15 @@ impl OutboundQueue {
         self.charged
     }
 
-    /// Whether a push of `cost` bytes of charge is admitted under `limit`.
+    /// Whether data costing `cost` more is admitted under `limit`: it fits,
+    /// or no data is queued (an HTTP answer or a control frame may be).
     fn admits(&self, cost: usize, limit: usize) -> bool {
-        self.items.is_empty() || self.charged + cost <= limit
+        self.charged + cost <= limit || !self.items.iter().any(Item::is_data)
     }
 
-    /// Whether `len` more payload bytes in one new owned entry would be
-    /// admitted under `limit`.
+    /// Whether `len` more bytes of data would be admitted under `limit`.
     pub fn has_room(&self, len: usize, limit: usize) -> bool {
-        self.admits(len + ENTRY_COST, limit)
+        self.admits(self.data_cost(len), limit)
     }
 
     /// Enqueues a shared frame if it is admitted under `limit`.
@@ -117,51 +135,84 @@ impl OutboundQueue {
         true
     }
 
-    /// Enqueues the concatenation of `parts` if it is admitted under `limit`.
+    /// Enqueues the concatenation of `parts` (encoded frames, data) if it is
+    /// admitted under `limit`.
     pub fn try_push_parts(&mut self, parts: &[&[u8]], limit: usize) -> bool {
         let len: usize = parts.iter().map(|p| p.len()).sum();
+        if len == 0 {
+            return true;
+        }
         if !self.has_room(len, limit) {
             return false;
         }
-        self.push_parts(parts);
-        true
-    }
-
-    /// Enqueues bytes without judging them against the bound: only for what
-    /// the session itself bounds (one HTTP answer in flight, one close
-    /// frame, one heartbeat ping per interval). Still charged.
-    pub fn push_parts(&mut self, parts: &[&[u8]]) {
-        let len: usize = parts.iter().map(|p| p.len()).sum();
-        if len == 0 {
-            return;
-        }
-        // Append to the last owned buffer when it is not being written and
-        // stays small: many small echoes become one write.
-        let can_append = self.items.len() > 1 || (self.items.len() == 1 && self.head_written == 0);
-        if can_append {
-            if let Some(Item::Owned(v)) = self.items.back_mut() {
-                if v.len() + len <= COALESCE_LIMIT {
-                    let before = v.capacity();
+        match self.coalesce_target(len) {
+            Some(target) => {
+                let before = self.charged;
+                if let Some(Item::Data(v)) = self.items.back_mut() {
+                    let old = v.capacity();
+                    if target > old {
+                        v.reserve_exact(target - v.len());
+                    }
                     for p in parts {
                         v.extend_from_slice(p);
                     }
-                    self.charged = self.charged + v.capacity() - before;
-                    return;
+                    self.charged = before + v.capacity() - old;
                 }
             }
+            None => {
+                let mut v = Vec::with_capacity(len.max(MIN_DATA_BUFFER));
+                for p in parts {
+                    v.extend_from_slice(p);
+                }
+                self.push(Item::Data(v));
+            }
         }
-        let mut v = Vec::with_capacity(len.max(256).min(COALESCE_LIMIT.max(len)));
-        for p in parts {
-            v.extend_from_slice(p);
-        }
-        self.push(Item::Owned(v));
+        true
     }
 
-    /// Queues a pong (the caller keeps at most one unwritten, see
-    /// [`OutboundQueue::pong_pending`]).
-    pub fn push_pong(&mut self, pong: ControlFrame) {
-        self.pong_queued = true;
-        self.push(Item::Control(Box::new(pong)));
+    /// The capacity the last data buffer grows to when `len` bytes are
+    /// appended to it (doubling, up to the coalescing limit), or `None`
+    /// when they go into a new buffer. Growth is explicit so the admission
+    /// check charges exactly what the append will hold.
+    fn coalesce_target(&self, len: usize) -> Option<usize> {
+        let being_written = self.items.len() == 1 && self.head_written > 0;
+        match self.items.back() {
+            Some(Item::Data(v)) if !being_written && v.len() + len <= COALESCE_LIMIT => {
+                let need = v.len() + len;
+                Some(if need <= v.capacity() {
+                    v.capacity()
+                } else {
+                    (2 * v.capacity()).clamp(need, COALESCE_LIMIT)
+                })
+            }
+            _ => None,
+        }
+    }
+
+    /// What `len` more bytes of data add to the charge.
+    fn data_cost(&self, len: usize) -> usize {
+        match (self.coalesce_target(len), self.items.back()) {
+            (Some(target), Some(Item::Data(v))) => target - v.capacity(),
+            _ => len.max(MIN_DATA_BUFFER) + ENTRY_COST,
+        }
+    }
+
+    /// Enqueues an HTTP answer: not judged against the bound (the session
+    /// keeps one in flight), never discarded.
+    pub fn push_http(&mut self, bytes: &[u8]) {
+        self.push(Item::Http(bytes.to_vec()));
+    }
+
+    /// Enqueues a control frame: not judged against the bound (the session
+    /// keeps one pong, one heartbeat ping and one close at most), never
+    /// discarded.
+    pub fn push_control(&mut self, frame: ControlFrame) {
+        match frame.opcode() {
+            OpCode::Pong => self.pong_queued = true,
+            OpCode::Ping => self.ping_queued = true,
+            _ => {}
+        }
+        self.push(Item::Control(Box::new(frame)));
     }
 
     /// A pong is queued and not fully written.
@@ -169,32 +220,44 @@ impl OutboundQueue {
         self.pong_queued
     }
 
+    /// A ping is queued and not fully written.
+    pub fn ping_pending(&self) -> bool {
+        self.ping_queued
+    }
+
     fn push(&mut self, item: Item) {
         self.charged += item.charge();
         self.items.push_back(item);
     }
 
-    /// Drops every entry not yet started, keeping a partly written front
-    /// entry (the stream must stay well formed) and the pending pong.
-    /// Returns the charge released.
-    pub fn discard_unstarted(&mut self) -> usize {
-        let keep = usize::from(self.head_written > 0);
-        let mut dropped = 0;
-        while self.items.len() > keep {
-            if let Some(item) = self.items.pop_back() {
-                dropped += item.charge();
-                self.popped(&item);
-            }
-        }
-        dropped
-    }
-
     /// Accounts for an entry leaving the queue.
     fn popped(&mut self, item: &Item) {
         self.charged -= item.charge();
-        if matches!(item, Item::Control(_)) {
-            self.pong_queued = false;
+        if let Item::Control(c) = item {
+            match c.opcode() {
+                OpCode::Pong => self.pong_queued = false,
+                OpCode::Ping => self.ping_queued = false,
+                _ => {}
+            }
         }
+    }
+
+    /// Drops every data entry not yet started (a partly written front
+    /// entry stays: the stream must stay well formed; HTTP answers and
+    /// control frames stay too). Returns the charge released.
+    pub fn discard_unstarted(&mut self) -> usize {
+        let before = self.charged;
+        let started = self.head_written > 0;
+        let mut kept = VecDeque::with_capacity(self.items.len().min(RING_KEEP));
+        for (i, item) in std::mem::take(&mut self.items).into_iter().enumerate() {
+            if (i == 0 && started) || !item.is_data() {
+                kept.push_back(item);
+            } else {
+                self.charged -= item.charge();
+            }
+        }
+        self.items = kept;
+        before - self.charged
     }
 
     /// Writes as much as possible with vectored writes until the queue is

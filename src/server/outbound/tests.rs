@@ -69,7 +69,7 @@ fn a_pong_stays_pending_until_fully_written() {
     let mut q = OutboundQueue::new();
     let f = SharedFrame::encode(OpCode::Binary, &[7u8; 20]); // 22 bytes
     q.try_push_shared(&f, usize::MAX);
-    q.push_pong(ControlFrame::pong(b"first"));
+    q.push_control(ControlFrame::pong(b"first"));
     assert!(q.pong_pending());
     let mut w = Trickle {
         out: Vec::new(),
@@ -85,25 +85,23 @@ fn a_pong_stays_pending_until_fully_written() {
     expected.extend_from_slice(ControlFrame::pong(b"first").as_bytes());
     assert_eq!(w.out, expected);
     assert_eq!(q.charged(), 0);
-    // Discarding an unstarted pong clears it too.
-    q.push_parts(&[b"x"]);
-    q.push_pong(ControlFrame::pong(b"p"));
-    let mut blocked = Trickle {
-        out: Vec::new(),
-        cap: 1,
-        budget: 0,
-    };
-    q.flush(&mut blocked).unwrap();
+    // Discarding a backlog keeps control frames (and their flags).
+    q.try_push_parts(&[b"x"], usize::MAX);
+    q.push_control(ControlFrame::pong(b"p"));
     q.discard_unstarted();
+    assert!(q.pong_pending());
+    let mut w = sink();
+    q.flush(&mut w).unwrap();
+    assert_eq!(w.out, ControlFrame::pong(b"p").as_bytes());
     assert!(!q.pong_pending());
 }
 
 #[test]
 fn a_pong_never_overtakes_queued_bytes() {
     let mut q = OutboundQueue::new();
-    q.push_parts(&[b"HTTP/1.1 101 Switching Protocols\r\n\r\n"]);
-    q.push_parts(&[&[0x81, 1, b'e']]);
-    q.push_pong(ControlFrame::pong(b"p"));
+    q.push_http(b"HTTP/1.1 101 Switching Protocols\r\n\r\n");
+    q.try_push_parts(&[&[0x81, 1, b'e']], usize::MAX);
+    q.push_control(ControlFrame::pong(b"p"));
     let mut w = sink();
     q.flush(&mut w).unwrap();
     assert!(w.out.starts_with(b"HTTP/1.1 101"));
@@ -118,7 +116,7 @@ fn partial_writes_resume_exactly() {
     for i in 0..10u8 {
         q.try_push_shared(&f, usize::MAX);
         expected.extend_from_slice(f.as_bytes());
-        q.push_parts(&[&[i; 3], &[i + 1; 2]]);
+        q.try_push_parts(&[&[i; 3], &[i + 1; 2]], usize::MAX);
         expected.extend_from_slice(&[i; 3]);
         expected.extend_from_slice(&[i + 1; 2]);
     }
@@ -151,7 +149,7 @@ fn discard_keeps_the_partly_written_frame() {
     q.flush(&mut w).unwrap();
     let dropped = q.discard_unstarted();
     assert_eq!(dropped, 4 * (22 + ENTRY_COST));
-    q.push_parts(&[&[0x88, 0x00]]);
+    q.push_control(ControlFrame::close_empty());
     w.budget = usize::MAX;
     q.flush(&mut w).unwrap();
     let mut expected = f.as_bytes().to_vec();
@@ -164,11 +162,11 @@ fn discard_keeps_the_partly_written_frame() {
 fn coalesced_owned_buffers_are_charged_by_capacity() {
     let mut q = OutboundQueue::new();
     for _ in 0..100 {
-        q.push_parts(&[&[1u8; 10]]);
+        q.try_push_parts(&[&[1u8; 10]], usize::MAX);
     }
     assert_eq!(q.items.len(), 1, "coalesced");
     let cap = match q.items.front() {
-        Some(Item::Owned(v)) => v.capacity(),
+        Some(Item::Data(v)) => v.capacity(),
         _ => unreachable!(),
     };
     assert_eq!(q.charged(), cap + ENTRY_COST);
@@ -221,4 +219,53 @@ fn shared_frames_are_released_after_writing() {
     assert_eq!(f.ref_count(), 2);
     q.flush(&mut sink()).unwrap();
     assert_eq!(f.ref_count(), 1);
+}
+
+#[test]
+fn a_backlog_discarded_for_a_slow_consumer_keeps_the_http_answer() {
+    // Found by the session fuzz target: a slow-consumer close right after
+    // the upgrade dropped the unwritten 101 with the data behind it.
+    let mut q = OutboundQueue::new();
+    q.push_http(b"HTTP/1.1 101 Switching Protocols\r\n\r\n");
+    // Only an answer is queued: one message of any size is still admitted.
+    let big = SharedFrame::encode(OpCode::Binary, &vec![0u8; 100_000]);
+    assert!(q.try_push_shared(&big, 1000));
+    assert!(!q.try_push_shared(&big, 1000));
+    q.discard_unstarted();
+    let close = ControlFrame::close(
+        crate::protocol::CloseCode::POLICY_VIOLATION,
+        "slow consumer",
+    );
+    q.push_control(close);
+    let mut w = sink();
+    q.flush(&mut w).unwrap();
+    let mut expected = b"HTTP/1.1 101 Switching Protocols\r\n\r\n".to_vec();
+    expected.extend_from_slice(close.as_bytes());
+    assert_eq!(w.out, expected);
+}
+
+#[test]
+fn coalescing_is_charged_exactly_as_admitted() {
+    // Found by the session fuzz target: a push admitted by its length
+    // doubled the buffer it was appended to, past the bound.
+    let limit = 10_000;
+    let mut q = OutboundQueue::new();
+    assert!(q.try_push_parts(&[&[1u8; 8100]], limit));
+    let before = q.charged();
+    let admitted = q.try_push_parts(&[&[2u8; 100]], limit);
+    assert!(
+        q.charged() <= limit || !admitted,
+        "{} > {limit}",
+        q.charged()
+    );
+    if !admitted {
+        assert_eq!(q.charged(), before);
+    }
+    // However many small pushes are admitted, the charge stays in bounds.
+    let mut q = OutboundQueue::new();
+    for i in 0..10_000u32 {
+        let len = 1 + (i as usize * 7919) % 3000;
+        q.try_push_parts(&[&vec![0u8; len]], limit);
+        assert!(q.charged() <= limit.max(3000 + MIN_DATA_BUFFER + ENTRY_COST));
+    }
 }

@@ -300,7 +300,9 @@ impl Session {
         }
         if o.awaiting_pong {
             let ping_sent = fired - cfg.pong_timeout_ms;
-            if self.last_activity >= ping_sent {
+            // Activity since the ping counts only if the peer also read it:
+            // unsolicited pongs from a peer that reads nothing do not.
+            if self.last_activity >= ping_sent && !self.out.ping_pending() {
                 o.awaiting_pong = false;
                 self.deadline = self.last_activity + cfg.ping_interval_ms;
                 if self.deadline <= now {
@@ -315,7 +317,7 @@ impl Session {
         let due = self.last_activity + cfg.ping_interval_ms;
         if now >= due {
             self.out
-                .push_parts(&[ControlFrame::ping(&now.to_be_bytes()).as_bytes()]);
+                .push_control(ControlFrame::ping(&now.to_be_bytes()));
             o.awaiting_pong = true;
             self.deadline = now + cfg.pong_timeout_ms;
         } else {
@@ -387,11 +389,6 @@ impl Session {
         }
     }
 
-    /// Whether `len` more bytes of data would be admitted now.
-    pub fn has_room(&self, len: usize) -> bool {
-        self.out.has_room(len, self.ctx.config.max_outbound_bytes)
-    }
-
     fn accepts_data(&self) -> bool {
         match &self.phase {
             Phase::Open(o) => o.close.can_send_data() && !self.finishing && !self.aborted,
@@ -423,8 +420,7 @@ impl Session {
             return;
         };
         if let CloseAction::SendCloseAndWait(c) = o.close.initiate(code) {
-            self.out
-                .push_parts(&[ControlFrame::close(c, reason).as_bytes()]);
+            self.out.push_control(ControlFrame::close(c, reason));
             self.ctx.metrics.close_sent[close_code_index(c.0)].inc();
             self.deadline = now + self.ctx.config.close_timeout_ms;
         }
@@ -433,7 +429,7 @@ impl Session {
     /// Queues an HTTP answer; without keep-alive the connection ends once
     /// it is written (or after `close_timeout`).
     fn answer(&mut self, response: Response, now: u64) {
-        self.out.push_parts(&[&response.bytes]);
+        self.out.push_http(&response.bytes);
         if response.keep_alive {
             self.deadline = now + self.ctx.config.handshake_timeout_ms;
         } else {

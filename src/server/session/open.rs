@@ -140,7 +140,7 @@ impl Session {
             Event::Fragment | Event::Pong(_) => After::Continue,
             Event::Ping(payload) => {
                 if o.close.can_send_data() {
-                    out.push_pong(ControlFrame::pong(payload));
+                    out.push_control(ControlFrame::pong(payload));
                 }
                 After::Continue
             }
@@ -155,7 +155,7 @@ impl Session {
                     _ => None,
                 };
                 if let Some((frame, c)) = reply {
-                    out.push_parts(&[frame.as_bytes()]);
+                    out.push_control(frame);
                     ctx.metrics.close_sent[close_code_index(c.0)].inc();
                 }
                 self.finish_after_flush(now);
@@ -178,7 +178,7 @@ impl Session {
         if let Phase::Open(o) = &mut self.phase {
             if let CloseAction::SendCloseAndShutdown(c) = o.close.fail(error.close_code()) {
                 self.out
-                    .push_parts(&[ControlFrame::close(c, error.reason()).as_bytes()]);
+                    .push_control(ControlFrame::close(c, error.reason()));
                 self.ctx.metrics.close_sent[close_code_index(c.0)].inc();
             }
             // Nothing more will be read: drop a half-gathered message.

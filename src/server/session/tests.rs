@@ -634,3 +634,38 @@ fn rate_limits_count_messages_not_frames_or_pings() {
     assert_eq!(frames.last().map(|f| f.0), Some(OpCode::Close));
     assert_eq!(&frames.last().unwrap().1[..2], &1008u16.to_be_bytes());
 }
+
+#[test]
+fn a_peer_that_never_reads_is_dropped_even_if_it_sends_pongs() {
+    // Found by the session fuzz target: unsolicited pongs from a peer that
+    // read nothing kept it alive while a ping piled up every interval.
+    let mut t = Harness::open(config(), 1);
+    t.advance(30_001); // ping queued, never written out
+    t.input(&frame(OpCode::Pong, b"unsolicited"), 30_500);
+    t.advance(40_001);
+    assert_eq!(t.s.poll_finish(), Some(Finish::Abort));
+    assert_eq!(t.metrics.ping_timeouts.get(), 1);
+}
+
+#[test]
+fn a_slow_consumer_close_right_after_the_upgrade_keeps_the_101() {
+    // Found by the session fuzz target: an echo that did not fit beside the
+    // unwritten 101 closed the connection and discarded the 101 with it.
+    let mut cfg = config();
+    cfg.max_outbound_bytes = 20_000;
+    cfg.max_message_bytes = 20_000;
+    cfg.max_frame_bytes = 20_000;
+    let mut t = Harness::new(cfg, 1);
+    let mut bytes = UPGRADE.to_vec();
+    bytes.extend(frame(OpCode::Binary, &[3u8; 19_800]));
+    bytes.extend(frame(OpCode::Binary, &[4u8; 19_800]));
+    let used = t.input(&bytes, 1);
+    let used = used + t.input(&bytes[used..], 1);
+    assert!(used > UPGRADE.len());
+    // Nothing was written in between (the connection writes before judging;
+    // this session alone cannot): the second echo makes it a slow consumer.
+    let out = t.output();
+    assert!(out.starts_with(b"HTTP/1.1 101"), "{:?}", &out[..20]);
+    let close = ControlFrame::close(CloseCode::POLICY_VIOLATION, "slow consumer");
+    assert!(out.ends_with(close.as_bytes()));
+}
