@@ -259,11 +259,6 @@ impl Connection {
             pool.give_back(lease.buf);
         }
     }
-
-    /// Whether bytes wait in the read buffer.
-    pub fn has_buffered_input(&self) -> bool {
-        self.lease.is_some()
-    }
 }
 
 /// Writes a connection's queue before a reply is judged against the
