@@ -4,6 +4,7 @@
 //!   message assembly, close handshake, client mode).
 //! - [`server`]: the relay engine (per-core mio loops, rooms, fan-out).
 //! - [`config`]: configuration file and flags; [`metrics`]: counters.
+//! - [`pubsub`]: Centrifugo client protocol (v2) pieces: token auth.
 
 pub mod config;
 pub mod metrics;

@@ -457,7 +457,7 @@ pub fn format_duration(d: Duration) -> String {
     ];
     UNITS
         .iter()
-        .find(|(_, per)| total % per == 0)
+        .find(|(_, per)| total.is_multiple_of(*per))
         .map(|(unit, per)| format!("{}{unit}", total / per))
         .unwrap_or_else(|| format!("{total}ns"))
 }
@@ -536,7 +536,7 @@ pub fn format_size(n: usize) -> String {
     BINARY_UNITS
         .iter()
         .chain(DECIMAL_UNITS.iter())
-        .find(|(_, per)| n % per == 0)
+        .find(|(_, per)| n.is_multiple_of(*per))
         .map_or_else(|| n.to_string(), |(unit, per)| format!("{}{unit}", n / per))
 }
 

@@ -488,7 +488,7 @@ mod tests {
         let h = encode_header(true, OpCode::Binary, 256, None);
         assert_eq!(h.as_bytes(), &[0x82, 0x7e, 0x01, 0x00]);
         let mut f = h.as_bytes().to_vec();
-        f.extend(std::iter::repeat(7u8).take(256));
+        f.extend(std::iter::repeat_n(7u8, 256));
         let d = client().decode(&mut f).unwrap().unwrap();
         assert_eq!(d.header.payload_len, 256);
         assert_eq!(d.header.header_len, 4);

@@ -167,7 +167,7 @@ impl Acceptor {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Accepted::None,
                 Err(e) if is_resource_exhaustion(&e) => {
                     self.paused_until = now + BACKOFF_MS;
-                    let warn = self.last_warning.map_or(true, |t| now >= t + WARN_EVERY_MS);
+                    let warn = self.last_warning.is_none_or(|t| now >= t + WARN_EVERY_MS);
                     if warn {
                         self.last_warning = Some(now);
                     }

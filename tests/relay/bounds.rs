@@ -174,10 +174,10 @@ fn publish_until(
 ) -> u64 {
     let mut seq = 0u64;
     let mut stop_at: Option<u64> = None;
-    while stop_at.map_or(true, |end| seq < end) {
+    while stop_at.is_none_or(|end| seq < end) {
         publisher.send(Message::Binary(numbered(seq))).unwrap();
         seq += 1;
-        if seq % BATCH == 0 {
+        if seq.is_multiple_of(BATCH) {
             // Let the reading members keep up, so only the stalled one
             // ever has a backlog.
             assert!(
@@ -345,7 +345,7 @@ fn slow_consumer_drop_policy_keeps_the_connection_and_counts_drops() {
             Message::Binary(b) => {
                 let s = seq_of(&b);
                 assert!(
-                    last.map_or(true, |l| s > l),
+                    last.is_none_or(|l| s > l),
                     "out of order: {s} after {last:?}"
                 );
                 last = Some(s);

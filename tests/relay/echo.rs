@@ -47,7 +47,11 @@ fn echoes_text_at_boundary_lengths_with_tungstenite() {
         // Mix multi-byte characters in, keeping the exact byte length.
         let mut s = String::with_capacity(len);
         while s.len() + 3 <= len {
-            s.push(if s.len() % 7 == 0 { '€' } else { 'x' });
+            s.push(if s.len().is_multiple_of(7) {
+                '€'
+            } else {
+                'x'
+            });
         }
         while s.len() < len {
             s.push('y');

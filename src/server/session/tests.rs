@@ -267,7 +267,7 @@ fn a_request_split_anywhere_is_reassembled() {
 fn a_head_over_the_limit_is_refused_with_431() {
     let mut t = Harness::new(config(), 1);
     let mut head = b"GET /x HTTP/1.1\r\nX: ".to_vec();
-    head.extend(std::iter::repeat(b'a').take(10_000));
+    head.extend(std::iter::repeat_n(b'a', 10_000));
     let out = t.input_all(&head, 1);
     assert!(out.starts_with(b"HTTP/1.1 431"), "{:?}", &out[..20]);
     assert_eq!(t.s.poll_finish(), Some(Finish::Graceful));
