@@ -4,8 +4,10 @@
 //!   message assembly, close handshake, client mode).
 //! - [`server`]: the relay engine (per-core mio loops, rooms, fan-out).
 //! - [`config`]: configuration file and flags; [`metrics`]: counters.
+//! - [`pubsub`]: Centrifugo client protocol (sans-IO codec, channel names).
 
 pub mod config;
 pub mod metrics;
 pub mod protocol;
+pub mod pubsub;
 pub mod server;
