@@ -4,7 +4,8 @@
 //!   message assembly, close handshake, client mode).
 //! - [`server`]: the relay engine (per-core mio loops, rooms, fan-out).
 //! - [`config`]: configuration file and flags; [`metrics`]: counters.
-//! - [`pubsub`]: Centrifugo client protocol (v2) pieces: token auth.
+//! - [`pubsub`]: Centrifugo client protocol (v2) layers: codec, channel
+//!   names, token auth, history and recovery (not wired in yet).
 
 pub mod config;
 pub mod metrics;
