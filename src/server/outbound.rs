@@ -199,8 +199,8 @@ impl OutboundQueue {
 
     /// Enqueues an HTTP answer: not judged against the bound (the session
     /// keeps one in flight), never discarded.
-    pub fn push_http(&mut self, bytes: &[u8]) {
-        self.push(Item::Http(bytes.to_vec()));
+    pub fn push_http(&mut self, bytes: Vec<u8>) {
+        self.push(Item::Http(bytes));
     }
 
     /// Enqueues a control frame: not judged against the bound (the session

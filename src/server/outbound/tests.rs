@@ -99,7 +99,7 @@ fn a_pong_stays_pending_until_fully_written() {
 #[test]
 fn a_pong_never_overtakes_queued_bytes() {
     let mut q = OutboundQueue::new();
-    q.push_http(b"HTTP/1.1 101 Switching Protocols\r\n\r\n");
+    q.push_http(b"HTTP/1.1 101 Switching Protocols\r\n\r\n".to_vec());
     q.try_push_parts(&[&[0x81, 1, b'e']], usize::MAX);
     q.push_control(ControlFrame::pong(b"p"));
     let mut w = sink();
@@ -226,7 +226,7 @@ fn a_backlog_discarded_for_a_slow_consumer_keeps_the_http_answer() {
     // Found by the session fuzz target: a slow-consumer close right after
     // the upgrade dropped the unwritten 101 with the data behind it.
     let mut q = OutboundQueue::new();
-    q.push_http(b"HTTP/1.1 101 Switching Protocols\r\n\r\n");
+    q.push_http(b"HTTP/1.1 101 Switching Protocols\r\n\r\n".to_vec());
     // Only an answer is queued: one message of any size is still admitted.
     let big = SharedFrame::encode(OpCode::Binary, &vec![0u8; 100_000]);
     assert!(q.try_push_shared(&big, 1000));

@@ -149,7 +149,7 @@ impl Session {
     /// Completes the upgrade: the `101` is queued and the WebSocket phase
     /// begins, with the heartbeat armed.
     fn open(&mut self, accept: Vec<u8>, now: u64) {
-        self.out.push_http(&accept);
+        self.out.push_http(accept);
         self.phase = Phase::Open(OpenPhase::new(&self.ctx.config, now));
         let interval = self.ctx.config.ping_interval_ms;
         self.deadline = if interval == 0 { 0 } else { now + interval };

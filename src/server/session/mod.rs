@@ -429,7 +429,7 @@ impl Session {
     /// Queues an HTTP answer; without keep-alive the connection ends once
     /// it is written (or after `close_timeout`).
     fn answer(&mut self, response: Response, now: u64) {
-        self.out.push_http(&response.bytes);
+        self.out.push_http(response.bytes);
         if response.keep_alive {
             self.deadline = now + self.ctx.config.handshake_timeout_ms;
         } else {
