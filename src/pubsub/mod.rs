@@ -7,7 +7,9 @@
 //! - [`channel`]: channel-name grammar (namespace `:`, private `$`,
 //!   user-limited `#`);
 //! - [`auth`]: JWT connection and subscription tokens;
-//! - [`history`]: per-channel history with offsets and epochs, recovery.
+//! - [`history`]: per-channel history with offsets and epochs, recovery;
+//! - [`presence`]: who is subscribed to a channel, per-user counts,
+//!   bounded, with TTL expiry as a safety net against ghosts.
 //!
 //! Not wired into the engine yet: the endpoint, command execution and the
 //! fan-out of publication pushes are the next layer.
@@ -15,4 +17,5 @@
 pub mod auth;
 pub mod channel;
 pub mod history;
+pub mod presence;
 pub mod proto;
