@@ -29,7 +29,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 GEN=${WSRELAY_LOAD:-$ROOT/target/release/wsrelay-load}
 RELAY=${WSRELAY_BIN:-$ROOT/target/release/wsrelay}
-PEERS=${PEERS_DIR:-/work/peers-build}
+PEERS=${PEERS_DIR:-$ROOT/../peers-build}
 LOCK=/tmp/wsrelay-bench.lock
 
 RUNS=3

@@ -25,7 +25,7 @@
 #   WSRELAY_CONFORMANCE_SERVER_CMD  replaces the server command (run with bash -c;
 #       every "{port}" is replaced by the chosen port); no cargo build is done then.
 #       Example, against the tokio-tungstenite reference peer:
-#         WSRELAY_CONFORMANCE_SERVER_CMD='/work/peers-build/tokio-tungstenite/target/release/tt-peer --port {port}'
+#         WSRELAY_CONFORMANCE_SERVER_CMD='../peers-build/tokio-tungstenite/target/release/tt-peer --port {port}'
 #   WSRELAY_CONFORMANCE_PATH     URL path under test (default /echo)
 #   WSRELAY_CONFORMANCE_START_TIMEOUT  seconds to wait for the port to accept (default 30)
 #   WSRELAY_SHARED_DIR           the shared directory (default <repo>/../shared)
