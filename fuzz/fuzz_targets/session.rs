@@ -55,7 +55,7 @@ use std::io::{self, IoSlice, Write};
 use std::sync::Arc;
 use wsrelay::config::{RateLimitPolicy, SlowConsumerPolicy};
 use wsrelay::metrics::WorkerMetrics;
-use wsrelay::protocol::handshake::http_response;
+use wsrelay::protocol::response::http_response;
 use wsrelay::protocol::{
     encode_client_frame, encode_header, CloseCode, FrameDecoder, HandshakeLimits, HttpRequest,
     MessageKind, OpCode, RejectReason, Role, SharedFrame, UpgradeRequest,

@@ -13,6 +13,7 @@ pub mod error;
 pub mod frame;
 pub mod handshake;
 pub mod mask;
+pub mod response;
 pub mod utf8;
 
 pub use assembler::{Event, MessageAssembler, MessageKind};
@@ -25,6 +26,5 @@ pub use frame::{
     encode_frame, encode_header, ControlFrame, DecodedFrame, FrameDecoder, FrameHeader, HeaderBuf,
     OpCode, Role, SharedFrame,
 };
-pub use handshake::{
-    parse_request, HandshakeLimits, HttpRequest, ParsedRequest, RejectReason, UpgradeRequest,
-};
+pub use handshake::{parse_request, HandshakeLimits, HttpRequest, ParsedRequest, UpgradeRequest};
+pub use response::RejectReason;

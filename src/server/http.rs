@@ -3,7 +3,8 @@
 //! `POST /publish/{room}` (authorization, body rules, responses).
 
 use super::directory::valid_room_name;
-use crate::protocol::handshake::{has_token, http_response};
+use crate::protocol::handshake::has_token;
+use crate::protocol::response::http_response;
 use crate::protocol::{HttpRequest, MessageKind, RejectReason};
 
 /// How a room member takes part.

@@ -14,7 +14,7 @@ use super::outbound::OutboundQueue;
 use super::session::{Handler, HeadVerdict, Response, Verdict};
 use super::Shared;
 use crate::metrics::{Gauges, WorkerMetrics};
-use crate::protocol::handshake::http_response;
+use crate::protocol::response::http_response;
 use crate::protocol::{
     encode_header, CloseCode, HttpRequest, MessageKind, RejectReason, SharedFrame, UpgradeRequest,
 };
