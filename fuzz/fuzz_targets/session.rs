@@ -23,7 +23,7 @@
 //! 426 for WebSocket paths without upgrade, `POST /publish/{room}` through
 //! `check_publish` (`HeadVerdict::ReadBody`) with the publish rules
 //! (UTF-8 for text bodies, 202, 503 for the room `busy`), upgrades to
-//! `/echo` (messages echoed with `try_push_parts`, `SlowConsumer` when they
+//! `/echo` (messages echoed with `try_push_message`, `SlowConsumer` when they
 //! do not fit), to `/rooms/{name}?role=sub` (any message closes 1008), the
 //! rest refused; origins and subprotocols negotiated. Every request head
 //! also goes through the pure checks of the HTTP helpers (`check_publish`,
@@ -240,8 +240,7 @@ impl Handler for Relay {
                 if data.starts_with(b"bye") {
                     return Verdict::Close(CloseCode::NORMAL, "bye");
                 }
-                let header = encode_header(true, kind.opcode(), data.len(), None);
-                if out.try_push_parts(&[header.as_bytes(), data], limit) {
+                if out.try_push_message(kind, data, limit) {
                     Verdict::Continue
                 } else {
                     Verdict::SlowConsumer

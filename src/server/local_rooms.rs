@@ -358,20 +358,18 @@ fn deliver_without_own(
     bytes: &[u8],
     frames: &[BatchFrame],
 ) -> (Delivery, u64) {
-    let mut parts: Vec<&[u8]> = Vec::new();
-    let mut start = 0;
-    for f in frames {
-        if f.publisher != member {
-            parts.push(&bytes[start..f.end]);
-        }
-        start = f.end;
-    }
-    if parts.is_empty() {
+    let starts = std::iter::once(0).chain(frames.iter().map(|f| f.end));
+    let others = frames
+        .iter()
+        .zip(starts)
+        .filter(|(f, _)| f.publisher != member)
+        .map(|(f, start)| &bytes[start..f.end]);
+    let count = others.clone().count() as u64;
+    if count == 0 {
         return (Delivery::Ignored, 0);
     }
-    let count = parts.len() as u64;
     let d = out
         .table
-        .deliver(member, |s| s.send_copy(&parts), out.metrics);
+        .deliver(member, |s| s.send_copy(others.clone()), out.metrics);
     (d, count)
 }

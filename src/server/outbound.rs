@@ -22,7 +22,7 @@
 //! session's close handshake; a heartbeat ping once per interval, and a
 //! peer that has not read the previous one by its pong deadline is dropped.
 
-use crate::protocol::{ControlFrame, OpCode, SharedFrame};
+use crate::protocol::{encode_header, ControlFrame, MessageKind, OpCode, SharedFrame};
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
 
@@ -138,7 +138,24 @@ impl OutboundQueue {
     /// Enqueues the concatenation of `parts` (encoded frames, data) if it is
     /// admitted under `limit`.
     pub fn try_push_parts(&mut self, parts: &[&[u8]], limit: usize) -> bool {
-        let len: usize = parts.iter().map(|p| p.len()).sum();
+        self.try_push_each(parts.iter().copied(), limit)
+    }
+
+    /// Enqueues one message, framed (an echo reply), if it is admitted
+    /// under `limit`.
+    pub fn try_push_message(&mut self, kind: MessageKind, data: &[u8], limit: usize) -> bool {
+        let header = encode_header(true, kind.opcode(), data.len(), None);
+        self.try_push_parts(&[header.as_bytes(), data], limit)
+    }
+
+    /// Enqueues the concatenation of the slices `parts` yields (it is walked
+    /// twice: once to size, once to copy), if it is admitted under `limit`.
+    /// Lets a caller pick slices out of a buffer without collecting them.
+    pub fn try_push_each<'a, I>(&mut self, parts: I, limit: usize) -> bool
+    where
+        I: Iterator<Item = &'a [u8]> + Clone,
+    {
+        let len: usize = parts.clone().map(<[u8]>::len).sum();
         if len == 0 {
             return true;
         }
@@ -153,17 +170,13 @@ impl OutboundQueue {
                     if target > old {
                         v.reserve_exact(target - v.len());
                     }
-                    for p in parts {
-                        v.extend_from_slice(p);
-                    }
+                    parts.for_each(|p| v.extend_from_slice(p));
                     self.charged = before + v.capacity() - old;
                 }
             }
             None => {
                 let mut v = Vec::with_capacity(len.max(MIN_DATA_BUFFER));
-                for p in parts {
-                    v.extend_from_slice(p);
-                }
+                parts.for_each(|p| v.extend_from_slice(p));
                 self.push(Item::Data(v));
             }
         }

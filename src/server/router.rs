@@ -16,7 +16,7 @@ use super::Shared;
 use crate::metrics::{Gauges, WorkerMetrics};
 use crate::protocol::response::http_response;
 use crate::protocol::{
-    encode_header, CloseCode, HttpRequest, MessageKind, RejectReason, SharedFrame, UpgradeRequest,
+    CloseCode, HttpRequest, MessageKind, RejectReason, SharedFrame, UpgradeRequest,
 };
 use std::sync::atomic::Ordering;
 
@@ -254,8 +254,7 @@ impl Handler for Router<'_> {
     ) -> Verdict {
         match &mut self.attachment {
             Some(Attachment::Echo) => {
-                let header = encode_header(true, kind.opcode(), data.len(), None);
-                if out.try_push_parts(&[header.as_bytes(), data], limit) {
+                if out.try_push_message(kind, data, limit) {
                     self.metrics.messages_out.inc();
                     Verdict::Continue
                 } else {

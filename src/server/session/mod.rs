@@ -359,30 +359,21 @@ impl Session {
         self.paused
     }
 
-    /// Queues a broadcast (one or more frames holding `count` messages).
+    /// Queues a broadcast (one or more frames, shared by reference).
     pub fn send_shared(&mut self, frame: &SharedFrame) -> Delivery {
-        if !self.accepts_data() {
-            return Delivery::Ignored;
-        }
-        if self
-            .out
-            .try_push_shared(frame, self.ctx.config.max_outbound_bytes)
-        {
-            Delivery::Queued
-        } else {
-            Delivery::Full
-        }
+        self.send(|out, limit| out.try_push_shared(frame, limit))
     }
 
-    /// Queues a copy of `parts` (frames already encoded).
-    pub fn send_copy(&mut self, parts: &[&[u8]]) -> Delivery {
+    /// Queues a copy of the encoded frames `parts` yields.
+    pub fn send_copy<'a>(&mut self, parts: impl Iterator<Item = &'a [u8]> + Clone) -> Delivery {
+        self.send(|out, limit| out.try_push_each(parts, limit))
+    }
+
+    /// Hands data to the outbound queue when the session accepts data.
+    fn send(&mut self, push: impl FnOnce(&mut OutboundQueue, usize) -> bool) -> Delivery {
         if !self.accepts_data() {
-            return Delivery::Ignored;
-        }
-        if self
-            .out
-            .try_push_parts(parts, self.ctx.config.max_outbound_bytes)
-        {
+            Delivery::Ignored
+        } else if push(&mut self.out, self.ctx.config.max_outbound_bytes) {
             Delivery::Queued
         } else {
             Delivery::Full

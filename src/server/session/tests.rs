@@ -74,8 +74,7 @@ impl Handler for Echo {
         limit: usize,
     ) -> Verdict {
         self.messages.push(data.to_vec());
-        let header = crate::protocol::encode_header(true, kind.opcode(), data.len(), None);
-        if out.try_push_parts(&[header.as_bytes(), data], limit) {
+        if out.try_push_message(kind, data, limit) {
             Verdict::Continue
         } else {
             Verdict::SlowConsumer
