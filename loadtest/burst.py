@@ -40,6 +40,8 @@ import subprocess
 import sys
 import time
 
+from procstat import rss_kib  # loadtest/procstat.py, beside this script
+
 MiB = 1024 * 1024
 
 
@@ -55,17 +57,6 @@ def raise_nofile():
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
-def rss_kib(pid):
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
 
 
 def free_port():

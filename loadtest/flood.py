@@ -37,6 +37,8 @@ import sys
 import threading
 import time
 
+from procstat import rss_kib  # loadtest/procstat.py, beside this script
+
 HOST = "127.0.0.1"
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 PROBE_EVERY_S = 0.2
@@ -51,18 +53,6 @@ PING_PAYLOAD = b"floodpng"  # 8 bytes
 
 class SetupError(Exception):
     pass
-
-
-def rss_kib(pid):
-    """VmRSS of pid in KiB, or None once the process is gone."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
 
 
 def healthz_once(port, timeout=PROBE_TIMEOUT_S):
