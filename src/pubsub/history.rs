@@ -32,11 +32,11 @@
 
 use rand::RngCore;
 use std::cmp::Reverse;
-use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeSet, BinaryHeap, HashMap, VecDeque};
-use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, MutexGuard};
+
+use super::sharded::Sharded;
 
 mod merge;
 mod types;
@@ -147,13 +147,11 @@ impl Shard {
 
 /// Per-channel history of the whole process. See the module docs.
 pub struct History {
-    shards: Box<[Mutex<Shard>]>,
-    mask: usize,
+    shards: Sharded<Shard>,
     shard_budget: u64,
     empty_stream_ttl_ms: u64,
     epoch_seed: u64,
     epoch_counter: AtomicU64,
-    sweep_cursor: AtomicUsize,
 }
 
 impl History {
@@ -165,24 +163,19 @@ impl History {
             (config.max_bytes / n).max(1) as u64
         };
         History {
-            shards: (0..n).map(|_| Mutex::default()).collect(),
-            mask: n - 1,
+            shards: Sharded::new(n),
             shard_budget,
             empty_stream_ttl_ms: config.empty_stream_ttl_ms,
             epoch_seed: rand::thread_rng().next_u64(),
             epoch_counter: AtomicU64::new(0),
-            sweep_cursor: AtomicUsize::new(0),
         }
     }
 
     fn shard(&self, channel: &str) -> MutexGuard<'_, Shard> {
-        let mut h = DefaultHasher::new();
-        channel.hash(&mut h);
-        let i = (h.finish() as usize) & self.mask;
         // A panic under the lock leaves the shard consistent enough to go on
         // (every mutation keeps the stats and index in step before it can
-        // panic), so poisoning is not propagated to every later publisher.
-        self.shards[i].lock().unwrap_or_else(|p| p.into_inner())
+        // panic), which is why `Sharded` does not propagate poisoning.
+        self.shards.of(channel)
     }
 
     /// A new epoch: 64 bits from a per-process random seed and a counter,
@@ -449,17 +442,10 @@ impl History {
     /// `budget` expiry entries in all (so one call never stalls a worker),
     /// visiting shards round-robin across calls. Returns streams removed.
     pub fn expire(&self, now_ms: u64, budget: usize) -> usize {
-        let n = self.shards.len();
-        let start = self.sweep_cursor.fetch_add(1, Ordering::Relaxed);
-        let (mut left, mut removed) = (budget, 0);
-        for k in 0..n {
-            if left == 0 {
-                break;
-            }
-            let mut shard = self.shards[(start + k) & self.mask]
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            while left > 0 {
+        let mut removed = 0;
+        self.shards.sweep(budget, |shard, left| {
+            let mut used = 0;
+            while used < left {
                 let Some(Reverse((at, inc, _))) = shard.expiry.peek() else {
                     break;
                 };
@@ -468,7 +454,7 @@ impl History {
                 }
                 let inc = *inc;
                 let Reverse((_, _, name)) = shard.expiry.pop().expect("peeked");
-                left -= 1;
+                used += 1;
                 match shard.streams.get(&*name) {
                     Some(s) if s.incarnation == inc && s.expires_at <= now_ms => {
                         shard.remove_stream(&name);
@@ -484,21 +470,22 @@ impl History {
                     _ => {}
                 }
             }
-        }
+            used
+        });
         removed
     }
 
     /// Counters summed over shards (locks each shard briefly).
     pub fn stats(&self) -> HistoryStats {
         let mut t = HistoryStats::default();
-        for s in self.shards.iter() {
-            let s = s.lock().unwrap_or_else(|p| p.into_inner()).stats;
+        self.shards.each(|s| {
+            let s = s.stats;
             t.bytes += s.bytes;
             t.streams += s.streams;
             t.publications += s.publications;
             t.cap_evictions += s.cap_evictions;
             t.expired_streams += s.expired_streams;
-        }
+        });
         t
     }
 }

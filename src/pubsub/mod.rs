@@ -19,3 +19,4 @@ pub mod channel;
 pub mod history;
 pub mod presence;
 pub mod proto;
+pub mod sharded;

@@ -42,11 +42,11 @@
 //! index, which is compacted when stale items outnumber live ones.
 
 use std::cmp::Reverse;
-use std::collections::hash_map::DefaultHasher;
 use std::collections::{BinaryHeap, HashMap};
-use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, MutexGuard};
+
+use super::sharded::Sharded;
 
 #[cfg(test)]
 mod tests;
@@ -216,8 +216,7 @@ impl Shard {
 
 /// Presence of every channel in the process. See the module docs.
 pub struct Presence {
-    shards: Box<[Mutex<Shard>]>,
-    mask: usize,
+    shards: Sharded<Shard>,
     max_per_channel: usize,
     max_entries: usize,
     ttl_ms: u64,
@@ -226,7 +225,6 @@ pub struct Presence {
     expired: AtomicU64,
     refused_channel_full: AtomicU64,
     refused_global_full: AtomicU64,
-    sweep_cursor: AtomicUsize,
 }
 
 impl Presence {
@@ -234,8 +232,7 @@ impl Presence {
         let n = config.shards.max(1).next_power_of_two();
         let unlimited = |v: usize| if v == 0 { usize::MAX } else { v };
         Presence {
-            shards: (0..n).map(|_| Mutex::default()).collect(),
-            mask: n - 1,
+            shards: Sharded::new(n),
             max_per_channel: unlimited(config.max_clients_per_channel),
             max_entries: unlimited(config.max_entries),
             ttl_ms: config.ttl_ms,
@@ -244,21 +241,14 @@ impl Presence {
             expired: AtomicU64::new(0),
             refused_channel_full: AtomicU64::new(0),
             refused_global_full: AtomicU64::new(0),
-            sweep_cursor: AtomicUsize::new(0),
         }
     }
 
-    fn lock(&self, i: usize) -> MutexGuard<'_, Shard> {
-        // Every mutation keeps the maps, the index and the counters in step
-        // before anything that can panic, so a poisoned shard is still
-        // consistent and poisoning is not propagated to every later caller.
-        self.shards[i].lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     fn shard(&self, channel: &str) -> MutexGuard<'_, Shard> {
-        let mut h = DefaultHasher::new();
-        channel.hash(&mut h);
-        self.lock((h.finish() as usize) & self.mask)
+        // Every mutation keeps the maps, the index and the counters in step
+        // before anything that can panic, which is why `Sharded` does not
+        // propagate poisoning.
+        self.shards.of(channel)
     }
 
     /// Adds `info` to `channel`, or replaces and refreshes the entry of the
@@ -432,22 +422,16 @@ impl Presence {
         budget: usize,
         mut on_expired: impl FnMut(&str, LeaveOutcome),
     ) -> usize {
-        let n = self.shards.len();
-        let start = self.sweep_cursor.fetch_add(1, Ordering::Relaxed);
-        let (mut left, mut removed) = (budget, 0);
-        for k in 0..n {
-            if left == 0 {
-                break;
-            }
-            let mut guard = self.lock((start + k) & self.mask);
-            let shard = &mut *guard;
-            while left > 0 {
+        let mut removed = 0;
+        self.shards.sweep(budget, |shard, left| {
+            let mut used = 0;
+            while used < left {
                 match shard.expiry.peek() {
                     Some(Reverse((at, ..))) if *at <= now_ms => {}
                     _ => break,
                 }
                 let Reverse((_, stamp, ch, client)) = shard.expiry.pop().expect("peeked");
-                left -= 1;
+                used += 1;
                 let current = shard
                     .channels
                     .get(&*ch)
@@ -468,7 +452,8 @@ impl Presence {
                 }
             }
             shard.compact();
-        }
+            used
+        });
         removed
     }
 

@@ -1,5 +1,5 @@
 use super::*;
-use std::sync::Barrier;
+use std::sync::{Barrier, Mutex};
 use std::thread;
 
 const OPTS: StreamOptions = StreamOptions {
