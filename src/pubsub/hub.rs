@@ -33,6 +33,9 @@ pub struct Hub {
     pub client_channel_limit: usize,
     default_options: Arc<ChannelOptions>,
     namespaces: HashMap<String, Arc<ChannelOptions>>,
+    /// Metric slot of each namespace, and each slot's label.
+    slots: HashMap<String, usize>,
+    pub slot_labels: Vec<String>,
     /// This node's id (random per start; `info` and client ids use it).
     pub node_id: String,
     started: Instant,
@@ -130,7 +133,19 @@ impl Hub {
                 .entry(DEMO_NAMESPACE.to_string())
                 .or_insert_with(|| Arc::new(demo_options()));
         }
+        let mut names: Vec<&String> = c.namespaces.iter().map(|n| &n.name).collect();
+        if c.demo && !names.iter().any(|n| *n == DEMO_NAMESPACE) {
+            names.push(
+                namespaces
+                    .keys()
+                    .find(|k| *k == DEMO_NAMESPACE)
+                    .expect("inserted"),
+            );
+        }
+        let (slots, slot_labels) = metric_slots(&names);
         Ok(Hub {
+            slots,
+            slot_labels,
             history: History::new(HistoryConfig {
                 max_bytes: c.history_max_bytes,
                 ..HistoryConfig::default()
@@ -161,8 +176,8 @@ impl Hub {
     /// The options of a channel; `UnknownChannel` for a namespace that is
     /// not configured, `BadRequest` for a malformed name.
     pub fn options(&self, channel: &str) -> Result<Arc<ChannelOptions>, ErrorCode> {
-        let name = ChannelName::parse(channel, self.max_channel_bytes)
-            .map_err(|e| e.reply_error())?;
+        let name =
+            ChannelName::parse(channel, self.max_channel_bytes).map_err(|e| e.reply_error())?;
         self.options_of_namespace(name.namespace())
     }
 
@@ -174,6 +189,22 @@ impl Hub {
             .get(ns)
             .cloned()
             .ok_or(ErrorCode::UnknownChannel)
+    }
+
+    /// The metrics slot of a namespace ("" = none; see `NAMESPACE_SLOTS`).
+    pub fn namespace_slot(&self, ns: &str) -> usize {
+        if ns.is_empty() {
+            return 0;
+        }
+        self.slots
+            .get(ns)
+            .copied()
+            .unwrap_or(crate::metrics::NAMESPACE_SLOTS - 1)
+    }
+
+    /// The metrics slot of a channel's namespace.
+    pub fn channel_slot(&self, channel: &str) -> usize {
+        self.namespace_slot(super::channel::channel_namespace(channel))
     }
 
     /// History settings of a channel with history.
@@ -206,4 +237,23 @@ impl Hub {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs())
     }
+}
+
+/// Slot 0 is the default namespace, then configured namespaces in order;
+/// past the last slot but one they share the last ("other").
+fn metric_slots(names: &[&String]) -> (HashMap<String, usize>, Vec<String>) {
+    let last = crate::metrics::NAMESPACE_SLOTS - 1;
+    let mut labels = vec![String::new()];
+    let mut slots = HashMap::new();
+    for name in names {
+        let slot = labels.len().min(last);
+        if slot < last {
+            labels.push((*name).clone());
+        }
+        slots.insert((*name).clone(), slot);
+    }
+    if names.len() >= last {
+        labels.push("other".into());
+    }
+    (slots, labels)
 }

@@ -11,6 +11,7 @@ use super::directory::RoomDirectory;
 use super::local_rooms::LocalRooms;
 use super::push;
 use crate::config::ChannelOptions;
+use crate::metrics::WorkerMetrics;
 use crate::pubsub::auth::{Refusal, TokenError};
 use crate::pubsub::channel::ChannelName;
 use crate::pubsub::history::{HistoryError, Publication, StreamPosition};
@@ -73,6 +74,7 @@ pub struct Exec<'a> {
     pub ping_secs: u32,
     /// Wall-clock seconds (token expiry).
     pub now_secs: u64,
+    pub metrics: &'a WorkerMetrics,
 }
 
 /// A command refused with a reply error, or the connection ended.
@@ -303,7 +305,11 @@ impl Client {
         } else {
             v.verify_connect(&req.token, x.now_secs)
         }
-        .map_err(|e| refusal(&e))?;
+        .map_err(|e| {
+            x.metrics.pubsub_connect_refusals.inc();
+            refusal(&e)
+        })?;
+        x.metrics.pubsub_connects.inc();
         self.id = x.hub.new_client_id();
         self.user = claims.user.as_str().into();
         self.conn_info = claims.info.map(Into::into);
@@ -355,6 +361,27 @@ impl Client {
         x: &mut Exec<'_>,
         out: &mut Vec<u8>,
     ) -> Result<(), Fail> {
+        let result = self.try_subscribe(id, req, x, out);
+        if let Err(fail) = &result {
+            let ns = &x.metrics.namespaces[x.hub.channel_slot(&req.channel)];
+            match fail {
+                Fail::Reply(ErrorCode::PermissionDenied) => ns.refused_permission.inc(),
+                Fail::Reply(ErrorCode::TokenExpired) | Fail::Disconnect(_) => {
+                    ns.refused_token.inc()
+                }
+                Fail::Reply(_) => ns.refused_other.inc(),
+            }
+        }
+        result
+    }
+
+    fn try_subscribe(
+        &mut self,
+        id: u32,
+        req: &SubscribeRequest<'_>,
+        x: &mut Exec<'_>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), Fail> {
         let name = ChannelName::parse(&req.channel, x.hub.max_channel_bytes)
             .map_err(|e| e.reply_error())?;
         let opts = x.hub.options_of_namespace(name.namespace())?;
@@ -395,7 +422,10 @@ impl Client {
     ) -> Result<Joined, Fail> {
         let channel: &str = &req.channel;
         let opts = x.hub.options(channel)?;
-        if x.rooms.id_of(channel).is_some_and(|r| self.subs.iter().any(|s| s.room_id == r)) {
+        if x.rooms
+            .id_of(channel)
+            .is_some_and(|r| self.subs.iter().any(|s| s.room_id == r))
+        {
             return Err(ErrorCode::AlreadySubscribed.into());
         }
         if self.subs.len() >= x.hub.client_channel_limit {
@@ -406,7 +436,11 @@ impl Client {
         if opts.presence {
             x.hub
                 .presence
-                .join(channel, self.presence_info(chan_info.as_ref()), x.hub.now_ms())
+                .join(
+                    channel,
+                    self.presence_info(chan_info.as_ref()),
+                    x.hub.now_ms(),
+                )
                 .map_err(|e| match e {
                     PresenceError::ChannelFull | PresenceError::GlobalFull => {
                         ErrorCode::LimitExceeded
@@ -435,6 +469,9 @@ impl Client {
             join_leave: opts.join_leave,
             chan_info,
         });
+        x.metrics.namespaces[x.hub.channel_slot(channel)]
+            .subscribes
+            .inc();
         let mut joined = Joined {
             expires_at,
             ttl: ttl(expires_at, x.now_secs),
@@ -469,6 +506,14 @@ impl Client {
                 }
             };
             x.rooms.position_subscriber(room_id, slot, &top);
+            if req.recover {
+                let ns = &x.metrics.namespaces[x.hub.channel_slot(channel)];
+                if joined.recovered {
+                    ns.recovered.inc();
+                } else {
+                    ns.not_recovered.inc();
+                }
+            }
             joined.epoch = top.epoch.as_str().to_string();
             joined.offset = top.offset;
         }
@@ -489,7 +534,7 @@ impl Client {
         };
         let sub = self.subs.swap_remove(i);
         if let Some(name) = x.rooms.name_of(room_id).map(str::to_owned) {
-            self.leave_effects(&name, &sub, x.hub, x.rooms);
+            self.leave_effects(&name, &sub, x.hub, x.rooms, x.metrics);
             if let Some((code, out)) = push {
                 separate(out);
                 encode_unsubscribe_push(&name, code, out);
@@ -499,7 +544,17 @@ impl Client {
     }
 
     /// Presence leave and leave push of one subscription.
-    pub fn leave_effects(&self, channel: &str, sub: &Subscription, hub: &Hub, rooms: &mut LocalRooms) {
+    pub fn leave_effects(
+        &self,
+        channel: &str,
+        sub: &Subscription,
+        hub: &Hub,
+        rooms: &mut LocalRooms,
+        metrics: &WorkerMetrics,
+    ) {
+        metrics.namespaces[hub.channel_slot(channel)]
+            .unsubscribes
+            .inc();
         if sub.presence {
             hub.presence.leave(channel, &self.id);
         }
@@ -531,21 +586,35 @@ impl Client {
             |s| self.info_json(s.chan_info.as_ref()),
         );
         x.rooms.publish_json(room_id, data, Some(info));
+        x.metrics.namespaces[x.hub.namespace_slot(name.namespace())]
+            .publications
+            .inc();
         self.publisher = true;
         Ok(())
     }
 
     /// Checks a history or presence read: the channel exists and the
     /// client may read it.
-    fn readable(&self, channel: &str, x: &Exec<'_>, what: Read) -> Result<Arc<ChannelOptions>, Fail> {
+    fn readable(
+        &self,
+        channel: &str,
+        x: &Exec<'_>,
+        what: Read,
+    ) -> Result<Arc<ChannelOptions>, Fail> {
         let opts = x.hub.options(channel)?;
         let subscribed = x
             .rooms
             .id_of(channel)
             .is_some_and(|r| self.subs.iter().any(|s| s.room_id == r));
         let (for_sub, for_client) = match what {
-            Read::History => (opts.allow_history_for_subscriber, opts.allow_history_for_client),
-            Read::Presence => (opts.allow_presence_for_subscriber, opts.allow_presence_for_client),
+            Read::History => (
+                opts.allow_history_for_subscriber,
+                opts.allow_history_for_client,
+            ),
+            Read::Presence => (
+                opts.allow_presence_for_subscriber,
+                opts.allow_presence_for_client,
+            ),
         };
         if for_client || (for_sub && subscribed) {
             Ok(opts)

@@ -50,6 +50,8 @@ pub struct Membership {
     pub publishes: bool,
     /// Epoch of the last batch this member published into.
     pub published_epoch: u32,
+    /// The metrics slot of the room's namespace.
+    pub ns: u8,
 }
 
 /// The key of a subscriber removed during a read (see
@@ -223,6 +225,7 @@ impl LocalRooms {
         options: Option<Arc<ChannelOptions>>,
         key: usize,
         role: MemberRole,
+        ns: u8,
     ) -> Option<Membership> {
         let room = self.room(directory, name, options).ok()?;
         room.members += 1;
@@ -238,6 +241,7 @@ impl LocalRooms {
             receives: role.receives(),
             publishes: role.publishes(),
             published_epoch: 0,
+            ns,
         })
     }
 
@@ -307,7 +311,8 @@ impl LocalRooms {
                 room.subscribers.swap_remove(slot);
                 left += 1;
                 if let Some(moved) = room.subscribers.get(slot) {
-                    out.table.set_subscriber_slot(moved.key, room_id, slot as u32);
+                    out.table
+                        .set_subscriber_slot(moved.key, room_id, slot as u32);
                 }
             }
             if room.subscribers.is_empty() {
@@ -367,7 +372,8 @@ impl LocalRooms {
             room.subscribers.swap_remove(slot);
             room.shared.count_subscriber(false);
             if let Some(moved) = room.subscribers.get(slot) {
-                out.table.set_subscriber_slot(moved.key, room_id, slot as u32);
+                out.table
+                    .set_subscriber_slot(moved.key, room_id, slot as u32);
             }
         }
         if room.subscribers.capacity() > 64
@@ -517,7 +523,11 @@ impl LocalRooms {
             start: at,
             end: at,
             publisher: usize::MAX,
-            kind: if join { ItemKind::Join } else { ItemKind::Leave },
+            kind: if join {
+                ItemKind::Join
+            } else {
+                ItemKind::Leave
+            },
             info: Some(info),
         });
     }
@@ -561,12 +571,8 @@ impl LocalRooms {
         // keeps no buffer between iterations.
         let raw = (publications > 0).then(|| self.frames.share(bytes));
         if let Some(frame) = &raw {
-            let filter = !self.echo_self
-                && room
-                    .batch
-                    .frames
-                    .iter()
-                    .any(|f| f.publisher != usize::MAX);
+            let filter =
+                !self.echo_self && room.batch.frames.iter().any(|f| f.publisher != usize::MAX);
             for &member in &room.receivers {
                 let own = filter && out.table.published_epoch(member) == Some(room.batch.epoch);
                 let (delivery, n) = if own {
@@ -603,8 +609,15 @@ impl LocalRooms {
                 .publish_batch(&shared.name, &payloads, now_ms, stream, |first| {
                     // Under the channel's lock: every inbox gets this batch
                     // in offset order.
-                    let push = (shared.subscribers() > 0)
-                        .then(|| Arc::new(encode_push(&shared.name, frames, data, &payloads, Some(first))));
+                    let push = (shared.subscribers() > 0).then(|| {
+                        Arc::new(encode_push(
+                            &shared.name,
+                            frames,
+                            data,
+                            &payloads,
+                            Some(first),
+                        ))
+                    });
                     let remote = shared.worker_mask() & !me;
                     if remote != 0 {
                         let msg = WorkerMsg::Batch(RoomBatch {
@@ -711,9 +724,13 @@ impl LocalRooms {
     /// Local subscriber count and raw member count of every room here
     /// (server API `channels`, metrics).
     pub fn counts(&self) -> impl Iterator<Item = (&str, usize, usize)> {
-        self.rooms
-            .values()
-            .map(|r| (&*r.shared.name, r.subscribers.len(), r.members - r.subscribers.len()))
+        self.rooms.values().map(|r| {
+            (
+                &*r.shared.name,
+                r.subscribers.len(),
+                r.members - r.subscribers.len(),
+            )
+        })
     }
 }
 
@@ -770,16 +787,24 @@ fn encode_push(
         };
         match f.kind {
             ItemKind::Raw | ItemKind::Json => {
-                push::push_frame(channel, "pub", &mut bytes, |b| match objects.get(n as usize) {
-                    Some(obj) => push::with_offset(obj, offset, b),
-                    None => publication_object(f, data, b),
+                push::push_frame(channel, "pub", &mut bytes, |b| {
+                    match objects.get(n as usize) {
+                        Some(obj) => push::with_offset(obj, offset, b),
+                        None => publication_object(f, data, b),
+                    }
                 });
                 n += 1;
             }
             ItemKind::Join | ItemKind::Leave => {
-                let kind = if f.kind == ItemKind::Join { "join" } else { "leave" };
+                let kind = if f.kind == ItemKind::Join {
+                    "join"
+                } else {
+                    "leave"
+                };
                 let info = f.info.as_deref().unwrap_or(b"{}");
-                push::push_frame(channel, kind, &mut bytes, |b| push::join_leave_body(info, b));
+                push::push_frame(channel, kind, &mut bytes, |b| {
+                    push::join_leave_body(info, b)
+                });
             }
         }
         items.push(PushItem {

@@ -219,7 +219,14 @@ impl MeshPort {
     }
 
     /// Hands `msg` (holding `count` messages) to every worker in `mask`.
-    pub fn send(&mut self, mesh: &Mesh, mut mask: u64, msg: &WorkerMsg, count: u64, metrics: &WorkerMetrics) {
+    pub fn send(
+        &mut self,
+        mesh: &Mesh,
+        mut mask: u64,
+        msg: &WorkerMsg,
+        count: u64,
+        metrics: &WorkerMetrics,
+    ) {
         while mask != 0 {
             let w = mask.trailing_zeros() as usize;
             mask &= mask - 1;

@@ -28,9 +28,9 @@ pub mod worker;
 
 use crate::config::Config;
 use crate::metrics::{self, Totals, WorkerMetrics};
+use crate::pubsub::hub::Hub;
 use admission::Admission;
 use directory::{RoomDirectory, MAX_WORKERS};
-use crate::pubsub::hub::Hub;
 use mesh::Mesh;
 use mio::net::TcpListener;
 use mio::{Poll, Waker};
@@ -247,7 +247,8 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
         polls.push(poll);
         wakers.push(waker);
     }
-    let hub = Hub::new(&config).map_err(|e| StartError::Config(format!("key \"{}\": {}", e.key, e.reason)))?;
+    let hub = Hub::new(&config)
+        .map_err(|e| StartError::Config(format!("key \"{}\": {}", e.key, e.reason)))?;
     let (mesh, receivers) = Mesh::new(wakers, config.fanout_queue_len);
     let pin = config.pin_cores;
     let shared = Arc::new(Shared {

@@ -14,12 +14,10 @@ use super::mesh::MeshPort;
 use super::outbound::OutboundQueue;
 use super::session::{Handler, HeadVerdict, Response, Verdict};
 use super::Shared;
+use crate::config::ChannelOptions;
 use crate::metrics::{Gauges, WorkerMetrics};
 use crate::protocol::response::http_response;
-use crate::protocol::{
-    CloseCode, HttpRequest, MessageKind, RejectReason, UpgradeRequest,
-};
-use crate::config::ChannelOptions;
+use crate::protocol::{CloseCode, HttpRequest, MessageKind, RejectReason, UpgradeRequest};
 use crate::pubsub::hub::Hub;
 use crate::pubsub::proto::DisconnectCode;
 use std::sync::atomic::Ordering;
@@ -52,12 +50,23 @@ impl Router<'_> {
     fn render_metrics(&self) -> String {
         let workers: Vec<&WorkerMetrics> = self.shared.metrics.iter().map(|m| m.as_ref()).collect();
         let depths = self.shared.mesh.depths();
+        let hub = &self.shared.hub;
+        let history = hub.history.stats();
+        let presence = hub.presence.counters();
         crate::metrics::render_prometheus(
             &workers,
             &Gauges {
                 rooms_open: self.shared.directory.len(),
                 queue_depths: &depths,
                 accepting: !self.shared.shutdown.load(Ordering::Relaxed),
+                pubsub: Some(crate::metrics::PubSubGauges {
+                    namespaces: &hub.slot_labels,
+                    history_bytes: history.bytes,
+                    history_publications: history.publications,
+                    history_streams: history.streams,
+                    history_cap_evictions: history.cap_evictions,
+                    presence_entries: presence.entries as u64,
+                }),
             },
         )
     }
@@ -138,10 +147,18 @@ impl Router<'_> {
         let hub = &self.shared.hub;
         let options = match hub.options(room) {
             Ok(o) => o,
-            Err(_) => return answer(http::text(404, "unknown namespace\n", keep_alive), keep_alive),
+            Err(_) => {
+                return answer(
+                    http::text(404, "unknown namespace\n", keep_alive),
+                    keep_alive,
+                )
+            }
         };
         // The room batch reaches every worker with members (and the
         // channel's history, if it has one).
+        self.metrics.namespaces[hub.channel_slot(room)]
+            .publications
+            .inc();
         match self.rooms.ensure(&self.shared.directory, room, options) {
             Ok(id) => self.rooms.publish(id, kind, body, None),
             Err(_) => return answer(http::text(503, "too many rooms\n", false), false),
@@ -233,7 +250,11 @@ impl Handler for Router<'_> {
         let attachment = match route {
             WsRoute::Echo => Attachment::Echo,
             WsRoute::PubSub => {
-                if req.offered_protocols.iter().any(|p| p == "centrifuge-protobuf") {
+                if req
+                    .offered_protocols
+                    .iter()
+                    .any(|p| p == "centrifuge-protobuf")
+                {
                     let body = "the protobuf codec (centrifuge-protobuf) is not supported: use the JSON codec\n";
                     return Err(answer(http::text(400, body, false), false));
                 }
@@ -254,9 +275,10 @@ impl Handler for Router<'_> {
                         return Err(answer(http::text(status, body, false), false));
                     }
                 };
+                let ns = self.shared.hub.channel_slot(&name) as u8;
                 match self
                     .rooms
-                    .join(&self.shared.directory, &name, options, self.key, role)
+                    .join(&self.shared.directory, &name, options, self.key, role, ns)
                 {
                     Some(m) => Attachment::Room(m),
                     None => {
@@ -295,6 +317,9 @@ impl Handler for Router<'_> {
                     return Verdict::Close(CloseCode::POLICY_VIOLATION, "read-only member");
                 }
                 let room_id = m.room_id;
+                self.metrics.namespaces[usize::from(m.ns)]
+                    .publications
+                    .inc();
                 self.rooms.publish(room_id, kind, data, Some((self.key, m)));
                 Verdict::Continue
             }
@@ -306,6 +331,7 @@ impl Handler for Router<'_> {
                     key: self.key,
                     ping_secs: self.shared.config.ping_interval.as_secs() as u32,
                     now_secs: Hub::unix_secs(),
+                    metrics: self.metrics,
                 };
                 self.replies.clear();
                 if kind != MessageKind::Text {

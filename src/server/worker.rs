@@ -16,11 +16,11 @@
 use super::accept::{Accepted, Acceptor, ACCEPT_BATCH, LISTENER};
 use super::admission::Refusal;
 use super::buffer_pool::BufferPool;
+use super::client::{Client, Exec};
+use super::client_deadlines::ClientDeadlines;
 use super::connection::{Attachment, Connection, ReadOutcome};
 use super::local_rooms::{Fanout, LocalRooms};
 use super::memory::release_free_heap;
-use super::client::{Client, Exec};
-use super::client_deadlines::ClientDeadlines;
 use super::mesh::{Control, MeshPort, Paused, WorkerMsg};
 use super::router::Router;
 use super::session::{Finish, Session, SessionConfig, SessionContext};
@@ -447,14 +447,18 @@ impl Worker {
                 key,
                 ping_secs: 0,
                 now_secs: Hub::unix_secs(),
+                metrics: &self.metrics,
             };
             client.unsubscribe(room_id, &mut x, Some((code, &mut push)));
         }
         conn.attachment = Some(Attachment::Client(client));
         if !push.is_empty() {
             let data = push;
-            self.table
-                .deliver(key, |s| s.send_copy(std::iter::once(&frame_of(&data)[..])), &self.metrics);
+            self.table.deliver(
+                key,
+                |s| s.send_copy(std::iter::once(&frame_of(&data)[..])),
+                &self.metrics,
+            );
         }
         let (mut out, rooms) = self.fanout();
         rooms.sweep_dead(&mut out);
@@ -485,7 +489,8 @@ impl Worker {
             match c {
                 Control::Disconnect { code, reason, .. } => {
                     if let Some(conn) = self.table.get_mut(key) {
-                        conn.session.close(CloseCode(*code as u16), reason, self.now);
+                        conn.session
+                            .close(CloseCode(*code as u16), reason, self.now);
                     }
                     self.settle(key);
                 }
@@ -607,7 +612,7 @@ impl Worker {
         let hub = &self.shared.hub;
         for sub in &client.subs {
             if let Some(name) = self.rooms.name_of(sub.room_id).map(str::to_owned) {
-                client.leave_effects(&name, sub, hub, &mut self.rooms);
+                client.leave_effects(&name, sub, hub, &mut self.rooms, &self.metrics);
             }
         }
         let (mut out, rooms) = (

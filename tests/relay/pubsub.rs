@@ -155,7 +155,11 @@ impl Client {
             if let Some(i) = self.pushes.iter().position(&pred) {
                 return self.pushes.remove(i).unwrap();
             }
-            assert!(Instant::now() < deadline, "push not received; have {:?}", self.pushes);
+            assert!(
+                Instant::now() < deadline,
+                "push not received; have {:?}",
+                self.pushes
+            );
             self.pump(Duration::from_millis(200));
         }
     }
@@ -303,7 +307,11 @@ fn history_offsets_stay_contiguous_with_publishers_on_every_worker() {
     for _ in 0..total {
         let p = sub.next_pub("chat:busy");
         let offset = p["offset"].as_u64().unwrap();
-        assert_eq!(offset, last + 1, "offsets must arrive in order without gaps");
+        assert_eq!(
+            offset,
+            last + 1,
+            "offsets must arrive in order without gaps"
+        );
         last = offset;
         let who = p["data"]["p"].as_u64().unwrap() as usize;
         assert_eq!(p["data"]["n"], per_publisher[who], "per-publisher order");
@@ -359,7 +367,10 @@ fn recovery_returns_exactly_the_missed_publications() {
     );
     // (false fields are omitted, as Centrifugo's JSON encoder does)
     assert_ne!(r["subscribe"]["recovered"], true, "{r}");
-    assert_eq!(r["subscribe"]["publications"][0]["offset"], 21, "the newest, ending at the top");
+    assert_eq!(
+        r["subscribe"]["publications"][0]["offset"], 21,
+        "the newest, ending at the top"
+    );
     // A wrong epoch is never recovered.
     let r = c.call(json!({"history": {"channel": "chat:rec", "limit": 2, "since": {"offset": 1, "epoch": "other"}}}));
     assert_eq!(r["error"]["code"], 112, "{r}");
@@ -446,10 +457,19 @@ fn refusals_use_the_protocol_codes() {
 fn malformed_input_gets_the_bad_request_disconnect() {
     let h = start(config());
     let addr = h.local_addr();
-    for bad in ["not json", "{\"id\":1,\"connect\":{}", "[1,2]", "{\"id\":1}"] {
+    for bad in [
+        "not json",
+        "{\"id\":1,\"connect\":{}",
+        "[1,2]",
+        "{\"id\":1}",
+    ] {
         let mut c = Client::open(addr);
         c.send_raw(bad);
-        assert_eq!(ws_expect_close(&mut c.ws, Duration::from_secs(5)).0, 3501, "{bad}");
+        assert_eq!(
+            ws_expect_close(&mut c.ws, Duration::from_secs(5)).0,
+            3501,
+            "{bad}"
+        );
     }
     // A command before connect.
     let mut c = Client::open(addr);
