@@ -12,7 +12,10 @@
 //! `presence_stats`, `channels`, `info`, `disconnect`, `unsubscribe`, and
 //! `batch` (several of those in one request, what `cent`'s `batch()`
 //! sends). Centrifugo's `subscribe`, `refresh`, `rpc` and the PRO methods
-//! are not implemented: 404, like any unknown method.
+//! are not implemented: 404, like any unknown method. The method `""` is
+//! the legacy single endpoint `POST /api` (`{"method":..,"params":..}`
+//! commands, see [`handle`]), which Centrifugo v5 still serves for older
+//! backend libraries; the caller should route both `/api` and `/api/*`.
 //!
 //! # What is answered how (Centrifugo v5 `internal/api`)
 //!
@@ -218,7 +221,8 @@ pub trait ApiEngine {
 /// One API call as the HTTP layer received it.
 #[derive(Debug, Clone, Copy)]
 pub struct ApiRequest<'a> {
-    /// The path after `/api/` (`"publish"`, ...).
+    /// The path after `/api/` (`"publish"`, ...); `""` for `POST /api`
+    /// itself (the legacy format).
     pub method: &'a str,
     /// The key from [`api_key_from_headers`].
     pub api_key: Option<&'a str>,
@@ -296,6 +300,11 @@ fn keys_equal(given: &[u8], configured: &[u8]) -> bool {
 /// when it is empty the API is off and every request gets 404 (the caller
 /// may as well not route `/api/` at all; this check makes an empty key
 /// never match an absent one). Never panics, whatever the body.
+///
+/// Legacy format (method `""`): the body is one or more commands
+/// `{"id":N,"method":"publish","params":{...}}`, the answer one reply per
+/// command, `{"id":N,"result":{...}}` or `{"id":N,"error":{...}}`, joined
+/// by `\n` (see `handle_legacy`).
 pub fn handle(
     req: &ApiRequest<'_>,
     configured_key: &str,
@@ -307,6 +316,9 @@ pub fn handle(
     match req.api_key {
         Some(key) if keys_equal(key.as_bytes(), configured_key.as_bytes()) => {}
         _ => return ApiResponse::text(401, ""),
+    }
+    if req.method.is_empty() {
+        return handle_legacy(req.body, engine);
     }
     let body = if req.body.iter().all(u8::is_ascii_whitespace) {
         &b"{}"[..]
@@ -423,6 +435,136 @@ fn handle_batch(body: &[u8], engine: &mut impl ApiEngine) -> ApiResponse {
     out.extend_from_slice(b"]}");
     ApiResponse::json(200, out)
 }
+
+/// The legacy single endpoint `POST /api` (method `""`), which Centrifugo
+/// v5 still serves and older backend libraries use: the body is one or
+/// more commands `{"id":N,"method":"publish","params":{...}}` (whitespace
+/// or newlines between them), the answer one reply per command,
+/// `{"id":N,"result":{...}}` or `{"id":N,"error":{...}}`, joined by `\n`
+/// (`id` omitted when 0). `method` is a name, case-insensitive, or
+/// Centrifugo's enum number (publish 0, broadcast 1, unsubscribe 2,
+/// disconnect 3, presence 4, presence_stats 5, history 6,
+/// history_remove 7, channels 8, info 9); missing means publish (0), as
+/// in Go. As in Centrifugo: an empty body, a command that is not JSON or
+/// a method name we do not know is a 400; an unknown method number is
+/// reply error 104; `params` that do not decode are reply error 107.
+/// Unlike Centrifugo, which runs each command as it decodes it, all are
+/// decoded first, so a 400 means nothing ran.
+fn handle_legacy(body: &[u8], engine: &mut impl ApiEngine) -> ApiResponse {
+    #[derive(Deserialize)]
+    struct LegacyCommand<'a> {
+        #[serde(default, deserialize_with = "nullable")]
+        id: u32,
+        #[serde(default)]
+        method: LegacyMethod,
+        #[serde(borrow, default)]
+        params: Option<&'a RawValue>,
+    }
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return ApiResponse::text(400, "bad request: empty body\n");
+    }
+    let mut commands = Vec::new();
+    for raw in serde_json::Deserializer::from_slice(body).into_iter::<&RawValue>() {
+        let command: LegacyCommand<'_> = match raw.and_then(|raw| {
+            expect_object(raw.get().as_bytes())?;
+            serde_json::from_str(raw.get())
+        }) {
+            Ok(c) => c,
+            Err(e) => return bad_request(&e),
+        };
+        if commands.len() == MAX_BATCH_COMMANDS {
+            return ApiResponse::text(
+                400,
+                &format!("bad request: more than {MAX_BATCH_COMMANDS} commands\n"),
+            );
+        }
+        commands.push(command);
+    }
+    let mut out = Vec::with_capacity(64);
+    for (i, command) in commands.into_iter().enumerate() {
+        if i > 0 {
+            out.push(b'\n');
+        }
+        let params = command.params.map_or(&b""[..], |p| p.get().as_bytes());
+        let outcome = match command.method {
+            LegacyMethod::Unknown => Err(ErrorCode::MethodNotFound),
+            // `info` has no parameters; Centrifugo does not read them.
+            LegacyMethod::Known(Method::Info) => Call::Info.execute(engine),
+            LegacyMethod::Known(method) => match Call::parse(method, params) {
+                Ok(call) => call.execute(engine),
+                Err(_) => Err(ErrorCode::BadRequest),
+            },
+        };
+        out.push(b'{');
+        if command.id != 0 {
+            out.extend_from_slice(format!("\"id\":{},", command.id).as_bytes());
+        }
+        match outcome {
+            Ok(result) => {
+                out.extend_from_slice(b"\"result\":");
+                result.write(&mut out);
+            }
+            Err(code) => {
+                out.extend_from_slice(b"\"error\":");
+                write_json(&ApiError::from(code), &mut out);
+            }
+        }
+        out.push(b'}');
+    }
+    ApiResponse::json(200, out)
+}
+
+/// `method` of a legacy command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LegacyMethod {
+    Known(Method),
+    /// A number that is none of ours: reply error 104.
+    Unknown,
+}
+
+impl Default for LegacyMethod {
+    /// Go's zero value of the method enum is PUBLISH.
+    fn default() -> Self {
+        LegacyMethod::Known(Method::Publish)
+    }
+}
+
+impl<'de> Deserialize<'de> for LegacyMethod {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw<'a> {
+            Number(u64),
+            #[serde(borrow)]
+            Name(std::borrow::Cow<'a, str>),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Number(n) => Ok(usize::try_from(n)
+                .ok()
+                .and_then(|n| LEGACY_METHOD_NUMBERS.get(n))
+                .map_or(LegacyMethod::Unknown, |&m| LegacyMethod::Known(m))),
+            Raw::Name(name) => Method::ALL
+                .into_iter()
+                .find(|m| m.name().eq_ignore_ascii_case(&name))
+                .map(LegacyMethod::Known)
+                .ok_or_else(|| serde::de::Error::custom(format!("unknown method {name:?}"))),
+        }
+    }
+}
+
+/// Centrifugo's `Command.MethodType` numbers 0..=9.
+const LEGACY_METHOD_NUMBERS: [Method; 10] = [
+    Method::Publish,
+    Method::Broadcast,
+    Method::Unsubscribe,
+    Method::Disconnect,
+    Method::Presence,
+    Method::PresenceStats,
+    Method::History,
+    Method::HistoryRemove,
+    Method::Channels,
+    Method::Info,
+];
 
 /// One command of a batch: the first method key present, in Centrifugo's
 /// order (`processCmd`); a `null` value counts as absent.

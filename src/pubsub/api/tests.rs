@@ -307,7 +307,8 @@ fn wrong_or_missing_key_is_401_before_anything_else() {
 fn unknown_and_unimplemented_methods_are_404() {
     let mut e = Fake::default();
     for method in [
-        "",
+        "/",
+        "batch/x",
         "nope",
         "Publish",
         "subscribe",
@@ -1146,6 +1147,80 @@ fn batch_is_bounded() {
     assert!(e.calls.is_empty());
 }
 
+// ---- legacy POST /api -------------------------------------------------------
+
+#[test]
+fn legacy_commands_reply_per_line() {
+    let mut e = Fake {
+        positioned: true,
+        ..Fake::default()
+    };
+    let body = concat!(
+        r#"{"id":1,"method":"publish","params":{"channel":"a","data":{"x":1}}}"#,
+        "\n",
+        r#"{"method":"PRESENCE_STATS","params":{"channel":"a"}} "#,
+        r#"{"id":3,"method":6,"params":{"channel":"a","limit":-1}}"#,
+        "\n\n",
+        r#"{"id":4,"method":99,"params":{}}"#,
+        r#"{"id":5,"method":"history","params":{"channel":5}}"#,
+        r#"{"id":6,"method":"info"}"#,
+        r#"{"id":7,"params":{"channel":"b","data":2}}"#,
+        r#"{"id":8,"method":"publish"}"#,
+        r#"{"id":9,"method":"disconnect","params":null}"#,
+    );
+    let (status, text) = call(&mut e, "", body);
+    assert_eq!(status, 200);
+    let lines: Vec<&str> = text.split('\n').collect();
+    assert_eq!(
+        lines,
+        [
+            r#"{"id":1,"result":{"offset":1,"epoch":"ep"}}"#,
+            r#"{"result":{"num_clients":3,"num_users":2}}"#,
+            r#"{"id":3,"result":{"publications":[],"epoch":"e0","offset":0}}"#,
+            r#"{"id":4,"error":{"code":104,"message":"not found"}}"#,
+            r#"{"id":5,"error":{"code":107,"message":"bad request"}}"#,
+            concat!(
+                r#"{"id":6,"result":{"nodes":[{"uid":"","name":"","version":"","#,
+                r#""num_clients":0,"num_users":0,"num_channels":0,"num_subs":0}]}}"#
+            ),
+            r#"{"id":7,"result":{"offset":2,"epoch":"ep"}}"#,
+            r#"{"id":8,"error":{"code":107,"message":"bad request"}}"#,
+            r#"{"id":9,"error":{"code":107,"message":"bad request"}}"#,
+        ]
+    );
+    assert_eq!(e.calls.len(), 5);
+}
+
+#[test]
+fn legacy_request_errors_are_400() {
+    let mut e = Fake::default();
+    for body in [
+        "",
+        " \n",
+        "{",
+        "[]",
+        r#"{"method":"nope","params":{}}"#,
+        r#"{"method":"subscribe","params":{}}"#,
+        r#"{"method":-1}"#,
+        r#"{"method":"info"} 5"#,
+        r#"{"method":"publish","params":{"channel":"a","data":1}} {"method":"bogus"}"#,
+    ] {
+        let (status, _) = call(&mut e, "", body);
+        assert_eq!(status, 400, "{body:?}");
+    }
+    // Nothing ran, not even the good command before the bad one.
+    assert!(e.calls.is_empty());
+    let many = r#"{"method":"info"}"#.repeat(MAX_BATCH_COMMANDS + 1);
+    assert_eq!(call(&mut e, "", &many).0, 400);
+    assert!(e.calls.is_empty());
+    // Auth applies as everywhere.
+    let r = ApiRequest {
+        api_key: None,
+        ..req("", r#"{"method":"info"}"#)
+    };
+    assert_eq!(handle(&r, KEY, &mut e).status, 401);
+}
+
 // ---- payload writing -------------------------------------------------------
 
 #[test]
@@ -1315,7 +1390,8 @@ proptest! {
 
 // ---- fuzz: no input panics, every answer is well-formed --------------------
 
-const METHODS: [&str; 11] = [
+const METHODS: [&str; 12] = [
+    "",
     "publish",
     "broadcast",
     "history",
@@ -1329,7 +1405,9 @@ const METHODS: [&str; 11] = [
     "batch",
 ];
 
-const SEEDS: [&str; 11] = [
+const SEEDS: [&str; 12] = [
+    r#"{"id":1,"method":"publish","params":{"channel":"a","data":1}}
+{"id":2,"method":8,"params":{"pattern":"a*"}} {"method":"history","params":{"channel":"c","limit":3}}"#,
     r#"{"channel":"chat:1","data":{"a":[1,"x",null]},"tags":{"k":"v"},"skip_history":true}"#,
     r#"{"channels":["a","b",""],"data":"x","b64data":"aGk=","idempotency_key":"k"}"#,
     r#"{"channel":"c","limit":-1,"since":{"offset":3,"epoch":"e"},"reverse":true}"#,
@@ -1372,6 +1450,21 @@ fn check_answer(method: &str, body: &[u8], transport: bool) -> Result<(), TestCa
         400 if resp.content_type.starts_with("text/plain") => {
             // Transport-mode 400s carry JSON; decode 400s never call in.
             prop_assert!(e.calls.is_empty());
+        }
+        200 if method.is_empty() => {
+            // Legacy: one reply object per line.
+            prop_assert_eq!(resp.content_type, "application/json");
+            let text = std::str::from_utf8(&resp.body)
+                .map_err(|err| TestCaseError::fail(err.to_string()))?;
+            for line in text.split('\n') {
+                let v: Value = serde_json::from_str(line)
+                    .map_err(|err| TestCaseError::fail(format!("{err}: {line}")))?;
+                let obj = v
+                    .as_object()
+                    .ok_or_else(|| TestCaseError::fail("not an object"))?;
+                prop_assert!(obj.contains_key("result") != obj.contains_key("error"));
+                prop_assert!(obj.len() <= 2);
+            }
         }
         200 | 400 | 404 | 416 | 500 => {
             prop_assert_eq!(resp.content_type, "application/json");
