@@ -308,7 +308,7 @@ fn keys_equal(given: &[u8], configured: &[u8]) -> bool {
 pub fn handle(
     req: &ApiRequest<'_>,
     configured_key: &str,
-    engine: &mut impl ApiEngine,
+    engine: &mut (impl ApiEngine + ?Sized),
 ) -> ApiResponse {
     if configured_key.is_empty() {
         return ApiResponse::text(404, "");
@@ -378,7 +378,7 @@ fn transport_status(code: ErrorCode) -> u16 {
 /// command is decoded before any runs, so a malformed one fails the whole
 /// request with 400 and nothing is executed; a command with no method we
 /// know gets the reply error 104 "not found".
-fn handle_batch(body: &[u8], engine: &mut impl ApiEngine) -> ApiResponse {
+fn handle_batch(body: &[u8], engine: &mut (impl ApiEngine + ?Sized)) -> ApiResponse {
     #[derive(Deserialize)]
     struct Batch<'a> {
         #[serde(borrow, default, deserialize_with = "nullable")]
@@ -450,7 +450,7 @@ fn handle_batch(body: &[u8], engine: &mut impl ApiEngine) -> ApiResponse {
 /// reply error 104; `params` that do not decode are reply error 107.
 /// Unlike Centrifugo, which runs each command as it decodes it, all are
 /// decoded first, so a 400 means nothing ran.
-fn handle_legacy(body: &[u8], engine: &mut impl ApiEngine) -> ApiResponse {
+fn handle_legacy(body: &[u8], engine: &mut (impl ApiEngine + ?Sized)) -> ApiResponse {
     #[derive(Deserialize)]
     struct LegacyCommand<'a> {
         #[serde(default, deserialize_with = "nullable")]
@@ -872,7 +872,7 @@ impl<'a> Call<'a> {
         }
     }
 
-    fn execute(self, engine: &mut impl ApiEngine) -> Result<Answer, ErrorCode> {
+    fn execute(self, engine: &mut (impl ApiEngine + ?Sized)) -> Result<Answer, ErrorCode> {
         let nonempty = |s: String| {
             if s.is_empty() {
                 Err(ErrorCode::BadRequest)

@@ -23,8 +23,11 @@
 
 use std::fmt;
 
-/// Longest accepted pattern, in bytes (bounds compile and match cost).
-pub const MAX_PATTERN_BYTES: usize = 1024;
+/// Longest accepted pattern, in bytes. Matching one name costs up to
+/// `name chars × pattern chars` steps and `channels` runs it over every
+/// channel on the caller's thread, so the pattern is kept short; channel
+/// patterns in practice are a few dozen bytes.
+pub const MAX_PATTERN_BYTES: usize = 256;
 /// Deepest accepted `{}` nesting (bounds the parser's recursion).
 pub const MAX_NESTING: usize = 16;
 

@@ -324,6 +324,15 @@ fn unknown_and_unimplemented_methods_are_404() {
     assert!(e.calls.is_empty());
 }
 
+#[test]
+fn works_with_a_trait_object() {
+    let mut fake = Fake::default();
+    let engine: &mut dyn ApiEngine = &mut fake;
+    let resp = handle(&req("presence_stats", r#"{"channel":"c"}"#), KEY, engine);
+    assert_eq!(resp.body, br#"{"result":{"num_clients":3,"num_users":2}}"#);
+    assert_eq!(fake.calls, [Rec::PresenceStats("c".into())]);
+}
+
 // ---- decoding -------------------------------------------------------------
 
 #[test]
