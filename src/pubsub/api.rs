@@ -286,7 +286,7 @@ pub fn api_key_from_headers<'a>(
 /// Compares the keys in time that depends only on their lengths, not on
 /// where they differ, so the key cannot be guessed byte by byte from
 /// response times.
-fn keys_equal(given: &[u8], configured: &[u8]) -> bool {
+pub fn keys_equal(given: &[u8], configured: &[u8]) -> bool {
     let mut diff = given.len() ^ configured.len();
     for i in 0..given.len().max(configured.len()) {
         let a = given.get(i).copied().unwrap_or(0);

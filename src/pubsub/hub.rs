@@ -42,6 +42,9 @@ pub struct Hub {
     client_seq: AtomicU64,
     /// Secret the demo page's tokens are signed with (demo mode only).
     pub demo_secret: Option<String>,
+    /// Connected protocol clients, and connections per user id (`info`).
+    clients: AtomicU64,
+    users: std::sync::Mutex<HashMap<Arc<str>, u32>>,
 }
 
 /// Why the hub could not be built from the configuration.
@@ -170,6 +173,8 @@ impl Hub {
             started: Instant::now(),
             client_seq: AtomicU64::new(0),
             demo_secret,
+            clients: AtomicU64::new(0),
+            users: std::sync::Mutex::new(HashMap::new()),
         })
     }
 
@@ -225,6 +230,33 @@ impl Hub {
     /// by (workers' own clocks start at different instants).
     pub fn now_ms(&self) -> u64 {
         self.started.elapsed().as_millis() as u64
+    }
+
+    /// A protocol client connected (`true`) or went away (`false`).
+    pub fn count_client(&self, user: &Arc<str>, connected: bool) {
+        let mut users = self.users.lock().unwrap_or_else(|e| e.into_inner());
+        if connected {
+            self.clients.fetch_add(1, Ordering::Relaxed);
+            *users.entry(user.clone()).or_insert(0) += 1;
+        } else {
+            self.clients.fetch_sub(1, Ordering::Relaxed);
+            if let Some(n) = users.get_mut(user) {
+                *n -= 1;
+                if *n == 0 {
+                    users.remove(user);
+                }
+            }
+        }
+    }
+
+    /// Connected protocol clients.
+    pub fn clients(&self) -> usize {
+        self.clients.load(Ordering::Relaxed) as usize
+    }
+
+    /// Distinct users among them (anonymous connections count as one).
+    pub fn users(&self) -> usize {
+        self.users.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
     pub fn uptime_secs(&self) -> u64 {

@@ -316,6 +316,7 @@ impl Client {
         self.info = Some(self.info_json(None));
         self.expires_at = claims.expires_at.unwrap_or(0);
         self.connected = true;
+        x.hub.count_client(&self.user, true);
         // Server-side subscriptions from the token's `channels`, recovered
         // with the positions the client sent in `subs` if any.
         let mut subs = Vec::new();

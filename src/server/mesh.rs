@@ -63,6 +63,8 @@ pub enum Control {
     Disconnect {
         user: String,
         client: Option<String>,
+        /// Client ids to leave connected.
+        whitelist: Vec<String>,
         code: u32,
         reason: String,
     },

@@ -5,10 +5,12 @@
 
 pub mod accept;
 pub mod admission;
+pub mod api_backend;
 pub mod buffer_pool;
 pub mod client;
 pub mod client_deadlines;
 pub mod connection;
+pub mod demo;
 pub mod directory;
 pub mod frame_pool;
 pub mod housekeeping;

@@ -533,3 +533,168 @@ fn unsubscribe_stops_delivery() {
     other.publish("news", json!(2));
     assert_eq!(c.next_pub("news")["data"], 2);
 }
+
+fn api(addr: SocketAddr, method: &str, key: &str, body: &Value) -> (u16, Value) {
+    let body = body.to_string();
+    let req = format!(
+        "POST /api/{method} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-API-Key: {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let resp = http_raw(addr, req.as_bytes());
+    let status = status_of(&resp);
+    let json = resp
+        .split("\r\n\r\n")
+        .nth(1)
+        .and_then(|b| serde_json::from_str(b).ok())
+        .unwrap_or(Value::Null);
+    (status, json)
+}
+
+#[test]
+fn server_api_publishes_and_reads() {
+    let mut c = config();
+    c.api_key = "api-secret".into();
+    let h = start(c);
+    let addr = h.local_addr();
+    let mut sub = Client::connected(addr, Some(&token(json!({"sub": "carol"}))));
+    sub.subscribe("chat:api", json!({}));
+    sub.subscribe("news", json!({}));
+    // With history: the answer carries the position.
+    let (status, r) = api(
+        addr,
+        "publish",
+        "api-secret",
+        &json!({"channel": "chat:api", "data": {"x": 1}}),
+    );
+    assert_eq!(status, 200);
+    assert_eq!(r["result"]["offset"], 1, "{r}");
+    assert!(r["result"]["epoch"].is_string());
+    let p = sub.next_pub("chat:api");
+    assert_eq!(p["data"], json!({"x": 1}));
+    assert_eq!(p["offset"], 1);
+    // Without history: no position.
+    let (_, r) = api(
+        addr,
+        "publish",
+        "api-secret",
+        &json!({"channel": "news", "data": "n"}),
+    );
+    assert_eq!(r["result"], json!({}), "{r}");
+    assert_eq!(sub.next_pub("news")["data"], "n");
+    // Broadcast.
+    let (_, r) = api(
+        addr,
+        "broadcast",
+        "api-secret",
+        &json!({"channels": ["news", "chat:api"], "data": 2}),
+    );
+    assert_eq!(r["result"]["responses"].as_array().unwrap().len(), 2, "{r}");
+    assert_eq!(sub.next_pub("news")["data"], 2);
+    assert_eq!(sub.next_pub("chat:api")["offset"], 2);
+    // History returns the data as published.
+    let (_, r) = api(
+        addr,
+        "history",
+        "api-secret",
+        &json!({"channel": "chat:api", "limit": 10}),
+    );
+    let pubs = r["result"]["publications"].as_array().unwrap();
+    assert_eq!(pubs[0]["data"], json!({"x": 1}), "{r}");
+    assert_eq!(pubs[1]["offset"], 2);
+    // Presence, channels, info.
+    let (_, r) = api(
+        addr,
+        "presence",
+        "api-secret",
+        &json!({"channel": "chat:api"}),
+    );
+    assert!(
+        r["result"]["presence"]
+            .as_object()
+            .unwrap()
+            .values()
+            .any(|c| c["user"] == "carol"),
+        "{r}"
+    );
+    let (_, r) = api(
+        addr,
+        "channels",
+        "api-secret",
+        &json!({"pattern": "chat:*"}),
+    );
+    assert_eq!(r["result"]["channels"]["chat:api"]["num_clients"], 1, "{r}");
+    assert!(r["result"]["channels"].get("news").is_none());
+    let (_, r) = api(addr, "info", "api-secret", &json!({}));
+    assert_eq!(r["result"]["nodes"][0]["num_clients"], 1, "{r}");
+    // Errors: unknown namespace, no history, wrong key.
+    let (_, r) = api(
+        addr,
+        "publish",
+        "api-secret",
+        &json!({"channel": "nope:x", "data": 1}),
+    );
+    assert_eq!(r["error"]["code"], 102);
+    let (_, r) = api(addr, "history", "api-secret", &json!({"channel": "news"}));
+    assert_eq!(r["error"]["code"], 108);
+    assert_eq!(api(addr, "info", "wrong", &json!({})).0, 401);
+    // history_remove keeps the position: recovery from 0 is not complete.
+    api(
+        addr,
+        "history_remove",
+        "api-secret",
+        &json!({"channel": "chat:api"}),
+    );
+    let (_, r) = api(
+        addr,
+        "history",
+        "api-secret",
+        &json!({"channel": "chat:api", "limit": 10}),
+    );
+    assert_eq!(r["result"]["publications"], json!([]));
+    assert_eq!(r["result"]["offset"], 2);
+    // Unsubscribe and disconnect reach the connection on its worker.
+    api(
+        addr,
+        "unsubscribe",
+        "api-secret",
+        &json!({"user": "carol", "channel": "news"}),
+    );
+    let u = sub.push_where(|p| p.get("unsubscribe").is_some());
+    assert_eq!(u["channel"], "news");
+    assert_eq!(u["unsubscribe"]["code"], 2000);
+    api(addr, "disconnect", "api-secret", &json!({"user": "carol"}));
+    assert_eq!(ws_expect_close(&mut sub.ws, Duration::from_secs(5)).0, 3503);
+}
+
+#[test]
+fn server_api_is_off_without_a_key() {
+    let h = start(config());
+    assert_eq!(api(h.local_addr(), "info", "", &json!({})).0, 404);
+}
+
+#[test]
+fn demo_serves_its_page_and_tokens() {
+    let mut c = config();
+    c.demo = true;
+    let h = start(c);
+    let addr = h.local_addr();
+    let page = http_get(addr, "/demo");
+    assert_eq!(page.status, 200);
+    assert!(page.text().contains("/demo/chat.js"));
+    let t = http_get(addr, "/demo/token?user=alice");
+    assert_eq!(t.status, 200);
+    let v: Value = serde_json::from_str(&t.text()).unwrap();
+    let mut a = Client::connected(addr, v["token"].as_str());
+    let r = a.subscribe("demo:lobby", json!({}));
+    assert_eq!(r["subscribe"]["recoverable"], true, "{r}");
+    let r = a.call(json!({"presence": {"channel": "demo:lobby"}}));
+    assert!(r["presence"]["presence"]
+        .as_object()
+        .unwrap()
+        .values()
+        .any(|c| c["user"] == "alice"));
+    assert_eq!(http_get(addr, "/demo/token?user=no%20spaces").status, 400);
+    // Off by default.
+    let h2 = start(config());
+    assert_eq!(http_get(h2.local_addr(), "/demo").status, 404);
+}

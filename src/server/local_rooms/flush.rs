@@ -48,53 +48,27 @@ impl LocalRooms {
         let frames = &room.batch.frames;
         let data = raw.as_ref().map_or(&[][..], |f| f.as_bytes());
         if let Some(opts) = room.history().cloned() {
-            let payloads: Vec<Payload> = frames
-                .iter()
-                .filter(|f| f.is_publication())
-                .map(|f| {
-                    let mut obj = Vec::with_capacity(f.end - f.start + 16);
-                    publication_object(f, data, &mut obj);
-                    obj.into()
-                })
-                .collect();
             let local_subscribers = !room.subscribers.is_empty();
-            let (port, mesh, metrics) = (&mut *out.port, out.mesh, out.metrics);
-            let now_ms = out.hub.now_ms();
-            let stream = Hub::stream_options(&opts);
-            out.hub
-                .history
-                .publish_batch(&shared.name, &payloads, now_ms, stream, |first| {
-                    // Under the channel's lock: every inbox gets this batch
-                    // in offset order.
-                    let push = (shared.subscribers() > 0).then(|| {
-                        Arc::new(encode_push(
-                            &shared.name,
-                            frames,
-                            data,
-                            &payloads,
-                            Some(first),
-                        ))
-                    });
-                    let remote = shared.worker_mask() & !me;
-                    if remote != 0 {
-                        let msg = WorkerMsg::Batch(RoomBatch {
-                            room: shared.clone(),
-                            frame: raw.clone(),
-                            messages: publications,
-                            push: push.clone(),
-                        });
-                        port.send(mesh, remote, &msg, publications, metrics);
-                    }
-                    if let Some(push) = push.filter(|_| local_subscribers) {
-                        let msg = WorkerMsg::Batch(RoomBatch {
-                            room: shared.clone(),
-                            frame: None,
-                            messages: 0,
-                            push: Some(push),
-                        });
-                        port.send(mesh, me, &msg, 0, metrics);
-                    }
-                });
+            let to_self = if local_subscribers {
+                SelfPart::PushOnly
+            } else {
+                SelfPart::Nothing
+            };
+            sequence(
+                &Sequencer {
+                    hub: out.hub,
+                    mesh: out.mesh,
+                    metrics: out.metrics,
+                    worker: self.worker,
+                },
+                out.port,
+                &shared.name,
+                || Some(shared.clone()),
+                &opts,
+                frames,
+                raw.clone(),
+                to_self,
+            );
         } else {
             let push = (shared.subscribers() > 0)
                 .then(|| Arc::new(encode_push(&shared.name, frames, data, &[], None)));
@@ -130,6 +104,50 @@ impl LocalRooms {
         self.judge_slow(out);
     }
 
+    /// Publishes one message into a channel with history at once, without
+    /// this worker's connection table (the server API answers with the
+    /// publication's position): sequenced like a batch, delivered to
+    /// every worker with members, this one included, through the inboxes.
+    pub fn publish_sequenced(
+        &self,
+        seq: &Sequencer<'_>,
+        port: &mut MeshPort,
+        directory: &RoomDirectory,
+        channel: &str,
+        opts: &ChannelOptions,
+        data: &[u8],
+    ) -> StreamPosition {
+        let kind = if std::str::from_utf8(data).is_ok() {
+            MessageKind::Text
+        } else {
+            MessageKind::Binary
+        };
+        let header = encode_header(true, kind.opcode(), data.len(), None);
+        let mut bytes = Vec::with_capacity(header.as_bytes().len() + data.len());
+        bytes.extend_from_slice(header.as_bytes());
+        let start = bytes.len();
+        bytes.extend_from_slice(data);
+        let frames = [BatchFrame {
+            head: 0,
+            start,
+            end: bytes.len(),
+            publisher: usize::MAX,
+            kind: ItemKind::Raw,
+            info: None,
+        }];
+        let raw = SharedFrame::from_vec(bytes);
+        sequence(
+            seq,
+            port,
+            channel,
+            || directory.get(channel),
+            opts,
+            &frames,
+            Some(raw),
+            SelfPart::All,
+        )
+    }
+
     /// Delivers a batch from another worker (or, for channels with
     /// history, from this one through its own inbox) to local receivers.
     pub fn deliver_remote(&mut self, batch: &RoomBatch, out: &mut Fanout<'_>) {
@@ -149,10 +167,15 @@ impl LocalRooms {
         }
         self.judge_slow(out);
     }
-
 }
 
-pub(super) fn note(d: Delivery, member: usize, n: u64, metrics: &WorkerMetrics, slow: &mut Vec<(usize, u64)>) {
+pub(super) fn note(
+    d: Delivery,
+    member: usize,
+    n: u64,
+    metrics: &WorkerMetrics,
+    slow: &mut Vec<(usize, u64)>,
+) {
     match d {
         Delivery::Queued => {
             metrics.fanout_deliveries.add(n);
@@ -294,4 +317,92 @@ fn deliver_without_own(
         .table
         .deliver(member, |s| s.send_copy(others.clone()), out.metrics);
     (d, count)
+}
+
+/// The worker's parts a sequenced publication needs.
+pub struct Sequencer<'a> {
+    pub hub: &'a Hub,
+    pub mesh: &'a Mesh,
+    pub metrics: &'a WorkerMetrics,
+    pub worker: usize,
+}
+
+/// What this worker's own inbox gets of a sequenced batch.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum SelfPart {
+    Nothing,
+    /// Pushes only (raw members here were served directly).
+    PushOnly,
+    /// Everything, like any other worker with members.
+    All,
+}
+
+/// Appends a batch's publications to the channel's history and hands the
+/// batch to every worker with members, all under the channel's history
+/// lock, so every inbox receives the channel's publications in offset
+/// order. `room` is looked up under the lock too: a subscriber registers
+/// (worker bit) before it reads the history under the same lock, so either
+/// it sees a publication in its snapshot or the publication sees it.
+/// Returns the first publication's position.
+#[allow(clippy::too_many_arguments)] // one call site each; a struct would only rename them
+fn sequence(
+    seq: &Sequencer<'_>,
+    port: &mut MeshPort,
+    channel: &str,
+    room: impl FnOnce() -> Option<Arc<RoomShared>>,
+    opts: &ChannelOptions,
+    frames: &[BatchFrame],
+    raw: Option<SharedFrame>,
+    to_self: SelfPart,
+) -> StreamPosition {
+    let data = raw.as_ref().map_or(&[][..], |f| f.as_bytes());
+    let payloads: Vec<Payload> = frames
+        .iter()
+        .filter(|f| f.is_publication())
+        .map(|f| {
+            let mut obj = Vec::with_capacity(f.end - f.start + 16);
+            publication_object(f, data, &mut obj);
+            obj.into()
+        })
+        .collect();
+    let publications = payloads.len() as u64;
+    let me = 1u64 << seq.worker;
+    let now_ms = seq.hub.now_ms();
+    let stream = Hub::stream_options(opts);
+    seq.hub
+        .history
+        .publish_batch(channel, &payloads, now_ms, stream, |first| {
+            if let Some(shared) = room() {
+                let push = (shared.subscribers() > 0)
+                    .then(|| Arc::new(encode_push(channel, frames, data, &payloads, Some(first))));
+                let mask = shared.worker_mask();
+                let remote = mask & !me;
+                if remote != 0 {
+                    let msg = WorkerMsg::Batch(RoomBatch {
+                        room: shared.clone(),
+                        frame: raw.clone(),
+                        messages: publications,
+                        push: push.clone(),
+                    });
+                    port.send(seq.mesh, remote, &msg, publications, seq.metrics);
+                }
+                let own = match to_self {
+                    SelfPart::All if mask & me != 0 => Some((raw.clone(), push)),
+                    SelfPart::PushOnly if push.is_some() => Some((None, push)),
+                    _ => None,
+                };
+                if let Some((frame, push)) = own {
+                    let msg = WorkerMsg::Batch(RoomBatch {
+                        room: shared.clone(),
+                        messages: if frame.is_some() { publications } else { 0 },
+                        frame,
+                        push,
+                    });
+                    port.send(seq.mesh, me, &msg, 0, seq.metrics);
+                }
+            }
+            let mut last = first.clone();
+            last.offset += publications.saturating_sub(1);
+            last
+        })
 }

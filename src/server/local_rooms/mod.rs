@@ -38,6 +38,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 mod flush;
+pub use flush::Sequencer;
 
 /// A batch is delivered early once it would hold more than this many bytes.
 const ROOM_BATCH_BYTES: usize = 64 * 1024;
@@ -600,4 +601,3 @@ pub struct Fanout<'a> {
     pub metrics: &'a WorkerMetrics,
     pub now: u64,
 }
-

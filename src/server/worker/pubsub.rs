@@ -54,9 +54,15 @@ impl Worker {
 
     /// A server API request for connections on every worker.
     pub(super) fn apply_control(&mut self, c: &Control) {
-        let (user, client_id) = match c {
-            Control::Disconnect { user, client, .. } => (user, client),
-            Control::Unsubscribe { user, client, .. } => (user, client),
+        let no_whitelist = Vec::new();
+        let (user, client_id, whitelist) = match c {
+            Control::Disconnect {
+                user,
+                client,
+                whitelist,
+                ..
+            } => (user, client, whitelist),
+            Control::Unsubscribe { user, client, .. } => (user, client, &no_whitelist),
         };
         let keys: Vec<usize> = self
             .table
@@ -65,7 +71,8 @@ impl Worker {
                 Some(Attachment::Client(cl))
                     if cl.connected
                         && &*cl.user == user.as_str()
-                        && client_id.as_deref().is_none_or(|id| id == &*cl.id) =>
+                        && client_id.as_deref().is_none_or(|id| id == &*cl.id)
+                        && !whitelist.iter().any(|w| w.as_str() == &*cl.id) =>
                 {
                     Some(k)
                 }
@@ -94,6 +101,9 @@ impl Worker {
     /// and subscriber slots.
     pub(super) fn client_gone(&mut self, client: &Client) {
         let hub = &self.shared.hub;
+        if client.connected {
+            hub.count_client(&client.user, false);
+        }
         for sub in &client.subs {
             if let Some(name) = self.rooms.name_of(sub.room_id).map(str::to_owned) {
                 client.leave_effects(&name, sub, hub, &mut self.rooms, &self.metrics);
@@ -163,7 +173,6 @@ impl Worker {
             }
         }
     }
-
 }
 
 /// One text frame holding `json`.
