@@ -729,7 +729,10 @@ fn overflow_reordering_is_recovered_never_skipped() {
     let mut resubscribed = 0;
     let deadline = Instant::now() + Duration::from_secs(20);
     while last < total {
-        assert!(Instant::now() < deadline, "stuck at offset {last} of {total}");
+        assert!(
+            Instant::now() < deadline,
+            "stuck at offset {last} of {total}"
+        );
         if sub.pushes.is_empty() {
             sub.pump(Duration::from_millis(200));
             continue;
