@@ -58,6 +58,7 @@
     reconnectTimer: 0,
     pingTimer: 0,
     pingMs: 0,
+    refreshTimer: 0,
     lastDisconnect: null, // the server's disconnect push, if one came
     stopped: false, // terminal error: no more reconnects
     // Subscription to state.channel.
@@ -254,32 +255,39 @@
 
   // ---- Connection life cycle --------------------------------------------
 
+  // A connection token for state.user from the demo's token endpoint.
+  // Resolves to null (after going back to the login form) when the server
+  // does not accept the name; throws on other failures.
+  async function fetchToken() {
+    const resp = await fetch('/demo/token?user=' + encodeURIComponent(state.user), { cache: 'no-store' });
+    if (resp.status === 400 || resp.status === 403) {
+      const why = (await resp.text()).trim();
+      stop('name not accepted' + (why ? ': ' + why : ''));
+      ui.chat.hidden = true;
+      ui.login.hidden = false;
+      ui.loginError.textContent = 'Name not accepted' + (why ? ': ' + why : '');
+      ui.loginError.hidden = false;
+      sessionStorage.removeItem('wsrelay-demo-user');
+      return null;
+    }
+    if (!resp.ok) throw new Error('token request: HTTP ' + resp.status);
+    const token = (await resp.json()).token;
+    if (typeof token !== 'string') throw new Error('token request: no token in answer');
+    return token;
+  }
+
   async function connect() {
     state.reconnectTimer = 0;
     if (state.stopped) return;
     setStatus('connecting…', 'connecting');
     let token;
     try {
-      const resp = await fetch('/demo/token?user=' + encodeURIComponent(state.user), { cache: 'no-store' });
-      if (resp.status === 400 || resp.status === 403) {
-        // The server rejects this name: go back to the login form.
-        const why = (await resp.text()).trim();
-        stop('name not accepted' + (why ? ': ' + why : ''));
-        ui.chat.hidden = true;
-        ui.login.hidden = false;
-        ui.loginError.textContent = 'Name not accepted' + (why ? ': ' + why : '');
-        ui.loginError.hidden = false;
-        sessionStorage.removeItem('wsrelay-demo-user');
-        return;
-      }
-      if (!resp.ok) throw new Error('token request: HTTP ' + resp.status);
-      token = (await resp.json()).token;
-      if (typeof token !== 'string') throw new Error('token request: no token in answer');
+      token = await fetchToken();
     } catch (e) {
       scheduleReconnect(String(e.message || e));
       return;
     }
-    if (state.stopped) return;
+    if (state.stopped || token === null) return;
 
     const ws = new WebSocket(wsUrl());
     state.ws = ws;
@@ -324,7 +332,31 @@
     armPingWatchdog();
     bump('connects');
     setStatus('connected as ' + state.user, 'connected');
+    scheduleRefresh(r);
     subscribe();
+  }
+
+  // A token with an expiry makes the connection expire too (the reply says
+  // `expires` and `ttl` seconds): send a fresh token with `refresh` before
+  // then, or the server disconnects us (and we would reconnect).
+  function scheduleRefresh(result) {
+    clearTimeout(state.refreshTimer);
+    if (!result.expires || !(result.ttl > 0)) return;
+    const ws = state.ws;
+    state.refreshTimer = setTimeout(async () => {
+      let token;
+      try {
+        token = await fetchToken();
+      } catch (e) {
+        if (state.ws === ws) dropConnection('token refresh failed: ' + (e.message || e));
+        return;
+      }
+      if (token === null || state.ws !== ws) return;
+      call('refresh', { token: token }, (reply) => {
+        if (reply.error) dropConnection('token refresh refused: ' + reply.error.message);
+        else scheduleRefresh(reply.refresh || {});
+      });
+    }, Math.max(1000, result.ttl * 800));
   }
 
   // Forgets the current socket without waiting for a closing handshake
@@ -349,6 +381,7 @@
     state.presenceBusy = false;
     state.presenceAgain = false;
     clearTimeout(state.pingTimer);
+    clearTimeout(state.refreshTimer);
     if (state.stopped) return;
     // Close codes as centrifuge-js reads them: 3500-3999, 4500-4999 and
     // 1009 (message too big) mean "do not come back".
@@ -372,6 +405,7 @@
     state.stopped = true;
     clearTimeout(state.reconnectTimer);
     state.reconnectTimer = 0;
+    if (state.ws) dropConnection(why);
     setStatus(why, 'stopped');
     addNotice(why + '. Reload the page to try again.');
   }

@@ -43,6 +43,9 @@ pub struct Subscription {
     pub join_leave: bool,
     /// `chan_info` from the subscription token.
     pub chan_info: Option<Arc<[u8]>>,
+    /// Made by the server from the connection token's `channels`: the SDKs
+    /// cannot resubscribe it on their own, only by reconnecting.
+    pub server_side: bool,
 }
 
 /// A protocol client's state; boxed in its connection.
@@ -149,7 +152,9 @@ impl Client {
         let commands = proto::parse_frame(frame, &x.hub.limits).map_err(|e| e.disconnect())?;
         for command in commands {
             let command = command.map_err(|e| e.disconnect())?;
-            if !self.connected && !matches!(command.body, CommandBody::Connect(_)) {
+            if !self.connected
+                && !matches!(command.body, CommandBody::Connect(_) | CommandBody::Pong)
+            {
                 return Err(DisconnectCode::BadRequest);
             }
             let id = command.id;
@@ -331,6 +336,9 @@ impl Client {
                 ..SubscribeRequest::default()
             };
             if let Ok(r) = self.join_channel(&sreq, None, x) {
+                if let Some(s) = self.subs.last_mut() {
+                    s.server_side = true;
+                }
                 subs.push((channel.as_str(), r));
             }
         }
@@ -389,8 +397,8 @@ impl Client {
         let claims = if req.token.is_empty() {
             let allowed = if name.is_private() {
                 false
-            } else if name.is_user_limited() {
-                opts.allow_user_limited_channels && name.allows_user(&self.user)
+            } else if name.is_user_limited() && opts.allow_user_limited_channels {
+                name.allows_user(&self.user)
             } else {
                 opts.allow_subscribe_for_client
                     && (!self.user.is_empty() || opts.allow_subscribe_for_anonymous)
@@ -469,6 +477,7 @@ impl Client {
             presence: opts.presence,
             join_leave: opts.join_leave,
             chan_info,
+            server_side: false,
         });
         x.metrics.namespaces[x.hub.channel_slot(channel)]
             .subscribes
@@ -574,7 +583,7 @@ impl Client {
             .is_some_and(|r| self.subs.iter().any(|s| s.room_id == r));
         let allowed = (opts.allow_publish_for_client
             || (opts.allow_publish_for_subscriber && subscribed))
-            && (!self.user.is_empty() || opts.allow_publish_for_anonymous || subscribed);
+            && (!self.user.is_empty() || opts.allow_publish_for_anonymous);
         if !allowed {
             return Err(ErrorCode::PermissionDenied.into());
         }

@@ -86,6 +86,7 @@ mod tests {
             presence: false,
             join_leave: false,
             chan_info: None,
+            server_side: false,
         }
     }
 

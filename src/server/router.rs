@@ -480,7 +480,7 @@ impl Handler for Router<'_> {
                     rooms: self.rooms,
                     directory: &self.shared.directory,
                     key: self.key,
-                    ping_secs: self.shared.config.ping_interval.as_secs() as u32,
+                    ping_secs: ping_secs(self.shared.config.ping_interval),
                     now_secs: Hub::unix_secs(),
                     metrics: self.metrics,
                 };
@@ -505,6 +505,14 @@ impl Handler for Router<'_> {
             None => Verdict::Continue,
         }
     }
+}
+
+/// The ping interval announced to SDKs, in whole seconds: rounded up, so
+/// a sub-second interval is announced as 1 s (the relay pings at least
+/// that often) rather than 0, which the SDKs read as "no pings".
+pub fn ping_secs(interval: std::time::Duration) -> u32 {
+    let ms = interval.as_millis();
+    ms.div_ceil(1000).min(u128::from(u32::MAX)) as u32
 }
 
 /// The close frame for a protocol disconnect.

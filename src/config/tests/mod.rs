@@ -471,9 +471,11 @@ fn print_config_command_round_trips() {
 }
 
 #[test]
-fn the_documented_complete_example_is_a_valid_config() {
+fn the_documented_pubsub_example_is_a_valid_config() {
     let doc = include_str!("../../../docs/configuration.md");
-    let at = doc.find("## Complete example").expect("section");
+    let at = doc
+        .find("A chat application's configuration")
+        .expect("section");
     let block = &doc[at..];
     let start = block.find("```toml\n").expect("toml block") + 8;
     let end = start + block[start..].find("```").expect("end");

@@ -265,7 +265,10 @@ fn deliver_push(
     if let (Some(epoch), Some((first, top))) = (&push.epoch, push.offsets()) {
         last = top;
         let c = &mut room.cursor;
-        if c.next != 0 && (c.epoch.as_ref() != Some(epoch) || first > c.next) {
+        // A stream that expired before its first publication (next = 1)
+        // lost nothing: its successor is simply followed.
+        let fresh = c.next == 1 && first == 1;
+        if c.next != 0 && !fresh && (c.epoch.as_ref() != Some(epoch) || first > c.next) {
             for s in &room.subscribers {
                 insufficient.push((s.key, room.shared.id));
             }

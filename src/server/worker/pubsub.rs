@@ -11,8 +11,27 @@ impl Worker {
         let mut list = std::mem::take(&mut self.scratch_insufficient);
         self.rooms.take_insufficient(&mut list);
         for (key, room_id) in list.drain(..) {
-            self.end_subscription(key, room_id, UnsubscribeCode::InsufficientState);
             self.metrics.pubsub_insufficient.inc();
+            let server_side = match self.table.get(key).map(|c| &c.attachment) {
+                Some(Some(Attachment::Client(c))) => {
+                    c.subs.iter().any(|s| s.room_id == room_id && s.server_side)
+                }
+                _ => false,
+            };
+            if server_side {
+                // The SDKs resubscribe server-side subscriptions only by
+                // reconnecting (with their positions in `connect.subs`).
+                if let Some(conn) = self.table.get_mut(key) {
+                    conn.session.close(
+                        CloseCode(3010),
+                        DisconnectCode::InsufficientState.text(),
+                        self.now,
+                    );
+                }
+                self.settle(key);
+            } else {
+                self.end_subscription(key, room_id, UnsubscribeCode::InsufficientState);
+            }
         }
         self.scratch_insufficient = list;
     }
