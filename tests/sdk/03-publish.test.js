@@ -10,7 +10,12 @@ const s = h.scope();
 let relay;
 
 before(async () => {
-    relay = await s.relay(h.baseConfig({ namespaces: [h.chatNamespace()] }));
+    relay = await s.relay(h.baseConfig({
+        namespaces: [
+            h.chatNamespace(),
+            h.chatNamespace({ name: 'noanon', allow_publish_for_anonymous: false }),
+        ],
+    }));
 });
 after(() => s.cleanup());
 
@@ -43,7 +48,7 @@ test('sub.publish resolves; both the other subscriber and the publisher receive 
 });
 
 test('centrifuge.publish resolves and reaches subscribers, including the publisher', async () => {
-    const a = await s.connected(relay.wsUrl);
+    const a = await s.connected(relay.wsUrl, { token: h.connToken('alice') });
     const b = await s.connected(relay.wsUrl);
     const ra = await subscribed(a, 'chat:pub2');
     const rb = await subscribed(b, 'chat:pub2');
@@ -68,4 +73,15 @@ test('publishing into a channel one is not subscribed to is refused (103) withou
         },
     );
     assert.equal(a.state, 'connected');
+});
+
+test('an anonymous subscriber may not publish without allow_publish_for_anonymous (103)', async () => {
+    const anon = await s.connected(relay.wsUrl);
+    const { sub } = await subscribed(anon, 'noanon:x');
+    await assert.rejects(h.withTimeout(sub.publish({ x: 1 }), 'publish refusal'), (err) => {
+        assert.equal(err.code, 103, `error ${h.safeJson(err)}`);
+        return true;
+    });
+    assert.equal(sub.state, 'subscribed');
+    assert.equal(anon.state, 'connected');
 });
