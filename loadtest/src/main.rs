@@ -8,6 +8,7 @@ mod conn;
 mod payload;
 mod plan;
 mod plot;
+mod pubsub;
 mod report;
 mod run;
 mod selftest;

@@ -36,6 +36,7 @@ pub fn run(size: usize, time: std::time::Duration) -> SelftestResult {
         publisher: None,
         tracks: true,
         churn: false,
+        channels: Vec::new(),
     };
     let mut c = ConnCore::new(&plan, 1, 1, 0);
     c.state = State::Open;
