@@ -82,6 +82,8 @@ pub struct WorkerMetrics {
     pub publish_requests: Counter,
     /// Times a full cross-worker queue paused publishers.
     pub fanout_backpressure: Counter,
+    /// Subscriptions ended with "insufficient state" (a hole in a stream).
+    pub pubsub_insufficient: Counter,
 }
 
 impl WorkerMetrics {

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use toml::Value;
 
+use super::namespaces::{Namespace, Namespaces};
 use super::values::{Addr, Check, Count, Dur, Flag, Kind, Level, List, Policy, Size, Text};
 use super::{ConfigError, RateLimitPolicy, SlowConsumerPolicy, LOG_LEVELS};
 use super::{MAX_ROOM_NAME_LIMIT, MAX_WORKERS};
@@ -185,6 +186,72 @@ config_keys! {
         "Serve GET /metrics";
     log_level: String as Level = "info".to_string(), Rule(check_log_level, "`error`, `warn`, `info`, `debug`, `trace`"),
         "Log level; the RUST_LOG variable, when set, overrides it";
+    token_hmac_secret_key: String as Text = String::new(), Rule(check_token, "no control characters, no surrounding spaces"),
+        "Pub/sub: HMAC secret of HS256/384/512 connection and subscription tokens (Centrifugo key); empty = HMAC tokens refused";
+    token_rsa_public_key: String as Text = String::new(), Any,
+        "Pub/sub: RSA public key for RS256/384/512 tokens: PEM text, or the path of a PEM file";
+    token_ecdsa_public_key: String as Text = String::new(), Any,
+        "Pub/sub: ECDSA public key for ES256/384 tokens: PEM text, or the path of a PEM file";
+    token_audience: String as Text = String::new(), Any,
+        "Pub/sub: when set, tokens must carry this `aud`";
+    token_issuer: String as Text = String::new(), Any,
+        "Pub/sub: when set, tokens must carry this `iss`";
+    allow_anonymous_connect_without_token: bool as Flag = false, Any,
+        "Pub/sub: a connect without a token gets an anonymous connection (empty user) instead of disconnect 3501";
+    disallow_anonymous_connection_tokens: bool as Flag = false, Any,
+        "Pub/sub: refuse connection tokens with an empty `sub` (disconnect 3507)";
+    client_channel_limit: usize as Count<usize> = 128, Range(1, 100_000),
+        "Pub/sub: max subscriptions per connection; beyond -> error 106 (limit exceeded)";
+    client_stale_close_delay: Duration as Dur = Duration::from_secs(10), Range(ms(1), DAY),
+        "Pub/sub: time a protocol connection has to send `connect`; then disconnect 3502 (stale)";
+    client_expired_close_delay: Duration as Dur = Duration::from_secs(25), Range(Duration::ZERO, DAY),
+        "Pub/sub: time after a connection token's expiry to refresh it before disconnect 3005";
+    client_expired_sub_close_delay: Duration as Dur = Duration::from_secs(25), Range(Duration::ZERO, DAY),
+        "Pub/sub: time after a subscription token's expiry to refresh it before unsubscribe 2501";
+    history_max_bytes: usize as Size = 256 * MIB, Range(0, 64 * GIB),
+        "Pub/sub: memory all channel histories may hold; beyond, the oldest publications are evicted; 0 = unbounded";
+    presence_max_clients: usize as Count<usize> = 1_000_000, Range(1, TEN_MILLION),
+        "Pub/sub: max presence entries in total (each channel with presence: at most one per subscriber)";
+    api_key: String as Text = String::new(), Rule(check_token, "no control characters, no surrounding spaces"),
+        "Pub/sub: key of the server API (`POST /api/<method>`, `X-API-Key` or `Authorization: apikey`); empty = API off (404)";
+    max_api_body_bytes: usize as Size = MIB + 64 * KIB, Range(1, 2 * GIB),
+        "Pub/sub: max server API request body; beyond -> 413 (room for one max_message_bytes publication plus its envelope)";
+    demo: bool as Flag = false, Any,
+        "Serve the demo chat at /demo (mints tokens for any user name and allows anonymous connects: never on a public server)";
+    history_size: usize as Count<usize> = 0, Range(0, 1_000_000),
+        "Channel option (no namespace): publications kept per channel; 0 = no history";
+    history_ttl: Duration as Dur = Duration::ZERO, Range(Duration::ZERO, DAY * 365),
+        "Channel option (no namespace): how long a channel's history lives after its last publication; required with history_size";
+    force_recovery: bool as Flag = false, Any,
+        "Channel option (no namespace): subscriptions are recoverable even if the client did not ask";
+    force_positioning: bool as Flag = false, Any,
+        "Channel option (no namespace): subscriptions are positioned (offset/epoch tracked) even if the client did not ask";
+    presence: bool as Flag = false, Any,
+        "Channel option (no namespace): keep presence (who is subscribed)";
+    join_leave: bool as Flag = false, Any,
+        "Channel option (no namespace): send join/leave pushes to subscribers";
+    allow_subscribe_for_client: bool as Flag = false, Any,
+        "Channel option (no namespace): authenticated clients may subscribe without a subscription token";
+    allow_subscribe_for_anonymous: bool as Flag = false, Any,
+        "Channel option (no namespace): anonymous clients may subscribe without a subscription token";
+    allow_publish_for_subscriber: bool as Flag = false, Any,
+        "Channel option (no namespace): subscribers may publish";
+    allow_publish_for_client: bool as Flag = false, Any,
+        "Channel option (no namespace): any client may publish, subscribed or not";
+    allow_publish_for_anonymous: bool as Flag = false, Any,
+        "Channel option (no namespace): anonymous clients may publish where publishing is allowed";
+    allow_history_for_subscriber: bool as Flag = false, Any,
+        "Channel option (no namespace): subscribers may read history";
+    allow_history_for_client: bool as Flag = false, Any,
+        "Channel option (no namespace): any client may read history";
+    allow_presence_for_subscriber: bool as Flag = false, Any,
+        "Channel option (no namespace): subscribers may read presence";
+    allow_presence_for_client: bool as Flag = false, Any,
+        "Channel option (no namespace): any client may read presence";
+    allow_user_limited_channels: bool as Flag = false, Any,
+        "Channel option (no namespace): `#` user-limited channels (`dialog#alice,bob`) may be subscribed by the users listed";
+    namespaces: Vec<Namespace> as Namespaces = Vec::new(), Any,
+        "Channel namespaces (`name:` prefix): a list of tables, each `name` plus any channel option key above";
 }
 
 /// RFC 7230 `tchar`, the alphabet of a subprotocol token.

@@ -33,12 +33,14 @@ mod cli;
 #[cfg(test)]
 mod docs;
 mod keys;
+mod namespaces;
 #[cfg(test)]
 mod tests;
 mod values;
 
 pub use cli::{parse_args, parse_args_with_env};
 pub use keys::Config;
+pub use namespaces::{ChannelOptions, Namespace};
 pub use values::{format_duration, format_size, parse_duration, parse_size};
 
 /// Upper bound for `workers`: more event loops than this is a typo, not a
@@ -315,6 +317,9 @@ impl Config {
                 "must be greater than 0 while heartbeats are on (set ping_interval = 0 to turn them off)",
             ));
         }
+        ChannelOptions::of(self)
+            .check()
+            .map_err(|m| ConfigError::keys("history_size", "history_ttl", m))?;
         if self.rate_limit_burst != 0 && self.rate_limit_messages == 0 {
             return Err(ConfigError::keys(
                 "rate_limit_burst",

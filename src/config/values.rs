@@ -372,6 +372,8 @@ fn toml_str(v: &Value) -> Result<String, String> {
 pub(crate) fn flag_display(v: &Value) -> String {
     let s = match v {
         Value::String(s) => s.clone(),
+        // Arrays of tables (namespaces) keep TOML inline syntax.
+        Value::Array(items) if items.iter().any(Value::is_table) => v.to_string(),
         Value::Array(items) => items
             .iter()
             .map(|i| i.as_str().map_or_else(|| i.to_string(), str::to_string))

@@ -273,38 +273,79 @@ impl History {
         opts: StreamOptions,
         fan_out: impl FnOnce(&Position, &Payload) -> R,
     ) -> R {
+        let batch = std::slice::from_ref(&payload);
+        self.publish_batch(channel, batch, now_ms, opts, |first| fan_out(first, &payload))
+    }
+
+    /// Appends `payloads` at consecutive offsets (one lock for the batch)
+    /// and calls `fan_out(first)` under the lock, as
+    /// [`publish_with`](Self::publish_with) does for one: the batch's
+    /// publications have offsets `first.offset ..` in order, in one epoch.
+    pub fn publish_batch<R>(
+        &self,
+        channel: &str,
+        payloads: &[Payload],
+        now_ms: u64,
+        opts: StreamOptions,
+        fan_out: impl FnOnce(&Position) -> R,
+    ) -> R {
         let mut guard = self.shard(channel);
         let shard = &mut *guard;
-        let stamp = shard.next_stamp;
-        shard.next_stamp += 1;
         let (stream, name) = self.stream(shard, channel, now_ms, opts.ttl_ms);
-        stream.top += 1;
-        stream.expires_at = now_ms.saturating_add(opts.ttl_ms);
-        let position = stream.position();
-        let was_empty = stream.entries.is_empty();
-        let bytes = (payload.len() + ENTRY_OVERHEAD) as u64;
-        stream.entries.push_back(Entry {
-            offset: position.offset,
-            stamp,
-            payload: payload.clone(),
-        });
-        let excess = stream.entries.len().saturating_sub(opts.size);
-        if was_empty {
-            shard.fronts.insert((stamp, name.clone()));
+        let first = StreamPosition {
+            offset: stream.top + 1,
+            epoch: stream.epoch.clone(),
+        };
+        for payload in payloads {
+            let stamp = shard.next_stamp;
+            shard.next_stamp += 1;
+            let stream = shard.streams.get_mut(&*name).expect("created above");
+            stream.top += 1;
+            stream.expires_at = now_ms.saturating_add(opts.ttl_ms);
+            let was_empty = stream.entries.is_empty();
+            let bytes = (payload.len() + ENTRY_OVERHEAD) as u64;
+            stream.entries.push_back(Entry {
+                offset: stream.top,
+                stamp,
+                payload: payload.clone(),
+            });
+            let excess = stream.entries.len().saturating_sub(opts.size);
+            if was_empty {
+                shard.fronts.insert((stamp, name.clone()));
+            }
+            shard.stats.bytes += bytes;
+            shard.stats.publications += 1;
+            for _ in 0..excess {
+                shard.pop_front(&name);
+            }
+            while shard.stats.bytes > self.shard_budget {
+                let Some((_, victim)) = shard.fronts.first().cloned() else {
+                    break;
+                };
+                shard.pop_front(&victim);
+                shard.stats.cap_evictions += 1;
+            }
         }
-        shard.stats.bytes += bytes;
-        shard.stats.publications += 1;
-        for _ in 0..excess {
+        fan_out(&first)
+    }
+
+    /// Centrifugo's `history_remove`: drops the retained publications and
+    /// keeps the position (offset and epoch), so clients still recover
+    /// correctly: they are told `recovered: false` for the removed range.
+    pub fn remove(&self, channel: &str) {
+        let mut guard = self.shard(channel);
+        let shard = &mut *guard;
+        let Some(stream) = shard.streams.get(channel) else {
+            return;
+        };
+        let name = stream.name.clone();
+        while shard
+            .streams
+            .get(&*name)
+            .is_some_and(|s| !s.entries.is_empty())
+        {
             shard.pop_front(&name);
         }
-        while shard.stats.bytes > self.shard_budget {
-            let Some((_, victim)) = shard.fronts.first().cloned() else {
-                break;
-            };
-            shard.pop_front(&victim);
-            shard.stats.cap_evictions += 1;
-        }
-        fan_out(&position, &payload)
     }
 
     /// Centrifugo's history call. `limit`: `None` = no limit, `Some(0)` =

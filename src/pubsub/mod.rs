@@ -17,6 +17,7 @@
 pub mod auth;
 pub mod channel;
 pub mod history;
+pub mod hub;
 pub mod presence;
 pub mod proto;
 pub mod sharded;

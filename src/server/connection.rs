@@ -9,6 +9,7 @@
 
 use super::admission::IpKey;
 use super::buffer_pool::{BufferPool, ReadBuf};
+use super::client::Client;
 use super::local_rooms::Membership;
 use super::outbound::Flush;
 use super::session::{Handler, Session, SessionContext};
@@ -18,10 +19,12 @@ use mio::{Interest, Registry, Token};
 use std::io::{self, Read};
 
 /// The endpoint an upgraded connection is attached to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Attachment {
     Echo,
     Room(Membership),
+    /// A pub/sub protocol client (boxed: most connections are not).
+    Client(Box<Client>),
 }
 
 /// A read buffer holding bytes not yet processed: `buf[start..end]`.

@@ -8,7 +8,7 @@
 //! which other workers to hand the message to.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Most workers the bitmask can name.
@@ -21,9 +21,26 @@ pub struct RoomShared {
     pub name: Box<str>,
     /// Bit `w` set while worker `w` has at least one member.
     workers: AtomicU64,
+    /// Protocol subscribers on every worker: publishers encode pushes only
+    /// while there are some.
+    subscribers: AtomicU32,
 }
 
 impl RoomShared {
+    /// Protocol subscribers on all workers.
+    pub fn subscribers(&self) -> u32 {
+        self.subscribers.load(Ordering::SeqCst)
+    }
+
+    /// One more or one fewer protocol subscriber.
+    pub fn count_subscriber(&self, joined: bool) {
+        if joined {
+            self.subscribers.fetch_add(1, Ordering::SeqCst);
+        } else {
+            self.subscribers.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
     /// Workers with members, as a bitmask.
     pub fn worker_mask(&self) -> u64 {
         self.workers.load(Ordering::Acquire)
@@ -77,6 +94,7 @@ impl RoomDirectory {
             id: inner.next_id,
             name: name.into(),
             workers: AtomicU64::new(1 << worker),
+            subscribers: AtomicU32::new(0),
         });
         inner.rooms.insert(name.into(), room.clone());
         Ok(room)
@@ -101,6 +119,12 @@ impl RoomDirectory {
         self.lock().rooms.get(name).cloned()
     }
 
+    /// Every room name with the workers that have members (server API
+    /// `channels`).
+    pub fn names(&self) -> Vec<Arc<RoomShared>> {
+        self.lock().rooms.values().cloned().collect()
+    }
+
     /// Rooms open now.
     pub fn len(&self) -> usize {
         self.lock().rooms.len()
@@ -111,13 +135,13 @@ impl RoomDirectory {
     }
 }
 
-/// Valid room name: 1..=max bytes of `[A-Za-z0-9._~-]`.
+/// Valid room name: a channel name of 1..=max bytes, `[A-Za-z0-9._~-]`
+/// with an optional `namespace:` prefix (the pub/sub grammar without the
+/// private `$` and user-limited `#` markers, which raw members cannot
+/// use: they carry no identity).
 pub fn valid_room_name(name: &str, max: usize) -> bool {
-    !name.is_empty()
-        && name.len() <= max
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'~' | b'-'))
+    crate::pubsub::channel::ChannelName::parse(name, max)
+        .is_ok_and(|c| !c.is_private() && !c.is_user_limited())
 }
 
 #[cfg(test)]
@@ -160,6 +184,10 @@ mod tests {
         assert!(!valid_room_name(&"a".repeat(129), 128));
         assert!(!valid_room_name("", 128));
         assert!(!valid_room_name("a/b", 128));
+        assert!(valid_room_name("chat:room-1", 128));
+        assert!(!valid_room_name(":x", 128));
+        assert!(!valid_room_name("$secret", 128));
+        assert!(!valid_room_name("dialog#a,b", 128));
         assert!(!valid_room_name("a%20b", 128));
         assert!(!valid_room_name("é", 128));
     }

@@ -31,6 +31,8 @@ impl MemberRole {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum WsRoute {
     Echo,
+    /// The pub/sub protocol (`/connection/websocket`).
+    PubSub,
     Room { name: String, role: MemberRole },
 }
 
@@ -42,6 +44,9 @@ pub fn ws_route(
 ) -> Result<WsRoute, RejectReason> {
     if path == "/echo" {
         return Ok(WsRoute::Echo);
+    }
+    if path == PUBSUB_PATH {
+        return Ok(WsRoute::PubSub);
     }
     let Some(name) = path.strip_prefix("/rooms/") else {
         return Err(RejectReason::NotFound);
@@ -68,13 +73,16 @@ pub fn ws_route(
 
 /// The room-name rule, stated with the configured limit.
 pub fn room_name_rule(max: usize) -> String {
-    format!("room name must be 1-{max} bytes of [A-Za-z0-9._~-]\n")
+    format!("room name must be 1-{max} bytes of [A-Za-z0-9._~-], with an optional namespace prefix (`chat:`)\n")
 }
 
 /// Whether a path is a WebSocket endpoint (for 426 on plain requests).
 pub fn is_ws_path(path: &str) -> bool {
-    path == "/echo" || path.starts_with("/rooms/")
+    path == "/echo" || path == PUBSUB_PATH || path.starts_with("/rooms/")
 }
+
+/// The pub/sub protocol endpoint (the SDKs' default path).
+pub const PUBSUB_PATH: &str = "/connection/websocket";
 
 /// Whether an `Origin` may upgrade: empty list = any; requests without an
 /// `Origin` header (non-browser clients) are allowed.

@@ -1,28 +1,46 @@
 //! A worker's share of every room: who is a member here, what was
 //! published this iteration, and delivering it.
 //!
+//! A room is also a pub/sub channel: its members are raw WebSocket members
+//! (`/rooms/{name}`, they get the payload as their frame) and protocol
+//! subscribers (`/connection/websocket`, they get a `pub` push).
+//!
 //! Messages published into a room during one loop iteration are gathered
-//! into one batch of encoded frames. At the end of the iteration (or once
-//! a batch grows past its cap) the batch is shared once (`SharedFrame`)
-//! with every local receiver's outbound queue and handed to every other
-//! worker with members: one buffer, one queue entry and one `writev` per
-//! member, however many messages.
+//! into one batch. At the end of the iteration (or once a batch grows past
+//! its cap) the batch is encoded once per kind of receiver (raw frames,
+//! and pushes when the room has subscribers anywhere), shared with every
+//! local receiver's outbound queue and handed to every other worker with
+//! members: one buffer, one queue entry and one `writev` per member,
+//! however many messages.
+//!
+//! Channels with history are sequenced by their history lock: offsets are
+//! assigned and the batch is handed to every worker's inbox (this one's
+//! included) under that lock, so every inbox receives the channel's
+//! publications in offset order. Each worker keeps the next offset it
+//! expects ([`StreamCursor`]); a publication that arrives after a hole (a
+//! sender's overflow queue reordered it) or from another epoch is never
+//! delivered past the hole: the subscribers here are told "insufficient
+//! state" and resubscribe with recovery, as Centrifuge does.
 
 use super::directory::{RoomDirectory, RoomShared};
 use super::frame_pool::FramePool;
 use super::http::MemberRole;
-use super::mesh::{Mesh, MeshPort};
+use super::mesh::{Mesh, MeshPort, RoomBatch, WorkerMsg};
+use super::push::{self, PushBatch, PushItem};
 use super::session::Delivery;
 use super::table::ConnTable;
+use crate::config::ChannelOptions;
 use crate::metrics::WorkerMetrics;
 use crate::protocol::{encode_header, MessageKind, SharedFrame};
+use crate::pubsub::history::{EpochId, Payload, StreamPosition};
+use crate::pubsub::hub::Hub;
 use std::collections::HashMap;
 use std::sync::Arc;
 
 /// A batch is delivered early once it would hold more than this many bytes.
 const ROOM_BATCH_BYTES: usize = 64 * 1024;
 
-/// A connection's place in a room on this worker.
+/// A raw connection's place in a room on this worker.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Membership {
     pub room_id: u64,
@@ -34,32 +52,93 @@ pub struct Membership {
     pub published_epoch: u32,
 }
 
+/// The key of a subscriber removed during a read (see
+/// [`LocalRooms::unsubscribe_later`]).
+const DEAD: usize = usize::MAX;
+
+/// A protocol subscriber in a room's subscriber list.
+struct Subscriber {
+    key: usize,
+    /// Publications up to this offset reached the client another way (its
+    /// subscribe reply's recovery): not delivered again.
+    skip_upto: u64,
+}
+
+/// Where a worker's delivery of a channel with history stands.
+#[derive(Default)]
+struct StreamCursor {
+    /// Next offset expected; 0 = not known yet (no subscriber here read
+    /// the stream's position).
+    next: u64,
+    epoch: Option<EpochId>,
+}
+
 /// A worker's members of one room.
 struct LocalRoom {
     shared: Arc<RoomShared>,
-    /// Slab keys of members that receive. A member's position is stored in
-    /// its membership, so leaving is O(1) (swap-remove).
+    /// Slab keys of raw members that receive. A member's position is
+    /// stored in its membership, so leaving is O(1) (swap-remove).
     receivers: Vec<usize>,
-    /// Members in total (receivers plus publish-only members).
+    subscribers: Vec<Subscriber>,
+    /// Members in total (raw members of any role, and subscribers).
     members: usize,
     batch: Batch,
+    /// The channel's options, when its namespace is configured.
+    options: Option<Arc<ChannelOptions>>,
+    cursor: StreamCursor,
 }
 
-/// Encoded frames published into a room during one iteration.
+impl LocalRoom {
+    fn history(&self) -> Option<&Arc<ChannelOptions>> {
+        self.options.as_ref().filter(|o| o.has_history())
+    }
+}
+
+/// Messages published into a room during one iteration.
 #[derive(Default)]
 struct Batch {
+    /// Raw frames of the publications, back to back.
     bytes: Vec<u8>,
     frames: Vec<BatchFrame>,
-    /// Which batch this is (publishers remember it to skip their own).
+    /// Which batch this is (raw publishers remember it to skip their own).
     epoch: u32,
 }
 
-struct BatchFrame {
-    /// Offset just past the frame in `Batch::bytes`.
-    end: usize,
-    /// Slab key of the publisher (`usize::MAX`: HTTP publish).
-    publisher: usize,
+/// What a batch item is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ItemKind {
+    /// From a raw member or an HTTP publish: data of any kind.
+    Raw,
+    /// From a protocol client or the server API: data is JSON.
+    Json,
+    Join,
+    Leave,
 }
+
+struct BatchFrame {
+    /// Offset of the raw frame (its header) in `Batch::bytes`.
+    head: usize,
+    /// Offset of the payload in `Batch::bytes` (after the frame header).
+    start: usize,
+    /// Offset just past the frame in `Batch::bytes` (`start` = `end` for
+    /// join and leave, which have no raw frame).
+    end: usize,
+    /// Slab key of the publisher (`usize::MAX`: HTTP, API, join/leave).
+    publisher: usize,
+    kind: ItemKind,
+    /// The publisher's `ClientInfo` (client publications, join, leave).
+    info: Option<Arc<[u8]>>,
+}
+
+impl BatchFrame {
+    fn is_publication(&self) -> bool {
+        matches!(self.kind, ItemKind::Raw | ItemKind::Json)
+    }
+}
+
+/// Why a connection could not join a room here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TooManyRooms;
 
 pub struct LocalRooms {
     worker: usize,
@@ -75,6 +154,11 @@ pub struct LocalRooms {
     echo_self: bool,
     /// Members over their outbound bound (with the messages they missed).
     slow: Vec<(usize, u64)>,
+    /// Subscribers whose stream had a hole here (key, room): the worker
+    /// unsubscribes them with "insufficient state".
+    insufficient: Vec<(usize, u64)>,
+    /// Subscribers removed during a read: (room, slot) of their tombstones.
+    dead: Vec<(u64, u32)>,
 }
 
 impl LocalRooms {
@@ -91,37 +175,56 @@ impl LocalRooms {
             frames: FramePool::new(2 * batch_cap),
             echo_self,
             slow: Vec::new(),
+            insufficient: Vec::new(),
+            dead: Vec::new(),
         }
     }
 
-    /// Adds connection `key` to room `name` (creating it here, and in the
-    /// directory, if needed). `None` when `max_rooms` rooms exist.
-    pub fn join(
+    /// The room `name` here, created (and joined in the directory) if
+    /// needed. `options` are the channel's, when its namespace is known.
+    fn room(
         &mut self,
         directory: &RoomDirectory,
         name: &str,
-        key: usize,
-        role: MemberRole,
-    ) -> Option<Membership> {
+        options: Option<Arc<ChannelOptions>>,
+    ) -> Result<&mut LocalRoom, TooManyRooms> {
         let id = match self.ids.get(name) {
             Some(&id) => id,
             None => {
-                let shared = directory.join(name, self.worker).ok()?;
+                let shared = directory
+                    .join(name, self.worker)
+                    .map_err(|_| TooManyRooms)?;
                 let id = shared.id;
                 self.rooms.insert(
                     id,
                     LocalRoom {
                         shared,
                         receivers: Vec::new(),
+                        subscribers: Vec::new(),
                         members: 0,
                         batch: Batch::default(),
+                        options,
+                        cursor: StreamCursor::default(),
                     },
                 );
                 self.ids.insert(name.into(), id);
                 id
             }
         };
-        let room = self.rooms.get_mut(&id)?;
+        self.rooms.get_mut(&id).ok_or(TooManyRooms)
+    }
+
+    /// Adds raw member `key` to room `name`. `None` when `max_rooms`
+    /// rooms exist.
+    pub fn join(
+        &mut self,
+        directory: &RoomDirectory,
+        name: &str,
+        options: Option<Arc<ChannelOptions>>,
+        key: usize,
+        role: MemberRole,
+    ) -> Option<Membership> {
+        let room = self.room(directory, name, options).ok()?;
         room.members += 1;
         let slot = if role.receives() {
             room.receivers.push(key);
@@ -130,7 +233,7 @@ impl LocalRooms {
             0
         };
         Some(Membership {
-            room_id: id,
+            room_id: room.shared.id,
             slot: slot as u32,
             receives: role.receives(),
             publishes: role.publishes(),
@@ -138,9 +241,102 @@ impl LocalRooms {
         })
     }
 
-    /// Removes a member (its connection is already out of `table`). The
-    /// room's last member here delivers what is pending and leaves the
-    /// directory.
+    /// Adds protocol subscriber `key` to channel `name`; returns the room
+    /// id and the subscriber's slot. The subscriber counts everywhere at
+    /// once (publishers start encoding pushes) and receives from this
+    /// iteration on: read the channel's history position *after* this, so
+    /// nothing published in between is missed (see `history::merge`).
+    pub fn subscribe(
+        &mut self,
+        directory: &RoomDirectory,
+        name: &str,
+        options: Arc<ChannelOptions>,
+        key: usize,
+    ) -> Result<(u64, u32), TooManyRooms> {
+        let room = self.room(directory, name, Some(options))?;
+        room.members += 1;
+        room.subscribers.push(Subscriber { key, skip_upto: 0 });
+        room.shared.count_subscriber(true);
+        Ok((room.shared.id, (room.subscribers.len() - 1) as u32))
+    }
+
+    /// The room of `name` here for a publication, created without members
+    /// if this worker has none (removed again once its batch is out).
+    pub fn ensure(
+        &mut self,
+        directory: &RoomDirectory,
+        name: &str,
+        options: Arc<ChannelOptions>,
+    ) -> Result<u64, TooManyRooms> {
+        Ok(self.room(directory, name, Some(options))?.shared.id)
+    }
+
+    /// Removes a subscriber while its connection is being read (the
+    /// connection table is busy, so slots cannot move now): its entry
+    /// becomes a tombstone that receives nothing, and
+    /// [`sweep_dead`](Self::sweep_dead) removes it after the read.
+    pub fn unsubscribe_later(&mut self, room_id: u64, slot: u32) {
+        let Some(room) = self.rooms.get_mut(&room_id) else {
+            return;
+        };
+        if let Some(s) = room.subscribers.get_mut(slot as usize) {
+            if s.key != DEAD {
+                s.key = DEAD;
+                room.shared.count_subscriber(false);
+                self.dead.push((room_id, slot));
+            }
+        }
+    }
+
+    /// Removes the tombstones left by [`unsubscribe_later`](Self::unsubscribe_later).
+    /// A tombstone only moves by being removed (trailing ones are popped
+    /// first, so a swap always moves a live subscriber into the hole),
+    /// hence each recorded slot is still right when its turn comes.
+    pub fn sweep_dead(&mut self, out: &mut Fanout<'_>) {
+        for (room_id, slot) in std::mem::take(&mut self.dead) {
+            let mut left = 0;
+            let Some(room) = self.rooms.get_mut(&room_id) else {
+                continue;
+            };
+            while room.subscribers.last().is_some_and(|s| s.key == DEAD) {
+                room.subscribers.pop();
+                left += 1;
+            }
+            let slot = slot as usize;
+            if room.subscribers.get(slot).is_some_and(|s| s.key == DEAD) {
+                room.subscribers.swap_remove(slot);
+                left += 1;
+                if let Some(moved) = room.subscribers.get(slot) {
+                    out.table.set_subscriber_slot(moved.key, room_id, slot as u32);
+                }
+            }
+            if room.subscribers.is_empty() {
+                room.cursor = StreamCursor::default();
+            }
+            for _ in 0..left {
+                self.member_left(room_id, out);
+            }
+        }
+    }
+
+    /// After a subscriber's history read: `top` is the stream position it
+    /// was answered from; it receives live publications after it.
+    pub fn position_subscriber(&mut self, room_id: u64, slot: u32, top: &StreamPosition) {
+        let Some(room) = self.rooms.get_mut(&room_id) else {
+            return;
+        };
+        if let Some(s) = room.subscribers.get_mut(slot as usize) {
+            s.skip_upto = top.offset;
+        }
+        let alone = room.subscribers.len() == 1;
+        let c = &mut room.cursor;
+        if alone || c.next == 0 || c.epoch.as_ref() != Some(&top.epoch) {
+            c.next = top.offset + 1;
+            c.epoch = Some(top.epoch.clone());
+        }
+    }
+
+    /// Removes a raw member (its connection is already out of `table`).
     pub fn leave(&mut self, m: Membership, out: &mut Fanout<'_>) {
         let Some(room) = self.rooms.get_mut(&m.room_id) else {
             return;
@@ -158,11 +354,45 @@ impl LocalRooms {
             // A crowd left: do not keep its list's memory.
             room.receivers.shrink_to(room.receivers.len() * 2);
         }
+        self.member_left(m.room_id, out);
+    }
+
+    /// Removes a protocol subscriber from its slot.
+    pub fn unsubscribe(&mut self, room_id: u64, slot: u32, out: &mut Fanout<'_>) {
+        let Some(room) = self.rooms.get_mut(&room_id) else {
+            return;
+        };
+        let slot = slot as usize;
+        if slot < room.subscribers.len() {
+            room.subscribers.swap_remove(slot);
+            room.shared.count_subscriber(false);
+            if let Some(moved) = room.subscribers.get(slot) {
+                out.table.set_subscriber_slot(moved.key, room_id, slot as u32);
+            }
+        }
+        if room.subscribers.capacity() > 64
+            && room.subscribers.len() < room.subscribers.capacity() / 4
+        {
+            room.subscribers.shrink_to(room.subscribers.len() * 2);
+        }
+        if room.subscribers.is_empty() {
+            // Nobody here follows the stream any more.
+            room.cursor = StreamCursor::default();
+        }
+        self.member_left(room_id, out);
+    }
+
+    /// The room's last member here delivers what is pending and leaves
+    /// the directory.
+    fn member_left(&mut self, room_id: u64, out: &mut Fanout<'_>) {
+        let Some(room) = self.rooms.get_mut(&room_id) else {
+            return;
+        };
         room.members -= 1;
         if room.members == 0 {
             // Messages its last members published still go to the others.
-            self.flush(m.room_id, out);
-            if let Some(room) = self.rooms.remove(&m.room_id) {
+            self.flush(room_id, out);
+            if let Some(room) = self.rooms.remove(&room_id) {
                 self.ids.remove(&*room.shared.name);
                 out.directory.leave(&room.shared, self.worker);
             }
@@ -186,21 +416,15 @@ impl LocalRooms {
         self.ids.get(name).copied()
     }
 
-    /// Appends a message to the room's batch. `publisher` is the member's
-    /// slab key and membership (whose epoch is updated), or `None` for an
-    /// HTTP publish. Nothing is delivered here: batches go out in
-    /// [`LocalRooms::flush_full`] and [`LocalRooms::flush_all`].
-    pub fn publish(
-        &mut self,
-        room_id: u64,
-        kind: MessageKind,
-        data: &[u8],
-        publisher: Option<(usize, &mut Membership)>,
-    ) {
-        let header = encode_header(true, kind.opcode(), data.len(), None);
-        let Some(room) = self.rooms.get_mut(&room_id) else {
-            return;
-        };
+    /// The name of a local room.
+    pub fn name_of(&self, room_id: u64) -> Option<&str> {
+        self.rooms.get(&room_id).map(|r| &*r.shared.name)
+    }
+
+    /// A new batch item in room `room_id`'s batch (raw frame appended by
+    /// the caller into the returned buffer).
+    fn batch_of(&mut self, room_id: u64) -> Option<&mut Batch> {
+        let room = self.rooms.get_mut(&room_id)?;
         let batch = &mut room.batch;
         if batch.frames.is_empty() {
             self.batch_epoch = self.batch_epoch.wrapping_add(1).max(1);
@@ -210,7 +434,37 @@ impl LocalRooms {
                 batch.bytes = self.frames.buffer();
             }
         }
+        Some(batch)
+    }
+
+    fn after_append(&mut self, room_id: u64) {
+        let over = self
+            .rooms
+            .get(&room_id)
+            .is_some_and(|r| r.batch.bytes.len() >= self.batch_cap);
+        if over && !self.full.contains(&room_id) {
+            self.full.push(room_id);
+        }
+    }
+
+    /// Appends a message to the room's batch. `publisher` is the raw
+    /// member's slab key and membership (whose epoch is updated), or `None`
+    /// for an HTTP publish. Nothing is delivered here: batches go out in
+    /// [`LocalRooms::flush_full`] and [`LocalRooms::flush_all`].
+    pub fn publish(
+        &mut self,
+        room_id: u64,
+        kind: MessageKind,
+        data: &[u8],
+        publisher: Option<(usize, &mut Membership)>,
+    ) {
+        let header = encode_header(true, kind.opcode(), data.len(), None);
+        let Some(batch) = self.batch_of(room_id) else {
+            return;
+        };
+        let head = batch.bytes.len();
         batch.bytes.extend_from_slice(header.as_bytes());
+        let start = batch.bytes.len();
         batch.bytes.extend_from_slice(data);
         let key = match publisher {
             Some((key, m)) => {
@@ -220,12 +474,52 @@ impl LocalRooms {
             None => usize::MAX,
         };
         batch.frames.push(BatchFrame {
+            head,
+            start,
             end: batch.bytes.len(),
             publisher: key,
+            kind: ItemKind::Raw,
+            info: None,
         });
-        if batch.bytes.len() >= self.batch_cap && !self.full.contains(&room_id) {
-            self.full.push(room_id);
-        }
+        self.after_append(room_id);
+    }
+
+    /// Appends a protocol publication (`data` is JSON; `info` the
+    /// publisher's `ClientInfo`, absent for the server API).
+    pub fn publish_json(&mut self, room_id: u64, data: &[u8], info: Option<Arc<[u8]>>) {
+        let header = encode_header(true, MessageKind::Text.opcode(), data.len(), None);
+        let Some(batch) = self.batch_of(room_id) else {
+            return;
+        };
+        let head = batch.bytes.len();
+        batch.bytes.extend_from_slice(header.as_bytes());
+        let start = batch.bytes.len();
+        batch.bytes.extend_from_slice(data);
+        batch.frames.push(BatchFrame {
+            head,
+            start,
+            end: batch.bytes.len(),
+            publisher: usize::MAX,
+            kind: ItemKind::Json,
+            info,
+        });
+        self.after_append(room_id);
+    }
+
+    /// Appends a join or leave push (subscribers only).
+    pub fn join_leave(&mut self, room_id: u64, join: bool, info: Arc<[u8]>) {
+        let Some(batch) = self.batch_of(room_id) else {
+            return;
+        };
+        let at = batch.bytes.len();
+        batch.frames.push(BatchFrame {
+            head: at,
+            start: at,
+            end: at,
+            publisher: usize::MAX,
+            kind: if join { ItemKind::Join } else { ItemKind::Leave },
+            info: Some(info),
+        });
     }
 
     /// Delivers the batches that reached their cap (after a read).
@@ -244,9 +538,11 @@ impl LocalRooms {
     }
 
     /// Shares the room's batch once and enqueues it to every local
-    /// receiver (a member that published in it, without `echo_self`, gets
-    /// a copy without its own messages), then hands it to every other
-    /// worker with members.
+    /// receiver (a raw member that published in it, without `echo_self`,
+    /// gets a copy without its own messages), then hands it to every other
+    /// worker with members. Pushes are encoded only while the room has
+    /// subscribers somewhere; a channel with history gets its offsets here,
+    /// under its history lock (see the module docs).
     fn flush(&mut self, room_id: u64, out: &mut Fanout<'_>) {
         let Some(room) = self.rooms.get_mut(&room_id) else {
             return;
@@ -254,68 +550,139 @@ impl LocalRooms {
         if room.batch.frames.is_empty() {
             return;
         }
+        let publications = room
+            .batch
+            .frames
+            .iter()
+            .filter(|f| f.is_publication())
+            .count() as u64;
+        let bytes = std::mem::take(&mut room.batch.bytes);
         // The batch's bytes move into a shared frame (no copy); the room
         // keeps no buffer between iterations.
-        let frame = self.frames.share(std::mem::take(&mut room.batch.bytes));
-        let count = room.batch.frames.len() as u64;
-        let filter = !self.echo_self && room.batch.frames.iter().any(|f| f.publisher != usize::MAX);
-        for &member in &room.receivers {
-            let own = filter && out.table.published_epoch(member) == Some(room.batch.epoch);
-            let (delivery, n) = if own {
-                deliver_without_own(out, member, frame.as_bytes(), &room.batch.frames)
-            } else {
-                let d = out
-                    .table
-                    .deliver(member, |s| s.send_shared(&frame), out.metrics);
-                (d, count)
-            };
-            match delivery {
-                Delivery::Queued => {
-                    out.metrics.fanout_deliveries.add(n);
-                    out.metrics.messages_out.add(n);
-                }
-                Delivery::Ignored => {}
-                Delivery::Full => self.slow.push((member, n)),
+        let raw = (publications > 0).then(|| self.frames.share(bytes));
+        if let Some(frame) = &raw {
+            let filter = !self.echo_self
+                && room
+                    .batch
+                    .frames
+                    .iter()
+                    .any(|f| f.publisher != usize::MAX);
+            for &member in &room.receivers {
+                let own = filter && out.table.published_epoch(member) == Some(room.batch.epoch);
+                let (delivery, n) = if own {
+                    deliver_without_own(out, member, frame.as_bytes(), &room.batch.frames)
+                } else {
+                    let d = out
+                        .table
+                        .deliver(member, |s| s.send_shared(frame), out.metrics);
+                    (d, publications)
+                };
+                note(delivery, member, n, out.metrics, &mut self.slow);
             }
         }
-        let remote = room.shared.worker_mask() & !(1u64 << self.worker);
-        let shared = (remote != 0).then(|| room.shared.clone());
+        let shared = room.shared.clone();
+        let me = 1u64 << self.worker;
+        let frames = &room.batch.frames;
+        let data = raw.as_ref().map_or(&[][..], |f| f.as_bytes());
+        if let Some(opts) = room.history().cloned() {
+            let payloads: Vec<Payload> = frames
+                .iter()
+                .filter(|f| f.is_publication())
+                .map(|f| {
+                    let mut obj = Vec::with_capacity(f.end - f.start + 16);
+                    publication_object(f, data, &mut obj);
+                    obj.into()
+                })
+                .collect();
+            let local_subscribers = !room.subscribers.is_empty();
+            let (port, mesh, metrics) = (&mut *out.port, out.mesh, out.metrics);
+            let now_ms = out.hub.now_ms();
+            let stream = Hub::stream_options(&opts);
+            out.hub
+                .history
+                .publish_batch(&shared.name, &payloads, now_ms, stream, |first| {
+                    // Under the channel's lock: every inbox gets this batch
+                    // in offset order.
+                    let push = (shared.subscribers() > 0)
+                        .then(|| Arc::new(encode_push(&shared.name, frames, data, &payloads, Some(first))));
+                    let remote = shared.worker_mask() & !me;
+                    if remote != 0 {
+                        let msg = WorkerMsg::Batch(RoomBatch {
+                            room: shared.clone(),
+                            frame: raw.clone(),
+                            messages: publications,
+                            push: push.clone(),
+                        });
+                        port.send(mesh, remote, &msg, publications, metrics);
+                    }
+                    if let Some(push) = push.filter(|_| local_subscribers) {
+                        let msg = WorkerMsg::Batch(RoomBatch {
+                            room: shared.clone(),
+                            frame: None,
+                            messages: 0,
+                            push: Some(push),
+                        });
+                        port.send(mesh, me, &msg, 0, metrics);
+                    }
+                });
+        } else {
+            let push = (shared.subscribers() > 0)
+                .then(|| Arc::new(encode_push(&shared.name, frames, data, &[], None)));
+            if let Some(push) = &push {
+                deliver_push(room, push, out, &mut self.slow, &mut self.insufficient);
+            }
+            let remote = shared.worker_mask() & !me;
+            if remote != 0 {
+                let msg = WorkerMsg::Batch(RoomBatch {
+                    room: shared.clone(),
+                    frame: raw,
+                    messages: publications,
+                    push,
+                });
+                out.port
+                    .send(out.mesh, remote, &msg, publications, out.metrics);
+            }
+        }
+        let Some(room) = self.rooms.get_mut(&room_id) else {
+            return;
+        };
         room.batch.frames.clear();
         if room.batch.frames.capacity() > 256 {
             room.batch.frames = Vec::new();
         }
-        if let Some(shared) = shared {
-            out.port
-                .send(out.mesh, remote, &shared, &frame, count, out.metrics);
+        if room.members == 0 {
+            // Created for a publication only.
+            if let Some(room) = self.rooms.remove(&room_id) {
+                self.ids.remove(&*room.shared.name);
+                out.directory.leave(&room.shared, self.worker);
+            }
         }
         self.judge_slow(out);
     }
 
-    /// Delivers a batch from another worker to every local receiver.
-    pub fn deliver_remote(
-        &mut self,
-        room_id: u64,
-        frame: &SharedFrame,
-        count: u64,
-        out: &mut Fanout<'_>,
-    ) {
-        let Some(room) = self.rooms.get(&room_id) else {
+    /// Delivers a batch from another worker (or, for channels with
+    /// history, from this one through its own inbox) to local receivers.
+    pub fn deliver_remote(&mut self, batch: &RoomBatch, out: &mut Fanout<'_>) {
+        let Some(room) = self.rooms.get_mut(&batch.room.id) else {
             return;
         };
-        for &member in &room.receivers {
-            match out
-                .table
-                .deliver(member, |s| s.send_shared(frame), out.metrics)
-            {
-                Delivery::Queued => {
-                    out.metrics.fanout_deliveries.add(count);
-                    out.metrics.messages_out.add(count);
-                }
-                Delivery::Ignored => {}
-                Delivery::Full => self.slow.push((member, count)),
+        if let Some(frame) = &batch.frame {
+            for &member in &room.receivers {
+                let d = out
+                    .table
+                    .deliver(member, |s| s.send_shared(frame), out.metrics);
+                note(d, member, batch.messages, out.metrics, &mut self.slow);
             }
         }
+        if let Some(push) = &batch.push {
+            deliver_push(room, push, out, &mut self.slow, &mut self.insufficient);
+        }
         self.judge_slow(out);
+    }
+
+    /// Subscribers whose stream broke here since the last call.
+    pub fn take_insufficient(&mut self, into: &mut Vec<(usize, u64)>) {
+        into.append(&mut self.insufficient);
     }
 
     fn judge_slow(&mut self, out: &mut Fanout<'_>) {
@@ -337,6 +704,16 @@ impl LocalRooms {
     pub fn release_scratch(&mut self, keep: usize) {
         self.slow.shrink_to(keep);
         self.pending.shrink_to(keep);
+        self.insufficient.shrink_to(keep);
+        self.dead.shrink_to(keep);
+    }
+
+    /// Local subscriber count and raw member count of every room here
+    /// (server API `channels`, metrics).
+    pub fn counts(&self) -> impl Iterator<Item = (&str, usize, usize)> {
+        self.rooms
+            .values()
+            .map(|r| (&*r.shared.name, r.subscribers.len(), r.members - r.subscribers.len()))
     }
 }
 
@@ -346,11 +723,126 @@ pub struct Fanout<'a> {
     pub port: &'a mut MeshPort,
     pub mesh: &'a Mesh,
     pub directory: &'a RoomDirectory,
+    pub hub: &'a Hub,
     pub metrics: &'a WorkerMetrics,
     pub now: u64,
 }
 
-/// Enqueues the frames of a batch not published by `member`, with the
+fn note(d: Delivery, member: usize, n: u64, metrics: &WorkerMetrics, slow: &mut Vec<(usize, u64)>) {
+    match d {
+        Delivery::Queued => {
+            metrics.fanout_deliveries.add(n);
+            metrics.messages_out.add(n);
+        }
+        Delivery::Ignored => {}
+        Delivery::Full => slow.push((member, n)),
+    }
+}
+
+/// The publication object (without offset) of a batch item.
+fn publication_object(f: &BatchFrame, data: &[u8], out: &mut Vec<u8>) {
+    push::pub_object(
+        &data[f.start..f.end],
+        f.kind == ItemKind::Json,
+        f.info.as_deref(),
+        out,
+    );
+}
+
+/// Encodes a batch's pushes once: a `pub` frame per publication (with its
+/// offset counted from `first` for a channel with history; `objects` are
+/// then the publication objects already built for the history), a `join`
+/// or `leave` frame per such item.
+fn encode_push(
+    channel: &str,
+    frames: &[BatchFrame],
+    data: &[u8],
+    objects: &[Payload],
+    first: Option<&StreamPosition>,
+) -> PushBatch {
+    let mut bytes = Vec::new();
+    let mut items = Vec::with_capacity(frames.len());
+    let mut n = 0u64;
+    for f in frames {
+        let offset = match (f.is_publication(), first) {
+            (true, Some(p)) => p.offset + n,
+            _ => 0,
+        };
+        match f.kind {
+            ItemKind::Raw | ItemKind::Json => {
+                push::push_frame(channel, "pub", &mut bytes, |b| match objects.get(n as usize) {
+                    Some(obj) => push::with_offset(obj, offset, b),
+                    None => publication_object(f, data, b),
+                });
+                n += 1;
+            }
+            ItemKind::Join | ItemKind::Leave => {
+                let kind = if f.kind == ItemKind::Join { "join" } else { "leave" };
+                let info = f.info.as_deref().unwrap_or(b"{}");
+                push::push_frame(channel, kind, &mut bytes, |b| push::join_leave_body(info, b));
+            }
+        }
+        items.push(PushItem {
+            end: bytes.len() as u32,
+            offset,
+        });
+    }
+    PushBatch {
+        frame: SharedFrame::from_vec(bytes),
+        items,
+        epoch: first.map(|p| p.epoch.clone()),
+    }
+}
+
+/// Delivers pushes to a room's subscribers here. For a channel with
+/// history: publications at or below what a subscriber already has are
+/// filtered out; a hole or an epoch change marks every subscriber here
+/// for recovery instead (see the module docs).
+fn deliver_push(
+    room: &mut LocalRoom,
+    push: &PushBatch,
+    out: &mut Fanout<'_>,
+    slow: &mut Vec<(usize, u64)>,
+    insufficient: &mut Vec<(usize, u64)>,
+) {
+    let mut floor = 0;
+    let mut last = 0;
+    if let (Some(epoch), Some((first, top))) = (&push.epoch, push.offsets()) {
+        last = top;
+        let c = &mut room.cursor;
+        if c.next != 0 && (c.epoch.as_ref() != Some(epoch) || first > c.next) {
+            for s in &room.subscribers {
+                insufficient.push((s.key, room.shared.id));
+            }
+            c.next = top + 1;
+            c.epoch = Some(epoch.clone());
+            return;
+        }
+        floor = c.next.saturating_sub(1);
+        if c.next <= top {
+            c.next = top + 1;
+            c.epoch = Some(epoch.clone());
+        }
+    }
+    let count = push.items.len() as u64;
+    for s in &room.subscribers {
+        let f = floor.max(s.skip_upto);
+        let d = if last == 0 || f == 0 || push.items.iter().all(|i| i.offset == 0 || i.offset > f) {
+            out.table
+                .deliver(s.key, |x| x.send_shared(&push.frame), out.metrics)
+        } else {
+            let parts = push.parts(move |i| i.offset == 0 || i.offset > f);
+            if parts.clone().next().is_none() {
+                continue;
+            }
+            out.table
+                .deliver(s.key, |x| x.send_copy(parts.clone()), out.metrics)
+        };
+        note(d, s.key, count, out.metrics, slow);
+    }
+}
+
+/// Enqueues the raw frames of a batch not published by `member`, with the
 /// number of messages that is.
 fn deliver_without_own(
     out: &mut Fanout<'_>,
@@ -358,12 +850,10 @@ fn deliver_without_own(
     bytes: &[u8],
     frames: &[BatchFrame],
 ) -> (Delivery, u64) {
-    let starts = std::iter::once(0).chain(frames.iter().map(|f| f.end));
     let others = frames
         .iter()
-        .zip(starts)
-        .filter(|(f, _)| f.publisher != member)
-        .map(|(f, start)| &bytes[start..f.end]);
+        .filter(|f| f.is_publication() && f.publisher != member)
+        .map(|f| &bytes[f.head..f.end]);
     let count = others.clone().count() as u64;
     if count == 0 {
         return (Delivery::Ignored, 0);

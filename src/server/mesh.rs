@@ -25,6 +25,7 @@
 //! so either the sender sees the flag or the worker sees the message.
 
 use super::directory::RoomShared;
+use super::push::PushBatch;
 use crate::protocol::SharedFrame;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use mio::Waker;
@@ -35,12 +36,42 @@ use std::sync::Arc;
 use crate::metrics::WorkerMetrics;
 
 /// A message from one worker to another.
-pub struct WorkerMsg {
+#[derive(Clone)]
+pub enum WorkerMsg {
+    /// A room batch.
+    Batch(RoomBatch),
+    /// A request every worker applies to its own connections (server API).
+    Control(Arc<Control>),
+}
+
+/// What a room batch carries, encoded once for every worker.
+#[derive(Clone)]
+pub struct RoomBatch {
     pub room: Arc<RoomShared>,
-    /// One or more complete frames, encoded once.
-    pub frame: SharedFrame,
+    /// Raw members' frames (one or more complete frames), if any message.
+    pub frame: Option<SharedFrame>,
     /// How many messages `frame` holds.
     pub messages: u64,
+    /// Protocol subscribers' pushes, if the room has subscribers.
+    pub push: Option<Arc<PushBatch>>,
+}
+
+/// Server API requests that concern connections on every worker.
+#[derive(Debug)]
+pub enum Control {
+    /// Disconnect a user's connections (or one client of theirs).
+    Disconnect {
+        user: String,
+        client: Option<String>,
+        code: u32,
+        reason: String,
+    },
+    /// Unsubscribe a user's connections (or one client) from a channel.
+    Unsubscribe {
+        user: String,
+        channel: String,
+        client: Option<String>,
+    },
 }
 
 /// The way into one worker.
@@ -187,28 +218,15 @@ impl MeshPort {
         &self.rx
     }
 
-    /// Hands `frame` (holding `count` messages of `room`) to every worker
-    /// in `mask`.
-    pub fn send(
-        &mut self,
-        mesh: &Mesh,
-        mut mask: u64,
-        room: &Arc<RoomShared>,
-        frame: &SharedFrame,
-        count: u64,
-        metrics: &WorkerMetrics,
-    ) {
+    /// Hands `msg` (holding `count` messages) to every worker in `mask`.
+    pub fn send(&mut self, mesh: &Mesh, mut mask: u64, msg: &WorkerMsg, count: u64, metrics: &WorkerMetrics) {
         while mask != 0 {
             let w = mask.trailing_zeros() as usize;
             mask &= mask - 1;
             if w >= self.overflow.len() {
                 continue;
             }
-            let msg = WorkerMsg {
-                room: room.clone(),
-                frame: frame.clone(),
-                messages: count,
-            };
+            let msg = msg.clone();
             metrics.fanout_remote.add(count);
             self.wake |= 1 << w;
             if !self.overflow[w].is_empty() {
@@ -298,6 +316,22 @@ mod tests {
     use crate::server::directory::RoomDirectory;
     use mio::{Poll, Token};
 
+    fn raw(room: &Arc<RoomShared>, frame: &SharedFrame) -> WorkerMsg {
+        WorkerMsg::Batch(RoomBatch {
+            room: room.clone(),
+            frame: Some(frame.clone()),
+            messages: 1,
+            push: None,
+        })
+    }
+
+    fn frame_of(m: &WorkerMsg) -> &[u8] {
+        match m {
+            WorkerMsg::Batch(RoomBatch { frame: Some(f), .. }) => f.as_bytes(),
+            _ => panic!("not a raw batch"),
+        }
+    }
+
     /// A mesh of `n` workers whose queues hold one message each.
     fn mesh(n: usize) -> (Mesh, Vec<Receiver<WorkerMsg>>, Vec<Poll>) {
         let polls: Vec<Poll> = (0..n).map(|_| Poll::new().unwrap()).collect();
@@ -319,7 +353,7 @@ mod tests {
         let mut port = MeshPort::new(rx.remove(0), 3);
         // Fill worker 1's and worker 2's queues, then overflow both.
         for _ in 0..2 {
-            port.send(&mesh, 0b110, &room, &frame, 1, &metrics);
+            port.send(&mesh, 0b110, &raw(&room, &frame), 1, &metrics);
         }
         assert!(port.is_blocked(0b010) && port.is_blocked(0b100));
         assert!(
@@ -353,13 +387,13 @@ mod tests {
         let mut port = MeshPort::new(rx.remove(0), 2);
         for i in 0..5u8 {
             let f = SharedFrame::encode(crate::protocol::OpCode::Binary, &[i]);
-            port.send(&mesh, 0b10, &room, &f, 1, &metrics);
+            port.send(&mesh, 0b10, &raw(&room, &f), 1, &metrics);
         }
         let mut got = Vec::new();
         let mut resumed = Vec::new();
         while got.len() < 5 {
             while let Ok(m) = rx[0].try_recv() {
-                got.push(*m.frame.as_bytes().last().unwrap());
+                got.push(*frame_of(&m).last().unwrap());
             }
             port.drain_overflow(&mesh, &mut resumed);
         }

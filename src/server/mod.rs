@@ -6,6 +6,8 @@
 pub mod accept;
 pub mod admission;
 pub mod buffer_pool;
+pub mod client;
+pub mod client_deadlines;
 pub mod connection;
 pub mod directory;
 pub mod frame_pool;
@@ -15,6 +17,7 @@ pub mod local_rooms;
 pub mod memory;
 pub mod mesh;
 pub mod outbound;
+pub mod push;
 pub mod rate_limit;
 pub mod router;
 pub mod session;
@@ -27,6 +30,7 @@ use crate::config::Config;
 use crate::metrics::{self, Totals, WorkerMetrics};
 use admission::Admission;
 use directory::{RoomDirectory, MAX_WORKERS};
+use crate::pubsub::hub::Hub;
 use mesh::Mesh;
 use mio::net::TcpListener;
 use mio::{Poll, Waker};
@@ -48,6 +52,8 @@ pub struct Shared {
     pub ws_connections: AtomicUsize,
     /// Every connection, counted from accept, in total and per client.
     pub admission: Admission,
+    /// Pub/sub state: channel options, history, presence, tokens.
+    pub hub: Hub,
 }
 
 /// Why the relay could not start.
@@ -241,6 +247,7 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
         polls.push(poll);
         wakers.push(waker);
     }
+    let hub = Hub::new(&config).map_err(|e| StartError::Config(format!("key \"{}\": {}", e.key, e.reason)))?;
     let (mesh, receivers) = Mesh::new(wakers, config.fanout_queue_len);
     let pin = config.pin_cores;
     let shared = Arc::new(Shared {
@@ -252,6 +259,7 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
         shutdown: AtomicBool::new(false),
         ws_connections: AtomicUsize::new(0),
         admission: Admission::new(config.max_connections, config.max_connections_per_ip, 64),
+        hub,
         config,
     });
     let cores = if pin {

@@ -6,8 +6,9 @@
 //! one connection's read from the worker's parts; the connection's
 //! attachment travels with it and is stored back afterwards.
 
+use super::client::Exec;
 use super::connection::Attachment;
-use super::http::{self, WsRoute};
+use super::http::{self, MemberRole, WsRoute};
 use super::local_rooms::LocalRooms;
 use super::mesh::MeshPort;
 use super::outbound::OutboundQueue;
@@ -16,9 +17,13 @@ use super::Shared;
 use crate::metrics::{Gauges, WorkerMetrics};
 use crate::protocol::response::http_response;
 use crate::protocol::{
-    CloseCode, HttpRequest, MessageKind, RejectReason, SharedFrame, UpgradeRequest,
+    CloseCode, HttpRequest, MessageKind, RejectReason, UpgradeRequest,
 };
+use crate::config::ChannelOptions;
+use crate::pubsub::hub::Hub;
+use crate::pubsub::proto::DisconnectCode;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 pub struct Router<'a> {
     pub shared: &'a Shared,
@@ -31,6 +36,8 @@ pub struct Router<'a> {
     /// The connection upgraded during this read.
     pub upgraded: bool,
     pub shutting_down: bool,
+    /// Replies of a protocol client's frame (reused buffer).
+    pub replies: &'a mut Vec<u8>,
 }
 
 fn answer(bytes: Vec<u8>, keep_alive: bool) -> Response {
@@ -128,15 +135,16 @@ impl Router<'_> {
         if self.port.is_blocked(remote) {
             return answer(http::busy(), false);
         }
-        if let Some(id) = self.rooms.id_of(room) {
-            // The room batch also reaches the other workers.
-            self.rooms.publish(id, kind, body, None);
-        } else if remote != 0 {
-            if let Some(shared) = self.shared.directory.get(room) {
-                let frame = SharedFrame::encode(kind.opcode(), body);
-                self.port
-                    .send(&self.shared.mesh, remote, &shared, &frame, 1, self.metrics);
-            }
+        let hub = &self.shared.hub;
+        let options = match hub.options(room) {
+            Ok(o) => o,
+            Err(_) => return answer(http::text(404, "unknown namespace\n", keep_alive), keep_alive),
+        };
+        // The room batch reaches every worker with members (and the
+        // channel's history, if it has one).
+        match self.rooms.ensure(&self.shared.directory, room, options) {
+            Ok(id) => self.rooms.publish(id, kind, body, None),
+            Err(_) => return answer(http::text(503, "too many rooms\n", false), false),
         }
         let bytes = http::publish_accepted(
             room,
@@ -221,12 +229,34 @@ impl Handler for Router<'_> {
                 return Err(refuse(reason));
             }
         };
+        let mut protocol = req.negotiate_protocol(&c.subprotocols);
         let attachment = match route {
             WsRoute::Echo => Attachment::Echo,
+            WsRoute::PubSub => {
+                if req.offered_protocols.iter().any(|p| p == "centrifuge-protobuf") {
+                    let body = "the protobuf codec (centrifuge-protobuf) is not supported: use the JSON codec\n";
+                    return Err(answer(http::text(400, body, false), false));
+                }
+                if req.offered_protocols.iter().any(|p| p == "centrifuge-json") {
+                    protocol = Some("centrifuge-json");
+                }
+                Attachment::Client(Box::default())
+            }
             WsRoute::Room { name, role } => {
+                let (options, role) = match raw_access(&self.shared.hub, &name, role) {
+                    Ok(a) => a,
+                    Err(status) => {
+                        let body = if status == 404 {
+                            "unknown namespace\n"
+                        } else {
+                            "this namespace does not allow anonymous raw members\n"
+                        };
+                        return Err(answer(http::text(status, body, false), false));
+                    }
+                };
                 match self
                     .rooms
-                    .join(&self.shared.directory, &name, self.key, role)
+                    .join(&self.shared.directory, &name, options, self.key, role)
                 {
                     Some(m) => Attachment::Room(m),
                     None => {
@@ -241,7 +271,6 @@ impl Handler for Router<'_> {
         self.metrics.upgrades.inc();
         self.metrics.connections_open.inc();
         self.shared.ws_connections.fetch_add(1, Ordering::AcqRel);
-        let protocol = req.negotiate_protocol(&c.subprotocols);
         Ok(req.accept_response(protocol))
     }
 
@@ -269,7 +298,67 @@ impl Handler for Router<'_> {
                 self.rooms.publish(room_id, kind, data, Some((self.key, m)));
                 Verdict::Continue
             }
+            Some(Attachment::Client(client)) => {
+                let mut x = Exec {
+                    hub: &self.shared.hub,
+                    rooms: self.rooms,
+                    directory: &self.shared.directory,
+                    key: self.key,
+                    ping_secs: self.shared.config.ping_interval.as_secs() as u32,
+                    now_secs: Hub::unix_secs(),
+                };
+                self.replies.clear();
+                if kind != MessageKind::Text {
+                    return close_with(DisconnectCode::InappropriateProtocol);
+                }
+                let result = client.handle_frame(data, &mut x, self.replies);
+                if !self.replies.is_empty() {
+                    // Replies always fit: an empty queue takes any message,
+                    // and a client that does not read its replies is slow.
+                    if !out.try_push_message(MessageKind::Text, self.replies, limit) {
+                        return Verdict::SlowConsumer;
+                    }
+                    self.metrics.messages_out.inc();
+                }
+                match result {
+                    Ok(()) => Verdict::Continue,
+                    Err(code) => close_with(code),
+                }
+            }
             None => Verdict::Continue,
         }
     }
+}
+
+/// The close frame for a protocol disconnect.
+fn close_with(code: DisconnectCode) -> Verdict {
+    Verdict::Close(CloseCode(code.code() as u16), code.text())
+}
+
+/// What a raw `/rooms/` member may do in a channel: the default namespace
+/// is open (rooms predate namespaces); a configured namespace admits raw
+/// members only where it lets anonymous clients subscribe, and lets them
+/// publish only where anonymous clients may publish. An unknown namespace
+/// is 404, a refusal 403.
+fn raw_access(
+    hub: &Hub,
+    name: &str,
+    role: MemberRole,
+) -> Result<(Option<Arc<ChannelOptions>>, MemberRole), u16> {
+    let ns = crate::pubsub::channel::channel_namespace(name);
+    let options = hub.options_of_namespace(ns).map_err(|_| 404u16)?;
+    if ns.is_empty() {
+        return Ok((Some(options), role));
+    }
+    if !(options.allow_subscribe_for_client && options.allow_subscribe_for_anonymous) {
+        return Err(403);
+    }
+    let may_publish = options.allow_publish_for_anonymous
+        && (options.allow_publish_for_client || options.allow_publish_for_subscriber);
+    let role = match role {
+        MemberRole::Both | MemberRole::Subscriber if !may_publish => MemberRole::Subscriber,
+        MemberRole::Publisher if !may_publish => return Err(403),
+        r => r,
+    };
+    Ok((Some(options), role))
 }

@@ -117,6 +117,10 @@ impl ConnTable {
         self.slab.iter().map(|(_, c)| c)
     }
 
+    pub fn iter_keyed(&self) -> impl Iterator<Item = (usize, &Connection)> {
+        self.slab.iter()
+    }
+
     pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut Connection> {
         self.slab.iter_mut().map(|(_, c)| c)
     }
@@ -264,6 +268,15 @@ impl ConnTable {
             .get(key)
             .and_then(|c| c.membership())
             .map(|m| m.published_epoch)
+    }
+
+    /// A protocol subscriber moved within its room's subscriber list.
+    pub fn set_subscriber_slot(&mut self, key: usize, room_id: u64, slot: u32) {
+        if let Some(Some(Attachment::Client(c))) = self.slab.get_mut(key).map(|c| &mut c.attachment) {
+            if let Some(sub) = c.sub_mut(room_id) {
+                sub.slot = slot;
+            }
+        }
     }
 
     /// A member moved within its room's receiver list.

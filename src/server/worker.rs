@@ -19,7 +19,9 @@ use super::buffer_pool::BufferPool;
 use super::connection::{Attachment, Connection, ReadOutcome};
 use super::local_rooms::{Fanout, LocalRooms};
 use super::memory::release_free_heap;
-use super::mesh::{MeshPort, Paused, WorkerMsg};
+use super::client::{Client, Exec};
+use super::client_deadlines::ClientDeadlines;
+use super::mesh::{Control, MeshPort, Paused, WorkerMsg};
 use super::router::Router;
 use super::session::{Finish, Session, SessionConfig, SessionContext};
 use super::table::{token_of, ConnTable};
@@ -27,7 +29,9 @@ use super::timer::TimerEntry;
 use super::transport::Transport;
 use super::Shared;
 use crate::metrics::WorkerMetrics;
-use crate::protocol::{CloseCode, RejectReason};
+use crate::protocol::{encode_header, CloseCode, OpCode, RejectReason};
+use crate::pubsub::hub::Hub;
+use crate::pubsub::proto::{DisconnectCode, UnsubscribeCode};
 use crossbeam_channel::Receiver;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
@@ -62,6 +66,12 @@ pub struct Worker {
     scratch_timers: Vec<TimerEntry>,
     scratch_inbox: Vec<WorkerMsg>,
     scratch_resumed: Vec<Paused>,
+    /// Replies of one protocol frame (reused).
+    replies: Vec<u8>,
+    /// Subscribers to unsubscribe for a broken stream (reused).
+    scratch_insufficient: Vec<(usize, u64)>,
+    /// Protocol clients' deadlines: connect, token and subscription expiry.
+    deadlines: ClientDeadlines,
 }
 
 impl Worker {
@@ -96,6 +106,12 @@ impl Worker {
             scratch_timers: Vec::new(),
             scratch_inbox: Vec::new(),
             scratch_resumed: Vec::new(),
+            replies: Vec::new(),
+            scratch_insufficient: Vec::new(),
+            deadlines: ClientDeadlines::new(
+                c.client_expired_close_delay.as_secs(),
+                c.client_expired_sub_close_delay.as_secs(),
+            ),
             shared,
         })
     }
@@ -143,6 +159,7 @@ impl Worker {
             self.drain_overflow();
             self.read_ready();
             self.run_timers();
+            self.run_client_deadlines();
             self.housekeeping();
             self.flush_rooms();
             if self.acceptor.wants_retry(self.now) {
@@ -276,18 +293,21 @@ impl Worker {
             shared,
             metrics,
             ctx,
+            replies,
             ..
         } = self;
         let Some(conn) = table.get_mut(key) else {
             return;
         };
         // A publisher into a room with members on a blocked worker waits
-        // until those workers drain (see `mesh`).
-        if let Some(m) = conn
-            .membership()
-            .filter(|m| m.publishes && port.has_blocked())
-        {
-            let mask = rooms.remote_mask(m.room_id);
+        // until those workers drain (see `mesh`); a protocol client that
+        // published in its last read waits while any worker is blocked.
+        if port.has_blocked() {
+            let mask = match &mut conn.attachment {
+                Some(Attachment::Room(m)) if m.publishes => rooms.remote_mask(m.room_id),
+                Some(Attachment::Client(c)) if c.publisher => u64::MAX,
+                _ => 0,
+            };
             if port.is_blocked(mask) {
                 if !conn.session.is_paused() {
                     conn.session.set_paused(true, now);
@@ -302,16 +322,28 @@ impl Worker {
             port,
             metrics,
             key,
-            attachment: conn.attachment,
+            attachment: conn.attachment.take(),
             upgraded: false,
+            replies,
             // The flag, not this worker's deadline: a request read between
             // the flag and this worker's next loop top is answered as
             // shutting down too.
             shutting_down: shared.shutdown.load(Ordering::Acquire),
         };
+        if let Some(Attachment::Client(c)) = &mut router.attachment {
+            c.publisher = false;
+        }
         let outcome = conn.read(pool, ctx, now, self.read_budget, read_closed, &mut router);
         let upgraded = router.upgraded;
         conn.attachment = router.attachment;
+        if let Some(Attachment::Client(c)) = &mut conn.attachment {
+            if upgraded {
+                conn.session.set_app_heartbeat();
+                let stale = shared.config.client_stale_close_delay.as_millis() as u64;
+                self.deadlines.connect_by(key, conn.generation, now + stale);
+            }
+            self.deadlines.track(key, conn.generation, c);
+        }
         if upgraded {
             // Write the 101 now: it nearly always leaves in one write, and
             // a member that has received nothing yet then holds no ring.
@@ -321,14 +353,17 @@ impl Worker {
         if outcome == ReadOutcome::Budget {
             table.push_ready(key);
         }
-        rooms.flush_full(&mut Fanout {
+        let mut out = Fanout {
             table,
             port,
             mesh: &shared.mesh,
             directory: &shared.directory,
+            hub: &shared.hub,
             metrics,
             now,
-        });
+        };
+        rooms.sweep_dead(&mut out);
+        rooms.flush_full(&mut out);
         self.settle(key);
     }
 
@@ -357,6 +392,7 @@ impl Worker {
                 port: &mut self.port,
                 mesh: &self.shared.mesh,
                 directory: &self.shared.directory,
+                hub: &self.shared.hub,
                 metrics: &self.metrics,
                 now: self.now,
             },
@@ -367,11 +403,99 @@ impl Worker {
     fn drain_inbox(&mut self) {
         let mut inbox = std::mem::take(&mut self.scratch_inbox);
         self.port.recv_batch(&mut inbox);
+        let mut controls = Vec::new();
         let (mut out, rooms) = self.fanout();
         for msg in inbox.drain(..) {
-            rooms.deliver_remote(msg.room.id, &msg.frame, msg.messages, &mut out);
+            match msg {
+                WorkerMsg::Batch(batch) => rooms.deliver_remote(&batch, &mut out),
+                WorkerMsg::Control(c) => controls.push(c),
+            }
         }
         self.scratch_inbox = inbox;
+        for c in controls {
+            self.apply_control(&c);
+        }
+        self.unsubscribe_insufficient();
+    }
+
+    /// Subscribers whose stream broke on this worker get "insufficient
+    /// state" and resubscribe with recovery.
+    fn unsubscribe_insufficient(&mut self) {
+        let mut list = std::mem::take(&mut self.scratch_insufficient);
+        self.rooms.take_insufficient(&mut list);
+        for (key, room_id) in list.drain(..) {
+            self.end_subscription(key, room_id, UnsubscribeCode::InsufficientState);
+            self.metrics.pubsub_insufficient.inc();
+        }
+        self.scratch_insufficient = list;
+    }
+
+    /// Ends one subscription of a connection, telling it why.
+    fn end_subscription(&mut self, key: usize, room_id: u64, code: UnsubscribeCode) {
+        let Some(conn) = self.table.get_mut(key) else {
+            return;
+        };
+        let Some(Attachment::Client(mut client)) = conn.attachment.take() else {
+            return;
+        };
+        let mut push = Vec::new();
+        {
+            let mut x = Exec {
+                hub: &self.shared.hub,
+                rooms: &mut self.rooms,
+                directory: &self.shared.directory,
+                key,
+                ping_secs: 0,
+                now_secs: Hub::unix_secs(),
+            };
+            client.unsubscribe(room_id, &mut x, Some((code, &mut push)));
+        }
+        conn.attachment = Some(Attachment::Client(client));
+        if !push.is_empty() {
+            let data = push;
+            self.table
+                .deliver(key, |s| s.send_copy(std::iter::once(&frame_of(&data)[..])), &self.metrics);
+        }
+        let (mut out, rooms) = self.fanout();
+        rooms.sweep_dead(&mut out);
+        self.settle(key);
+    }
+
+    /// A server API request for connections on every worker.
+    fn apply_control(&mut self, c: &Control) {
+        let (user, client_id) = match c {
+            Control::Disconnect { user, client, .. } => (user, client),
+            Control::Unsubscribe { user, client, .. } => (user, client),
+        };
+        let keys: Vec<usize> = self
+            .table
+            .iter_keyed()
+            .filter_map(|(k, conn)| match &conn.attachment {
+                Some(Attachment::Client(cl))
+                    if cl.connected
+                        && &*cl.user == user.as_str()
+                        && client_id.as_deref().is_none_or(|id| id == &*cl.id) =>
+                {
+                    Some(k)
+                }
+                _ => None,
+            })
+            .collect();
+        for key in keys {
+            match c {
+                Control::Disconnect { code, reason, .. } => {
+                    if let Some(conn) = self.table.get_mut(key) {
+                        conn.session.close(CloseCode(*code as u16), reason, self.now);
+                    }
+                    self.settle(key);
+                }
+                Control::Unsubscribe { channel, .. } => {
+                    if let Some(room_id) = self.rooms.id_of(channel) {
+                        self.end_subscription(key, room_id, UnsubscribeCode::Server);
+                    }
+                }
+            }
+        }
     }
 
     fn drain_overflow(&mut self) {
@@ -394,6 +518,7 @@ impl Worker {
     fn flush_rooms(&mut self) {
         let (mut out, rooms) = self.fanout();
         rooms.flush_all(&mut out);
+        self.unsubscribe_insufficient();
     }
 
     // ----- writing, timers, settling -----------------------------------------
@@ -459,16 +584,95 @@ impl Worker {
         let Some(conn) = self.table.remove(key) else {
             return;
         };
-        if let Some(attachment) = conn.attachment {
+        let mut conn = conn;
+        if let Some(attachment) = conn.attachment.take() {
             self.metrics.connections_open.sub(1);
             self.shared.ws_connections.fetch_sub(1, Ordering::AcqRel);
-            if let Attachment::Room(m) = attachment {
-                let (mut out, rooms) = self.fanout();
-                rooms.leave(m, &mut out);
+            match attachment {
+                Attachment::Room(m) => {
+                    let (mut out, rooms) = self.fanout();
+                    rooms.leave(m, &mut out);
+                }
+                Attachment::Client(client) => self.client_gone(&client),
+                Attachment::Echo => {}
             }
         }
         self.shared.admission.release(conn.peer);
         conn.close(self.poll.registry(), &mut self.pool, graceful);
+    }
+
+    /// A protocol client's connection is gone: its presence, leave pushes
+    /// and subscriber slots.
+    fn client_gone(&mut self, client: &Client) {
+        let hub = &self.shared.hub;
+        for sub in &client.subs {
+            if let Some(name) = self.rooms.name_of(sub.room_id).map(str::to_owned) {
+                client.leave_effects(&name, sub, hub, &mut self.rooms);
+            }
+        }
+        let (mut out, rooms) = (
+            Fanout {
+                table: &mut self.table,
+                port: &mut self.port,
+                mesh: &self.shared.mesh,
+                directory: &self.shared.directory,
+                hub,
+                metrics: &self.metrics,
+                now: self.now,
+            },
+            &mut self.rooms,
+        );
+        for sub in &client.subs {
+            rooms.unsubscribe(sub.room_id, sub.slot, &mut out);
+        }
+    }
+
+    /// Protocol clients past a deadline: no `connect` in time (3502), a
+    /// connection token not refreshed (3005), a subscription token not
+    /// refreshed (unsubscribe 2501).
+    fn run_client_deadlines(&mut self) {
+        let now_secs = Hub::unix_secs();
+        let c = &self.shared.config;
+        let grace = c.client_expired_close_delay.as_secs();
+        let sub_grace = c.client_expired_sub_close_delay.as_secs();
+        while let Some((key, generation)) = self.deadlines.pop_due(self.now, now_secs) {
+            let Some(conn) = self.table.get_mut(key) else {
+                continue;
+            };
+            if conn.generation != generation {
+                continue;
+            }
+            let Some(Attachment::Client(client)) = &mut conn.attachment else {
+                continue;
+            };
+            if !client.connected {
+                conn.session
+                    .close(CloseCode(3502), DisconnectCode::Stale.text(), self.now);
+                self.settle(key);
+                continue;
+            }
+            if client.expires_at != 0 && now_secs >= client.expires_at + grace {
+                conn.session
+                    .close(CloseCode(3005), DisconnectCode::Expired.text(), self.now);
+                self.settle(key);
+                continue;
+            }
+            let expired: Vec<u64> = client
+                .subs
+                .iter()
+                .filter(|s| s.expires_at != 0 && now_secs >= s.expires_at + sub_grace)
+                .map(|s| s.room_id)
+                .collect();
+            for room_id in expired {
+                self.end_subscription(key, room_id, UnsubscribeCode::Expired);
+            }
+            if let Some(Some(Attachment::Client(client))) =
+                self.table.get_mut(key).map(|c| &mut c.attachment)
+            {
+                client.queued_deadline = 0;
+                self.deadlines.track(key, generation, client);
+            }
+        }
     }
 
     /// About once a second: give back memory a burst left behind.
@@ -535,4 +739,13 @@ impl Worker {
             self.remove(key, false);
         }
     }
+}
+
+/// One text frame holding `json`.
+fn frame_of(json: &[u8]) -> Vec<u8> {
+    let header = encode_header(true, OpCode::Text, json.len(), None);
+    let mut v = Vec::with_capacity(header.as_bytes().len() + json.len());
+    v.extend_from_slice(header.as_bytes());
+    v.extend_from_slice(json);
+    v
 }

@@ -32,5 +32,6 @@ mod lifecycle;
 mod metrics;
 mod protocol_props;
 mod publish;
+mod pubsub;
 mod rooms;
 mod startup;

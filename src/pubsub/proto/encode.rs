@@ -37,27 +37,27 @@ pub struct Publication<'a> {
 
 /// `connect` result. `ping` is the server ping interval in seconds and `pong`
 /// tells the SDK to answer each server ping with `{}`.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ConnectResult<'a> {
+#[derive(Debug)]
+pub struct ConnectResult<'a, P = Publication<'a>> {
     pub client: &'a str,
     pub version: &'a str,
     pub expires: bool,
     pub ttl: u32,
     pub data: Option<&'a RawValue>,
     /// Server-side subscriptions, channel → result.
-    pub subs: &'a [(&'a str, SubscribeResult<'a>)],
+    pub subs: &'a [(&'a str, SubscribeResult<'a, P>)],
     pub ping: u32,
     pub pong: bool,
 }
 
 /// `subscribe` result (also the value type of `ConnectResult::subs`).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SubscribeResult<'a> {
+#[derive(Debug)]
+pub struct SubscribeResult<'a, P = Publication<'a>> {
     pub expires: bool,
     pub ttl: u32,
     pub recoverable: bool,
     pub epoch: &'a str,
-    pub publications: &'a [Publication<'a>],
+    pub publications: &'a [P],
     pub recovered: bool,
     pub offset: u64,
     pub positioned: bool,
@@ -66,9 +66,9 @@ pub struct SubscribeResult<'a> {
 }
 
 /// `history` result.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct HistoryResult<'a> {
-    pub publications: &'a [Publication<'a>],
+#[derive(Debug)]
+pub struct HistoryResult<'a, P = Publication<'a>> {
+    pub publications: &'a [P],
     pub epoch: &'a str,
     pub offset: u64,
 }
@@ -131,7 +131,7 @@ pub fn encode_empty_reply(id: u32, method: EmptyResult, out: &mut Vec<u8>) {
     o.close();
 }
 
-pub fn encode_connect_reply(id: u32, r: &ConnectResult<'_>, out: &mut Vec<u8>) {
+pub fn encode_connect_reply<P: WritePublication>(id: u32, r: &ConnectResult<'_, P>, out: &mut Vec<u8>) {
     let mut o = reply(id, out);
     let mut c = o.object("connect");
     c.str("client", r.client);
@@ -153,14 +153,18 @@ pub fn encode_connect_reply(id: u32, r: &ConnectResult<'_>, out: &mut Vec<u8>) {
     o.close();
 }
 
-pub fn encode_subscribe_reply(id: u32, r: &SubscribeResult<'_>, out: &mut Vec<u8>) {
+pub fn encode_subscribe_reply<P: WritePublication>(
+    id: u32,
+    r: &SubscribeResult<'_, P>,
+    out: &mut Vec<u8>,
+) {
     let mut o = reply(id, out);
     o.key("subscribe");
     subscribe_result(r, o.out);
     o.close();
 }
 
-pub fn encode_history_reply(id: u32, r: &HistoryResult<'_>, out: &mut Vec<u8>) {
+pub fn encode_history_reply<P: WritePublication>(id: u32, r: &HistoryResult<'_, P>, out: &mut Vec<u8>) {
     let mut o = reply(id, out);
     let mut h = o.object("history");
     h.publications("publications", r.publications);
@@ -291,7 +295,7 @@ fn reply(id: u32, out: &mut Vec<u8>) -> Obj<'_> {
     o
 }
 
-fn subscribe_result(r: &SubscribeResult<'_>, out: &mut Vec<u8>) {
+fn subscribe_result<P: WritePublication>(r: &SubscribeResult<'_, P>, out: &mut Vec<u8>) {
     let mut s = Obj::open(out);
     s.flag("expires", r.expires);
     s.uint("ttl", r.ttl.into());
@@ -304,6 +308,36 @@ fn subscribe_result(r: &SubscribeResult<'_>, out: &mut Vec<u8>) {
     s.raw("data", r.data);
     s.flag("was_recovering", r.was_recovering);
     s.close();
+}
+
+/// A publication as it appears in a reply's `publications` list: typed,
+/// or as kept in history (the object without its offset, see
+/// [`write_with_offset`]).
+pub trait WritePublication {
+    fn write_publication(&self, out: &mut Vec<u8>);
+}
+
+impl WritePublication for Publication<'_> {
+    fn write_publication(&self, out: &mut Vec<u8>) {
+        publication_obj(self, out);
+    }
+}
+
+impl WritePublication for crate::pubsub::history::Publication {
+    fn write_publication(&self, out: &mut Vec<u8>) {
+        write_with_offset(&self.payload, self.offset, out);
+    }
+}
+
+/// A stored publication object (`{"data":..}` without offset) with its
+/// offset appended; as is when `offset` is 0.
+pub fn write_with_offset(obj: &[u8], offset: u64, out: &mut Vec<u8>) {
+    if offset == 0 || obj.last() != Some(&b'}') {
+        out.extend_from_slice(obj);
+        return;
+    }
+    out.extend_from_slice(&obj[..obj.len() - 1]);
+    let _ = write!(out, ",\"offset\":{offset}}}");
 }
 
 fn publication_obj(p: &Publication<'_>, out: &mut Vec<u8>) {
@@ -395,7 +429,7 @@ impl<'o> Obj<'o> {
         }
     }
 
-    fn publications(&mut self, key: &str, pubs: &[Publication<'_>]) {
+    fn publications<P: WritePublication>(&mut self, key: &str, pubs: &[P]) {
         if pubs.is_empty() {
             return;
         }
@@ -405,7 +439,7 @@ impl<'o> Obj<'o> {
             if i > 0 {
                 self.out.push(b',');
             }
-            publication_obj(p, self.out);
+            p.write_publication(self.out);
         }
         self.out.push(b']');
     }
@@ -413,7 +447,7 @@ impl<'o> Obj<'o> {
 
 /// Writes `s` as a JSON string. Only `"`, `\` and control characters are
 /// escaped; other UTF-8 passes through (valid JSON, smaller than `\u` forms).
-pub(crate) fn write_str(s: &str, out: &mut Vec<u8>) {
+pub fn write_str(s: &str, out: &mut Vec<u8>) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     out.push(b'"');
     let bytes = s.as_bytes();
@@ -442,4 +476,46 @@ pub(crate) fn write_str(s: &str, out: &mut Vec<u8>) {
     }
     out.extend_from_slice(&bytes[start..]);
     out.push(b'"');
+}
+
+impl<P> Default for ConnectResult<'_, P> {
+    fn default() -> Self {
+        ConnectResult {
+            client: "",
+            version: "",
+            expires: false,
+            ttl: 0,
+            data: None,
+            subs: &[],
+            ping: 0,
+            pong: false,
+        }
+    }
+}
+
+impl<P> Default for SubscribeResult<'_, P> {
+    fn default() -> Self {
+        SubscribeResult {
+            expires: false,
+            ttl: 0,
+            recoverable: false,
+            epoch: "",
+            publications: &[],
+            recovered: false,
+            offset: 0,
+            positioned: false,
+            data: None,
+            was_recovering: false,
+        }
+    }
+}
+
+impl<P> Default for HistoryResult<'_, P> {
+    fn default() -> Self {
+        HistoryResult {
+            publications: &[],
+            epoch: "",
+            offset: 0,
+        }
+    }
 }

@@ -186,6 +186,10 @@ pub struct Session {
     paused: bool,
     /// A ping waits to be read until the previous pong is written.
     ping_stalled: bool,
+    /// Heartbeat with protocol messages (`{}` each way, at a fixed
+    /// interval) instead of WebSocket pings: the pub/sub SDKs cannot see
+    /// WebSocket pings and time the absence of `{}`.
+    app_heartbeat: bool,
 }
 
 impl Session {
@@ -202,6 +206,7 @@ impl Session {
             aborted: false,
             paused: false,
             ping_stalled: false,
+            app_heartbeat: false,
         }
     }
 
@@ -298,6 +303,24 @@ impl Session {
             self.deadline = now + cfg.ping_interval_ms;
             return;
         }
+        if self.app_heartbeat {
+            if o.awaiting_pong {
+                let ping_sent = fired - cfg.pong_timeout_ms;
+                if self.last_activity >= ping_sent {
+                    o.awaiting_pong = false;
+                    self.deadline = (ping_sent + cfg.ping_interval_ms).max(now + 1);
+                } else {
+                    self.ctx.metrics.ping_timeouts.inc();
+                    self.close(CloseCode(3012), "no pong", now);
+                }
+            } else {
+                self.out
+                    .try_push_message(crate::protocol::MessageKind::Text, b"{}", usize::MAX);
+                o.awaiting_pong = true;
+                self.deadline = now + cfg.pong_timeout_ms;
+            }
+            return;
+        }
         if o.awaiting_pong {
             let ping_sent = fired - cfg.pong_timeout_ms;
             // Activity since the ping counts only if the peer also read it:
@@ -347,6 +370,11 @@ impl Session {
     }
 
     /// Pauses or resumes reading (cross-worker backpressure).
+    /// Switches the heartbeat to protocol messages (see `app_heartbeat`).
+    pub fn set_app_heartbeat(&mut self) {
+        self.app_heartbeat = true;
+    }
+
     pub fn set_paused(&mut self, paused: bool, now: u64) {
         if self.paused && !paused {
             // The time we did not read does not count against the peer.

@@ -42,7 +42,7 @@ fn error_and_empty_replies() {
 #[test]
 fn connect_reply() {
     let data = raw(r#"{"motd": "hi"}"#);
-    let r = ConnectResult {
+    let r: ConnectResult<'_> = ConnectResult {
         client: "c-1",
         version: "wsrelay",
         expires: true,
@@ -64,7 +64,7 @@ fn connect_reply() {
         enc(|o| encode_connect_reply(1, &r, o)),
         r#"{"id":1,"connect":{"client":"c-1","version":"wsrelay","expires":true,"ttl":60,"data":{"motd": "hi"},"subs":{"news":{"recoverable":true,"epoch":"e","offset":2}},"ping":25,"pong":true}}"#
     );
-    let minimal = ConnectResult {
+    let minimal: ConnectResult<'_> = ConnectResult {
         client: "c",
         ..Default::default()
     };
@@ -114,7 +114,7 @@ fn subscribe_reply() {
         r#"{"id":2,"subscribe":{"expires":true,"ttl":30,"recoverable":true,"epoch":"xyz","publications":[{"data":1,"info":{"user":"","client":"c9"},"offset":5},{"data":1,"tags":{"k":"v"}}],"recovered":true,"offset":6,"positioned":true,"data":{"s":1},"was_recovering":true}}"#
     );
     assert_eq!(
-        enc(|o| encode_subscribe_reply(3, &SubscribeResult::default(), o)),
+        enc(|o| encode_subscribe_reply(3, &SubscribeResult::<'_, Publication<'_>>::default(), o)),
         r#"{"id":3,"subscribe":{}}"#
     );
 }
