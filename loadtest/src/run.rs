@@ -549,7 +549,11 @@ pub fn execute(
             progress.print_ready(&shared, false);
             let delivered = shared.sum(|w| &w.delivered);
             let expected = shared.sum(|w| &w.expected);
-            if now_ns() >= drain_end || delivered >= expected {
+            // pubsub: a publication is expected once its ack arrives, and
+            // deliveries may overtake the ack: wait for all acks too.
+            let acked = setup.kind != Kind::PubSub
+                || shared.sum(|w| &w.pub_acked) >= shared.sum(|w| &w.sent);
+            if now_ns() >= drain_end || (delivered >= expected && acked) {
                 break;
             }
         }
