@@ -273,6 +273,9 @@ fn opt_secs<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S
 pub struct SelftestArgs {
     #[arg(long, default_value_t = 64)]
     pub size: usize,
+    /// The pubsub receive path instead (JSON pub pushes in text frames).
+    #[arg(long)]
+    pub pubsub: bool,
     #[arg(long, default_value = "3s", value_parser = parse_duration)]
     #[serde(serialize_with = "secs")]
     pub time: Duration,
