@@ -147,6 +147,8 @@ pub struct PubSubReport {
 pub struct Recovery {
     pub drops: u64,
     pub reconnects: u64,
+    /// Failed or lost subscribers tried again (after 200 ms).
+    pub retries: u64,
     pub resubscribed: u64,
     pub recovered_true: u64,
     pub recovered_false: u64,
@@ -314,10 +316,11 @@ fn pubsub_table(o: &mut String, p: &PubSubReport) {
     if let Some(r) = &p.recovery {
         let _ = writeln!(
             o,
-            "  {:<22} {} drops, {} reconnects, {} resubscribed; recovered true {} / false {}; {} publications recovered; {} epoch changes",
+            "  {:<22} {} drops, {} reconnects ({} retries), {} resubscribed; recovered true {} / false {}; {} publications recovered; {} epoch changes",
             "recovery",
             r.drops,
             r.reconnects,
+            r.retries,
             r.resubscribed,
             r.recovered_true,
             r.recovered_false,

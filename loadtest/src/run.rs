@@ -843,7 +843,7 @@ fn pubsub_report(
         ..Default::default()
     };
     let mut last_resub = 0u64;
-    let (mut drops, mut reconnects, mut resubscribed) = (0, 0, 0);
+    let (mut drops, mut reconnects, mut resubscribed, mut retries) = (0, 0, 0, 0);
     for w in results {
         let Some(p) = &w.ps else { continue };
         for i in 0..n {
@@ -874,6 +874,7 @@ fn pubsub_report(
         }
         drops += st.drops;
         reconnects += st.reconnects;
+        retries += st.retries;
         resubscribed += st.resubscribe_ok;
         last_resub = last_resub.max(st.last_resub_ns);
     }
@@ -899,6 +900,7 @@ fn pubsub_report(
         r.recovery = Some(Recovery {
             drops,
             reconnects,
+            retries,
             resubscribed,
             recovered_true: acc.recovered_true,
             recovered_false: acc.recovered_false,

@@ -547,6 +547,12 @@ impl Worker {
         } else {
             self.t.stats.open_now -= 1;
         }
+        // 1: failed to open, 2: lost (pubsub reconnect modes retry both).
+        let removal_kind = match &removal {
+            Removal::Failed(_) => 1,
+            Removal::Lost(_) => 2,
+            _ => 0,
+        };
         match removal {
             Removal::Failed(r) => {
                 self.t.stats.failed += 1;
@@ -594,6 +600,9 @@ impl Worker {
         }
         if c.churn && !c.cycle_done {
             self.retry_churn(conn.plan, now);
+        }
+        if matches!(removal_kind, 1 | 2) {
+            self.ps_retry(conn.plan, now);
         }
     }
 

@@ -83,6 +83,8 @@ pub struct PsStats {
     /// Connections dropped on purpose (reconnect modes) and reopened.
     pub drops: u64,
     pub reconnects: u64,
+    /// Reconnect modes: failed or lost subscribers tried again.
+    pub retries: u64,
     /// Latest moment a reconnected client finished resubscribing.
     pub last_resub_ns: u64,
 }

@@ -6,6 +6,9 @@ use super::*;
 use crate::pubsub::client::{PsClient, PsStats, TokenMode};
 use crate::pubsub::track::SubAcc;
 
+/// Reconnect modes: wait before retrying a failed or lost subscriber.
+const RETRY_BACKOFF_NS: u64 = 200_000_000;
+
 /// One worker's pubsub figures.
 pub struct PsResult {
     pub st: PsStats,
@@ -123,7 +126,7 @@ impl Worker {
                 self.burst_reconnected = true;
                 for pi in 0..self.parked.len() {
                     if self.parked[pi].is_some() && self.plans[pi].publisher.is_none() {
-                        self.delayed.push_back((now, pi));
+                        self.delay_connect(now, pi);
                     }
                 }
             }
@@ -162,12 +165,37 @@ impl Worker {
                 ps.st.drops += 1;
             }
             if setup.burst.is_none() {
-                self.delayed
-                    .push_back((self.now + setup.reconnect_away_ns, pi));
+                self.delay_connect(self.now + setup.reconnect_away_ns, pi);
             }
             dropped += 1;
             self.drop_cursor = idx + 1;
         }
+    }
+
+    /// Reconnect modes: a subscriber whose (re)connection failed or was
+    /// closed by the server tries again after a back-off, as an SDK would.
+    pub(super) fn ps_retry(&mut self, pi: usize, now: u64) {
+        let Some(setup) = self.setup.ps.as_ref() else {
+            return;
+        };
+        let modes = setup.reconnect_every_ns > 0 || self.burst_reconnected;
+        if !modes
+            || self.plans[pi].publisher.is_some()
+            || !self.may_connect()
+            || self.phase < RUNNING
+        {
+            return;
+        }
+        if let Some(ps) = self.t.ps.as_mut() {
+            ps.st.retries += 1;
+        }
+        self.delay_connect(now + RETRY_BACKOFF_NS, pi);
+    }
+
+    /// Queues a connection attempt for `at`, keeping the queue in time order.
+    pub(super) fn delay_connect(&mut self, at: u64, pi: usize) {
+        let pos = self.delayed.partition_point(|&(t, _)| t <= at);
+        self.delayed.insert(pos, (at, pi));
     }
 
     pub(super) fn ps_result(&mut self) -> Option<PsResult> {
