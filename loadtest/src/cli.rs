@@ -230,7 +230,7 @@ pub struct PubSubArgs {
     #[serde(skip)]
     pub token: Option<String>,
     /// Mint an HS256 connection token per connection (`sub` = `load-<i>`,
-    /// one-hour `exp`) with this secret. Without --token or this:
+    /// one-day `exp`) with this secret. Without --token or this:
     /// anonymous connect (no token).
     #[arg(long)]
     #[serde(skip)]

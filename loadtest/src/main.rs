@@ -28,12 +28,13 @@ fn main() -> ExitCode {
             let r = selftest::run_pubsub(a.time);
             let rate = r.messages as f64 / r.secs;
             println!(
-                "selftest-decode --pubsub: {} pub pushes in {:.2}s: {}/s ({:.1} ns/push, {:.0}% of one core)",
+                "selftest-decode --pubsub: {} pub pushes in {:.2}s: {}/s ({:.1} ns/push; {:.0}% of one core, {:.1} ns CPU/push)",
                 r.messages,
                 r.secs,
                 report::si(rate),
                 1e9 / rate,
-                100.0 * r.cpu_secs / r.secs
+                100.0 * r.cpu_secs / r.secs,
+                1e9 * r.cpu_secs / r.messages as f64
             );
             return ExitCode::SUCCESS;
         }

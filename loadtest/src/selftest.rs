@@ -70,8 +70,8 @@ pub fn run(size: usize, time: std::time::Duration) -> SelftestResult {
 }
 
 /// The same for the pubsub scenario: text frames each holding one
-/// `{"push":{"channel":…,"pub":{"data":…,"offset":…}}}` line (as the relay
-/// sends them), through the protocol client: JSON scan, channel lookup,
+/// `{"push":{"channel":…,"pub":{"data":…,"info":…,"offset":…}}}` line (as
+/// the relay sends a client's publication), through the protocol client: JSON scan, channel lookup,
 /// offset and sequence accounting, latency histogram.
 pub fn run_pubsub(time: std::time::Duration) -> SelftestResult {
     use crate::pubsub::client::{Phase, PsClient, PsConfig, PsTls, TokenMode};
@@ -89,7 +89,7 @@ pub fn run_pubsub(time: std::time::Duration) -> SelftestResult {
     let mut n = 0u64;
     while wire.len() < 65536 - 256 {
         let line = format!(
-            r#"{{"push":{{"channel":"chat:c0","pub":{{"data":{{"p":0,"k":0,"s":{n},"t":{now}}},"offset":{}}}}}}}"#,
+            r#"{{"push":{{"channel":"chat:c0","pub":{{"data":{{"p":0,"k":0,"s":{n},"t":{now}}},"info":{{"user":"load-1000","client":"686c168728cfcacb-3681"}},"offset":{}}}}}}}"#,
             n + 1
         );
         encode_frame(true, OpCode::Text, line.as_bytes(), &mut wire);

@@ -34,7 +34,9 @@ pub enum TokenMode {
     Hmac(String),
 }
 
-/// Mints an HS256 connection token with `sub` and a one-hour `exp`.
+/// Mints an HS256 connection token with `sub` and a one-day `exp` (the
+/// relay disconnects at `exp` unless the client refreshes, which the
+/// generator does not do).
 pub fn mint_hs256(secret: &str, sub: &str) -> Result<String, String> {
     #[derive(serde::Serialize)]
     struct Claims<'a> {
@@ -52,7 +54,7 @@ pub fn mint_hs256(secret: &str, sub: &str) -> Result<String, String> {
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
         &Claims {
             sub,
-            exp: now + 3600,
+            exp: now + 86_400,
             iat: now,
         },
         &key,

@@ -15,10 +15,6 @@ impl<'a> Scan<'a> {
         Scan { b, i: 0 }
     }
 
-    pub fn bytes(&self) -> &'a [u8] {
-        self.b
-    }
-
     #[inline]
     pub fn ws(&mut self) {
         while let Some(&c) = self.b.get(self.i) {

@@ -276,10 +276,7 @@ fn publication_obj(s: &mut Scan<'_>) -> Option<Publication> {
     s.object(|s, k| {
         match k {
             b"offset" => p.offset = s.u64()?,
-            b"data" => {
-                let (a, b) = s.skip()?;
-                p.data = pub_data(s_slice(s, a, b));
-            }
+            b"data" => p.data = pub_data_at(s)?,
             _ => {
                 s.skip()?;
             }
@@ -289,33 +286,52 @@ fn publication_obj(s: &mut Scan<'_>) -> Option<Publication> {
     Some(p)
 }
 
-// The scanner hands out spans; re-borrow the bytes for a nested scan.
-fn s_slice<'a>(s: &Scan<'a>, a: usize, b: usize) -> &'a [u8] {
-    &s.bytes()[a..b]
-}
-
 /// Parses generator publication data; None if it is something else.
+#[cfg(test)]
 pub fn pub_data(raw: &[u8]) -> Option<PubData> {
     let mut s = Scan::new(raw);
+    let d = pub_data_at(&mut s)?;
+    s.at_end().then_some(d)?
+}
+
+/// Parses the data value at the scanner's position in one pass: the
+/// outer None is malformed JSON, the inner one valid JSON that is not
+/// generator data (another shape, or numbers out of range).
+fn pub_data_at(s: &mut Scan<'_>) -> Option<Option<PubData>> {
+    if s.peek()? != b'{' {
+        s.skip()?;
+        return Some(None);
+    }
     let (mut p, mut k, mut sq, mut t) = (None, None, None, None);
     s.object(|s, key| {
-        match key {
-            b"p" => p = Some(u32::try_from(s.u64()?).ok()?),
-            b"k" => k = Some(u32::try_from(s.u64()?).ok()?),
-            b"s" => sq = Some(s.u64()?),
-            b"t" => t = Some(s.u64()?),
+        let slot = match key {
+            b"p" => &mut p,
+            b"k" => &mut k,
+            b"s" => &mut sq,
+            b"t" => &mut t,
             _ => {
+                s.skip()?;
+                return Some(());
+            }
+        };
+        let at = s.i;
+        match s.u64() {
+            Some(v) => *slot = Some(v),
+            None => {
+                s.i = at;
                 s.skip()?;
             }
         }
         Some(())
     })?;
-    Some(PubData {
-        p: p?,
-        k: k?,
-        s: sq?,
-        t: t?,
-    })
+    Some((|| {
+        Some(PubData {
+            p: u32::try_from(p?).ok()?,
+            k: u32::try_from(k?).ok()?,
+            s: sq?,
+            t: t?,
+        })
+    })())
 }
 
 fn sub_reply(s: &mut Scan<'_>) -> Option<SubReply> {

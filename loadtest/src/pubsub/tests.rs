@@ -125,6 +125,39 @@ fn server_lines_decode() {
             ..
         }
     ));
+    // Generator-looking keys with other types, or out of range: valid
+    // JSON, not generator data (foreign), never an unreadable line.
+    for data in [
+        r#"{"p":"x","k":0,"s":1,"t":2}"#,
+        r#"{"p":4294967296,"k":0,"s":1,"t":2}"#,
+        r#"{"p":0,"k":0,"s":1}"#,
+        r#"[1,2]"#,
+        r#"{"p":0,"k":0,"s":1.5,"t":2}"#,
+    ] {
+        let line = format!(r#"{{"push":{{"channel":"a","pub":{{"data":{data},"offset":3}}}}}}"#);
+        assert_eq!(
+            proto::decode(line.as_bytes()),
+            Line::Pub {
+                channel: b"a",
+                publication: Publication {
+                    offset: 3,
+                    data: None
+                }
+            },
+            "{data}"
+        );
+    }
+    // Extra keys and nesting around ours are fine.
+    assert_eq!(
+        proto::pub_data(br#"{"z":{"p":[9]},"p":1,"k":2,"s":3,"t":4,"x":"aa"}"#),
+        Some(PubData {
+            p: 1,
+            k: 2,
+            s: 3,
+            t: 4
+        })
+    );
+    assert_eq!(proto::pub_data(br#"{"p":1,"k":2,"s":3,"t":4} x"#), None);
     assert_eq!(
         proto::decode(br#"{"push":{"channel":"a","join":{"info":{"user":"","client":"x"}}}}"#),
         Line::Push("join".into())
