@@ -84,6 +84,32 @@ pub struct WorkerMetrics {
     pub fanout_backpressure: Counter,
     /// Subscriptions ended with "insufficient state" (a hole in a stream).
     pub pubsub_insufficient: Counter,
+    /// Protocol `connect` commands accepted.
+    pub pubsub_connects: Counter,
+    /// Protocol connections refused at `connect` (token, anonymous).
+    pub pubsub_connect_refusals: Counter,
+    /// Per channel namespace (slot 0: no namespace; see `Hub::namespace_slot`).
+    pub namespaces: [NamespaceCounters; NAMESPACE_SLOTS],
+}
+
+/// Namespaces with counters of their own; configured namespaces beyond
+/// the first `NAMESPACE_SLOTS - 2` share the last slot ("other"), so the
+/// metric's cardinality is bounded whatever the configuration.
+pub const NAMESPACE_SLOTS: usize = 32;
+
+/// One namespace's pub/sub counters (on one worker).
+#[derive(Default, Debug)]
+pub struct NamespaceCounters {
+    pub subscribes: Counter,
+    pub unsubscribes: Counter,
+    /// Publications from protocol clients, raw members, HTTP and the API.
+    pub publications: Counter,
+    pub recovered: Counter,
+    pub not_recovered: Counter,
+    /// Subscriptions refused: permission (103), token (109 / 3500), other.
+    pub refused_permission: Counter,
+    pub refused_token: Counter,
+    pub refused_other: Counter,
 }
 
 impl WorkerMetrics {
@@ -134,6 +160,142 @@ pub struct Gauges<'a> {
     /// Messages waiting in each worker's cross-worker queue.
     pub queue_depths: &'a [usize],
     pub accepting: bool,
+    /// Pub/sub state, when rendered.
+    pub pubsub: Option<PubSubGauges<'a>>,
+}
+
+/// Pub/sub figures read at scrape time.
+pub struct PubSubGauges<'a> {
+    /// Label of each namespace slot ("" = no namespace).
+    pub namespaces: &'a [String],
+    pub history_bytes: u64,
+    pub history_publications: u64,
+    pub history_streams: u64,
+    pub history_cap_evictions: u64,
+    pub presence_entries: u64,
+}
+
+fn render_pubsub(o: &mut String, workers: &[&WorkerMetrics], g: &PubSubGauges<'_>) {
+    for (name, help, v) in [
+        (
+            "wsrelay_pubsub_connects_total",
+            "Protocol connects accepted.",
+            sum(workers, |w| &w.pubsub_connects),
+        ),
+        (
+            "wsrelay_pubsub_connect_refusals_total",
+            "Protocol connects refused (token, anonymous).",
+            sum(workers, |w| &w.pubsub_connect_refusals),
+        ),
+        (
+            "wsrelay_pubsub_insufficient_state_total",
+            "Subscriptions ended with insufficient state (hole in a stream).",
+            sum(workers, |w| &w.pubsub_insufficient),
+        ),
+        (
+            "wsrelay_pubsub_history_cap_evictions_total",
+            "Publications evicted by history_max_bytes.",
+            g.history_cap_evictions,
+        ),
+    ] {
+        family(o, name, "counter", help);
+        let _ = writeln!(o, "{name} {v}");
+    }
+    for (name, help, v) in [
+        (
+            "wsrelay_pubsub_history_bytes",
+            "Bytes held by channel histories (bounded by history_max_bytes).",
+            g.history_bytes,
+        ),
+        (
+            "wsrelay_pubsub_history_publications",
+            "Publications held by channel histories.",
+            g.history_publications,
+        ),
+        (
+            "wsrelay_pubsub_history_streams",
+            "Channels with a history stream.",
+            g.history_streams,
+        ),
+        (
+            "wsrelay_pubsub_presence_entries",
+            "Presence entries (subscribers of channels with presence).",
+            g.presence_entries,
+        ),
+    ] {
+        family(o, name, "gauge", help);
+        let _ = writeln!(o, "{name} {v}");
+    }
+    let per_ns = |slot: usize, f: fn(&NamespaceCounters) -> &Counter| -> u64 {
+        workers.iter().map(|w| f(&w.namespaces[slot]).get()).sum()
+    };
+    family(
+        o,
+        "wsrelay_pubsub_subscriptions",
+        "gauge",
+        "Protocol subscriptions now, by namespace.",
+    );
+    for (slot, ns) in g.namespaces.iter().enumerate() {
+        let v = per_ns(slot, |n| &n.subscribes).saturating_sub(per_ns(slot, |n| &n.unsubscribes));
+        let _ = writeln!(o, "wsrelay_pubsub_subscriptions{{namespace=\"{ns}\"}} {v}");
+    }
+    type NsFamily = (
+        &'static str,
+        &'static str,
+        &'static str,
+        fn(&NamespaceCounters) -> &Counter,
+    );
+    let families: [NsFamily; 6] = [
+        (
+            "wsrelay_pubsub_publications_total",
+            "",
+            "Publications, by namespace.",
+            |n| &n.publications,
+        ),
+        (
+            "wsrelay_pubsub_recoveries_total",
+            "result=\"recovered\"",
+            "Subscriptions with recovery, by namespace and result.",
+            |n| &n.recovered,
+        ),
+        (
+            "wsrelay_pubsub_recoveries_total",
+            "result=\"not_recovered\"",
+            "",
+            |n| &n.not_recovered,
+        ),
+        (
+            "wsrelay_pubsub_subscribe_refusals_total",
+            "reason=\"permission\"",
+            "Subscriptions refused, by namespace and reason.",
+            |n| &n.refused_permission,
+        ),
+        (
+            "wsrelay_pubsub_subscribe_refusals_total",
+            "reason=\"token\"",
+            "",
+            |n| &n.refused_token,
+        ),
+        (
+            "wsrelay_pubsub_subscribe_refusals_total",
+            "reason=\"other\"",
+            "",
+            |n| &n.refused_other,
+        ),
+    ];
+    for (name, label, help, f) in families {
+        if !help.is_empty() {
+            family(o, name, "counter", help);
+        }
+        for (slot, ns) in g.namespaces.iter().enumerate() {
+            let sep = if label.is_empty() { "" } else { "," };
+            let _ = writeln!(
+                o,
+                "{name}{{namespace=\"{ns}\"{sep}{label}}} {}",
+                per_ns(slot, f)
+            );
+        }
+    }
 }
 
 fn sum(workers: &[&WorkerMetrics], f: impl Fn(&WorkerMetrics) -> &Counter) -> u64 {
@@ -259,6 +421,9 @@ pub fn render_prometheus(workers: &[&WorkerMetrics], gauges: &Gauges<'_>) -> Str
         "1 while accepting connections, 0 once shutdown began.",
     );
     let _ = writeln!(o, "wsrelay_accepting {}", u8::from(gauges.accepting));
+    if let Some(p) = &gauges.pubsub {
+        render_pubsub(&mut o, workers, p);
+    }
     o
 }
 
@@ -284,6 +449,14 @@ mod tests {
                 rooms_open: 2,
                 queue_depths: &[0, 5],
                 accepting: true,
+                pubsub: Some(PubSubGauges {
+                    namespaces: &["".into(), "chat".into()],
+                    history_bytes: 10,
+                    history_publications: 1,
+                    history_streams: 1,
+                    history_cap_evictions: 0,
+                    presence_entries: 2,
+                }),
             },
         );
         assert!(text
@@ -296,6 +469,30 @@ mod tests {
         ));
         assert!(text.contains("wsrelay_fanout_queue_depth{worker=\"1\"} 5\n"));
         assert!(text.contains("wsrelay_rooms_open 2\n"));
+        a.namespaces[1].subscribes.add(3);
+        b.namespaces[1].unsubscribes.add(1);
+        b.namespaces[1].recovered.inc();
+        let text = render_prometheus(
+            &[&a, &b],
+            &Gauges {
+                rooms_open: 2,
+                queue_depths: &[0, 5],
+                accepting: true,
+                pubsub: Some(PubSubGauges {
+                    namespaces: &["".into(), "chat".into()],
+                    history_bytes: 10,
+                    history_publications: 1,
+                    history_streams: 1,
+                    history_cap_evictions: 0,
+                    presence_entries: 2,
+                }),
+            },
+        );
+        assert!(text.contains("wsrelay_pubsub_subscriptions{namespace=\"chat\"} 2\n"));
+        assert!(text.contains(
+            "wsrelay_pubsub_recoveries_total{namespace=\"chat\",result=\"recovered\"} 1\n"
+        ));
+        assert!(text.contains("wsrelay_pubsub_history_bytes 10\n"));
         // Every sample line belongs to a family announced with HELP and TYPE.
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let name = line.split(['{', ' ']).next().unwrap();

@@ -217,7 +217,7 @@ config_keys! {
     max_api_body_bytes: usize as Size = MIB + 64 * KIB, Range(1, 2 * GIB),
         "Pub/sub: max server API request body; beyond -> 413 (room for one max_message_bytes publication plus its envelope)";
     demo: bool as Flag = false, Any,
-        "Serve the demo chat at /demo (mints tokens for any user name and allows anonymous connects: never on a public server)";
+        "Serve the demo chat at /demo and its namespace `demo:` (/demo/token mints a connection token for any user name: never on a public server)";
     history_size: usize as Count<usize> = 0, Range(0, 1_000_000),
         "Channel option (no namespace): publications kept per channel; 0 = no history";
     history_ttl: Duration as Dur = Duration::ZERO, Range(Duration::ZERO, DAY * 365),

@@ -234,6 +234,26 @@ impl fmt::Display for TokenError {
 
 impl std::error::Error for TokenError {}
 
+/// A connection token for the demo page's user `user` (1-32 of
+/// `[A-Za-z0-9_-]`), valid for a day, signed with the demo secret.
+/// `None` for a name outside that alphabet.
+pub fn demo_token(secret: &str, user: &str) -> Option<String> {
+    let ok = (1..=32).contains(&user.len())
+        && user
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if !ok {
+        return None;
+    }
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+        + 86_400;
+    let claims = serde_json::json!({ "sub": user, "exp": exp });
+    let key = jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()).ok()?;
+    jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).ok()
+}
+
 /// A verified connection token.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ConnectClaims {

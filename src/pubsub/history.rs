@@ -274,7 +274,9 @@ impl History {
         fan_out: impl FnOnce(&Position, &Payload) -> R,
     ) -> R {
         let batch = std::slice::from_ref(&payload);
-        self.publish_batch(channel, batch, now_ms, opts, |first| fan_out(first, &payload))
+        self.publish_batch(channel, batch, now_ms, opts, |first| {
+            fan_out(first, &payload)
+        })
     }
 
     /// Appends `payloads` at consecutive offsets (one lock for the batch)

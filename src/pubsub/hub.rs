@@ -33,12 +33,18 @@ pub struct Hub {
     pub client_channel_limit: usize,
     default_options: Arc<ChannelOptions>,
     namespaces: HashMap<String, Arc<ChannelOptions>>,
+    /// Metric slot of each namespace, and each slot's label.
+    slots: HashMap<String, usize>,
+    pub slot_labels: Vec<String>,
     /// This node's id (random per start; `info` and client ids use it).
     pub node_id: String,
     started: Instant,
     client_seq: AtomicU64,
     /// Secret the demo page's tokens are signed with (demo mode only).
     pub demo_secret: Option<String>,
+    /// Connected protocol clients, and connections per user id (`info`).
+    clients: AtomicU64,
+    users: std::sync::Mutex<HashMap<Arc<str>, u32>>,
 }
 
 /// Why the hub could not be built from the configuration.
@@ -130,7 +136,19 @@ impl Hub {
                 .entry(DEMO_NAMESPACE.to_string())
                 .or_insert_with(|| Arc::new(demo_options()));
         }
+        let mut names: Vec<&String> = c.namespaces.iter().map(|n| &n.name).collect();
+        if c.demo && !names.iter().any(|n| *n == DEMO_NAMESPACE) {
+            names.push(
+                namespaces
+                    .keys()
+                    .find(|k| *k == DEMO_NAMESPACE)
+                    .expect("inserted"),
+            );
+        }
+        let (slots, slot_labels) = metric_slots(&names);
         Ok(Hub {
+            slots,
+            slot_labels,
             history: History::new(HistoryConfig {
                 max_bytes: c.history_max_bytes,
                 ..HistoryConfig::default()
@@ -155,14 +173,16 @@ impl Hub {
             started: Instant::now(),
             client_seq: AtomicU64::new(0),
             demo_secret,
+            clients: AtomicU64::new(0),
+            users: std::sync::Mutex::new(HashMap::new()),
         })
     }
 
     /// The options of a channel; `UnknownChannel` for a namespace that is
     /// not configured, `BadRequest` for a malformed name.
     pub fn options(&self, channel: &str) -> Result<Arc<ChannelOptions>, ErrorCode> {
-        let name = ChannelName::parse(channel, self.max_channel_bytes)
-            .map_err(|e| e.reply_error())?;
+        let name =
+            ChannelName::parse(channel, self.max_channel_bytes).map_err(|e| e.reply_error())?;
         self.options_of_namespace(name.namespace())
     }
 
@@ -174,6 +194,22 @@ impl Hub {
             .get(ns)
             .cloned()
             .ok_or(ErrorCode::UnknownChannel)
+    }
+
+    /// The metrics slot of a namespace ("" = none; see `NAMESPACE_SLOTS`).
+    pub fn namespace_slot(&self, ns: &str) -> usize {
+        if ns.is_empty() {
+            return 0;
+        }
+        self.slots
+            .get(ns)
+            .copied()
+            .unwrap_or(crate::metrics::NAMESPACE_SLOTS - 1)
+    }
+
+    /// The metrics slot of a channel's namespace.
+    pub fn channel_slot(&self, channel: &str) -> usize {
+        self.namespace_slot(super::channel::channel_namespace(channel))
     }
 
     /// History settings of a channel with history.
@@ -196,6 +232,33 @@ impl Hub {
         self.started.elapsed().as_millis() as u64
     }
 
+    /// A protocol client connected (`true`) or went away (`false`).
+    pub fn count_client(&self, user: &Arc<str>, connected: bool) {
+        let mut users = self.users.lock().unwrap_or_else(|e| e.into_inner());
+        if connected {
+            self.clients.fetch_add(1, Ordering::Relaxed);
+            *users.entry(user.clone()).or_insert(0) += 1;
+        } else {
+            self.clients.fetch_sub(1, Ordering::Relaxed);
+            if let Some(n) = users.get_mut(user) {
+                *n -= 1;
+                if *n == 0 {
+                    users.remove(user);
+                }
+            }
+        }
+    }
+
+    /// Connected protocol clients.
+    pub fn clients(&self) -> usize {
+        self.clients.load(Ordering::Relaxed) as usize
+    }
+
+    /// Distinct users among them (anonymous connections count as one).
+    pub fn users(&self) -> usize {
+        self.users.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
     pub fn uptime_secs(&self) -> u64 {
         self.started.elapsed().as_secs()
     }
@@ -206,4 +269,23 @@ impl Hub {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs())
     }
+}
+
+/// Slot 0 is the default namespace, then configured namespaces in order;
+/// past the last slot but one they share the last ("other").
+fn metric_slots(names: &[&String]) -> (HashMap<String, usize>, Vec<String>) {
+    let last = crate::metrics::NAMESPACE_SLOTS - 1;
+    let mut labels = vec![String::new()];
+    let mut slots = HashMap::new();
+    for name in names {
+        let slot = labels.len().min(last);
+        if slot < last {
+            labels.push((*name).clone());
+        }
+        slots.insert((*name).clone(), slot);
+    }
+    if names.len() >= last {
+        labels.push("other".into());
+    }
+    (slots, labels)
 }

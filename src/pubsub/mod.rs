@@ -14,6 +14,7 @@
 //! Not wired into the engine yet: the endpoint, command execution and the
 //! fan-out of publication pushes are the next layer.
 
+pub mod api;
 pub mod auth;
 pub mod channel;
 pub mod history;

@@ -33,9 +33,8 @@ pub use encode::{
     encode_history_reply, encode_join_push, encode_leave_push, encode_ping, encode_presence_reply,
     encode_presence_stats_reply, encode_pub_push, encode_refresh_reply, encode_rpc_reply,
     encode_sub_refresh_reply, encode_subscribe_reply, encode_unsubscribe_push, separate, write_str,
-    write_with_offset, WritePublication,
-    ClientInfo, ConnectResult, EmptyResult, HistoryResult, Publication, RefreshResult,
-    SubscribeResult,
+    write_with_offset, ClientInfo, ConnectResult, EmptyResult, HistoryResult, Publication,
+    RefreshResult, SubscribeResult, WritePublication,
 };
 
 use serde::Deserialize;

@@ -72,3 +72,59 @@ impl ClientDeadlines {
         self.expiry.shrink_to_fit();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::client::Subscription;
+
+    fn sub(expires_at: u64) -> Subscription {
+        Subscription {
+            room_id: 1,
+            slot: 0,
+            expires_at,
+            presence: false,
+            join_leave: false,
+            chan_info: None,
+            server_side: false,
+        }
+    }
+
+    #[test]
+    fn connect_deadlines_come_due_on_the_worker_clock() {
+        let mut d = ClientDeadlines::new(25, 25);
+        d.connect_by(3, 1, 1_000);
+        assert_eq!(d.pop_due(999, 0), None);
+        assert_eq!(d.pop_due(1_000, 0), Some((3, 1)));
+        assert_eq!(d.pop_due(5_000, 0), None);
+    }
+
+    #[test]
+    fn the_earliest_expiry_plus_grace_is_queued_once() {
+        let mut d = ClientDeadlines::new(10, 5);
+        let mut c = Client::new();
+        c.expires_at = 100;
+        c.subs.push(sub(90));
+        d.track(7, 2, &mut c);
+        d.track(7, 2, &mut c); // unchanged: not queued again
+        assert_eq!(c.queued_deadline, 95);
+        assert_eq!(d.pop_due(0, 94), None);
+        assert_eq!(d.pop_due(0, 95), Some((7, 2)));
+        assert_eq!(d.pop_due(0, 1_000), None, "queued once");
+        // A refresh moves the deadline: queued again.
+        c.subs[0].expires_at = 0;
+        c.queued_deadline = 0;
+        d.track(7, 2, &mut c);
+        assert_eq!(d.pop_due(0, 109), None);
+        assert_eq!(d.pop_due(0, 110), Some((7, 2)));
+    }
+
+    #[test]
+    fn clients_without_expiry_are_not_queued() {
+        let mut d = ClientDeadlines::new(10, 5);
+        let mut c = Client::new();
+        c.subs.push(sub(0));
+        d.track(1, 1, &mut c);
+        assert_eq!(d.pop_due(u64::MAX, u64::MAX), None);
+    }
+}

@@ -33,7 +33,10 @@ pub enum WsRoute {
     Echo,
     /// The pub/sub protocol (`/connection/websocket`).
     PubSub,
-    Room { name: String, role: MemberRole },
+    Room {
+        name: String,
+        role: MemberRole,
+    },
 }
 
 /// Maps an upgrade path (and query) to an endpoint.

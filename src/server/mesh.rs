@@ -63,6 +63,8 @@ pub enum Control {
     Disconnect {
         user: String,
         client: Option<String>,
+        /// Client ids to leave connected.
+        whitelist: Vec<String>,
         code: u32,
         reason: String,
     },
@@ -219,7 +221,14 @@ impl MeshPort {
     }
 
     /// Hands `msg` (holding `count` messages) to every worker in `mask`.
-    pub fn send(&mut self, mesh: &Mesh, mut mask: u64, msg: &WorkerMsg, count: u64, metrics: &WorkerMetrics) {
+    pub fn send(
+        &mut self,
+        mesh: &Mesh,
+        mut mask: u64,
+        msg: &WorkerMsg,
+        count: u64,
+        metrics: &WorkerMetrics,
+    ) {
         while mask != 0 {
             let w = mask.trailing_zeros() as usize;
             mask &= mask - 1;

@@ -5,10 +5,12 @@
 
 pub mod accept;
 pub mod admission;
+pub mod api_backend;
 pub mod buffer_pool;
 pub mod client;
 pub mod client_deadlines;
 pub mod connection;
+pub mod demo;
 pub mod directory;
 pub mod frame_pool;
 pub mod housekeeping;
@@ -28,9 +30,9 @@ pub mod worker;
 
 use crate::config::Config;
 use crate::metrics::{self, Totals, WorkerMetrics};
+use crate::pubsub::hub::Hub;
 use admission::Admission;
 use directory::{RoomDirectory, MAX_WORKERS};
-use crate::pubsub::hub::Hub;
 use mesh::Mesh;
 use mio::net::TcpListener;
 use mio::{Poll, Waker};
@@ -247,7 +249,8 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
         polls.push(poll);
         wakers.push(waker);
     }
-    let hub = Hub::new(&config).map_err(|e| StartError::Config(format!("key \"{}\": {}", e.key, e.reason)))?;
+    let hub = Hub::new(&config)
+        .map_err(|e| StartError::Config(format!("key \"{}\": {}", e.key, e.reason)))?;
     let (mesh, receivers) = Mesh::new(wakers, config.fanout_queue_len);
     let pin = config.pin_cores;
     let shared = Arc::new(Shared {

@@ -53,7 +53,7 @@ impl PushBatch {
     pub fn offsets(&self) -> Option<(u64, u64)> {
         let mut it = self.items.iter().filter(|i| i.offset != 0);
         let first = it.next()?.offset;
-        let last = it.last().map_or(first, |i| i.offset);
+        let last = it.next_back().map_or(first, |i| i.offset);
         Some((first, last))
     }
 }
@@ -148,7 +148,12 @@ mod tests {
         pub_object(b"hello \"x\"", false, None, &mut o);
         assert_eq!(o, br#"{"data":"hello \"x\""}"#);
         o.clear();
-        pub_object(&[0xff, 0x00], false, Some(br#"{"user":"u","client":"c"}"#), &mut o);
+        pub_object(
+            &[0xff, 0x00],
+            false,
+            Some(br#"{"user":"u","client":"c"}"#),
+            &mut o,
+        );
         assert_eq!(o, br#"{"data":"/wA=","info":{"user":"u","client":"c"}}"#);
     }
 
@@ -167,7 +172,9 @@ mod tests {
         let mut bytes = Vec::new();
         let mut items = Vec::new();
         for off in [3u64, 4] {
-            push_frame("chat:a", "pub", &mut bytes, |b| with_offset(b"{\"data\":1}", off, b));
+            push_frame("chat:a", "pub", &mut bytes, |b| {
+                with_offset(b"{\"data\":1}", off, b)
+            });
             items.push(PushItem {
                 end: bytes.len() as u32,
                 offset: off,

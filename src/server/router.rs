@@ -6,6 +6,7 @@
 //! one connection's read from the worker's parts; the connection's
 //! attachment travels with it and is stored back afterwards.
 
+use super::api_backend::ApiBackend;
 use super::client::Exec;
 use super::connection::Attachment;
 use super::http::{self, MemberRole, WsRoute};
@@ -14,12 +15,11 @@ use super::mesh::MeshPort;
 use super::outbound::OutboundQueue;
 use super::session::{Handler, HeadVerdict, Response, Verdict};
 use super::Shared;
+use crate::config::ChannelOptions;
 use crate::metrics::{Gauges, WorkerMetrics};
 use crate::protocol::response::http_response;
-use crate::protocol::{
-    CloseCode, HttpRequest, MessageKind, RejectReason, UpgradeRequest,
-};
-use crate::config::ChannelOptions;
+use crate::protocol::{CloseCode, HttpRequest, MessageKind, RejectReason, UpgradeRequest};
+use crate::pubsub::api;
 use crate::pubsub::hub::Hub;
 use crate::pubsub::proto::DisconnectCode;
 use std::sync::atomic::Ordering;
@@ -52,12 +52,23 @@ impl Router<'_> {
     fn render_metrics(&self) -> String {
         let workers: Vec<&WorkerMetrics> = self.shared.metrics.iter().map(|m| m.as_ref()).collect();
         let depths = self.shared.mesh.depths();
+        let hub = &self.shared.hub;
+        let history = hub.history.stats();
+        let presence = hub.presence.counters();
         crate::metrics::render_prometheus(
             &workers,
             &Gauges {
                 rooms_open: self.shared.directory.len(),
                 queue_depths: &depths,
                 accepting: !self.shared.shutdown.load(Ordering::Relaxed),
+                pubsub: Some(crate::metrics::PubSubGauges {
+                    namespaces: &hub.slot_labels,
+                    history_bytes: history.bytes,
+                    history_publications: history.publications,
+                    history_streams: history.streams,
+                    history_cap_evictions: history.cap_evictions,
+                    presence_entries: presence.entries as u64,
+                }),
             },
         )
     }
@@ -138,10 +149,18 @@ impl Router<'_> {
         let hub = &self.shared.hub;
         let options = match hub.options(room) {
             Ok(o) => o,
-            Err(_) => return answer(http::text(404, "unknown namespace\n", keep_alive), keep_alive),
+            Err(_) => {
+                return answer(
+                    http::text(404, "unknown namespace\n", keep_alive),
+                    keep_alive,
+                )
+            }
         };
         // The room batch reaches every worker with members (and the
         // channel's history, if it has one).
+        self.metrics.namespaces[hub.channel_slot(room)]
+            .publications
+            .inc();
         match self.rooms.ensure(&self.shared.directory, room, options) {
             Ok(id) => self.rooms.publish(id, kind, body, None),
             Err(_) => return answer(http::text(503, "too many rooms\n", false), false),
@@ -156,6 +175,146 @@ impl Router<'_> {
     }
 }
 
+/// The API method of a path: `/api/<method>`, or `""` for `/api` (the
+/// legacy single endpoint).
+fn api_method(path: &str) -> Option<&str> {
+    match path.strip_prefix("/api") {
+        Some("") => Some(""),
+        Some(rest) => rest.strip_prefix('/'),
+        None => None,
+    }
+}
+
+impl Router<'_> {
+    /// The server API's request head: off (404) without `api_key`; the key
+    /// and the body size are checked before the body is read.
+    fn api_head(&mut self, req: &HttpRequest, method: &str) -> HeadVerdict {
+        let _ = method;
+        let c = &self.shared.config;
+        let text = |status, body: &str| {
+            HeadVerdict::Answer(answer(http::text(status, body, false), false))
+        };
+        if c.api_key.is_empty() {
+            return text(404, "not found\n");
+        }
+        if req.method != "POST" {
+            let bytes = http_response(
+                405,
+                "Allow: POST\r\n",
+                "text/plain; charset=utf-8",
+                b"method not allowed\n",
+                false,
+            );
+            return HeadVerdict::Answer(answer(bytes, false));
+        }
+        let key = api::api_key_from_headers(req.header("x-api-key"), req.header("authorization"));
+        if !key.is_some_and(|k| api::keys_equal(k.as_bytes(), c.api_key.as_bytes())) {
+            return HeadVerdict::Answer(answer(
+                http_response(401, "", "text/plain; charset=utf-8", b"", false),
+                false,
+            ));
+        }
+        if req.header("transfer-encoding").is_some() {
+            return text(
+                411,
+                "Content-Length required (chunked bodies are not accepted)\n",
+            );
+        }
+        match req.content_length() {
+            Ok(Some(n)) if n <= c.max_api_body_bytes => HeadVerdict::ReadBody(n),
+            Ok(Some(_)) => text(413, "body larger than max_api_body_bytes\n"),
+            Ok(None) => HeadVerdict::ReadBody(0),
+            Err(()) => text(400, "invalid Content-Length\n"),
+        }
+    }
+
+    /// A server API call with its body.
+    fn api(&mut self, req: &HttpRequest, method: &str, body: &[u8]) -> Response {
+        self.metrics.http_requests.inc();
+        let keep_alive = http::wants_keep_alive(req) && !self.shutting_down;
+        let request = api::ApiRequest {
+            method,
+            api_key: api::api_key_from_headers(
+                req.header("x-api-key"),
+                req.header("authorization"),
+            ),
+            transport_errors: req
+                .header("x-centrifugo-error-mode")
+                .is_some_and(|v| v.eq_ignore_ascii_case("transport")),
+            body,
+        };
+        let mut backend = ApiBackend {
+            shared: self.shared,
+            rooms: self.rooms,
+            port: self.port,
+            metrics: self.metrics,
+        };
+        let r = api::handle(&request, &self.shared.config.api_key, &mut backend);
+        let bytes = http_response(r.status, "", r.content_type, &r.body, keep_alive);
+        answer(bytes, keep_alive)
+    }
+
+    /// The demo page and its token route (`demo = true` only).
+    fn demo(&mut self, req: &HttpRequest) -> Option<Response> {
+        let secret = self.shared.hub.demo_secret.as_deref()?;
+        if !req.path.starts_with("/demo") {
+            return None;
+        }
+        self.metrics.http_requests.inc();
+        let keep_alive = http::wants_keep_alive(req) && !self.shutting_down;
+        if req.path == "/demo/token" {
+            let user = req
+                .query
+                .as_deref()
+                .and_then(|q| q.split('&').find_map(|p| p.strip_prefix("user=")))
+                .map(percent_decode)
+                .unwrap_or_default();
+            let body = match crate::pubsub::auth::demo_token(secret, &user) {
+                Some(t) => format!("{{\"token\":\"{t}\"}}"),
+                None => {
+                    return Some(answer(
+                        http::text(400, "user: 1-32 letters, digits, - or _\n", keep_alive),
+                        keep_alive,
+                    ))
+                }
+            };
+            let bytes = http_response(
+                200,
+                "Cache-Control: no-store\r\n",
+                "application/json",
+                body.as_bytes(),
+                keep_alive,
+            );
+            return Some(answer(bytes, keep_alive));
+        }
+        let (content_type, body) = super::demo::asset(&req.path)?;
+        let bytes = http_response(200, "", content_type, body, keep_alive);
+        Some(answer(bytes, keep_alive))
+    }
+}
+
+/// `%XX` and `+` decoding of a query value (the demo's user name).
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() => match u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                Ok(v) => {
+                    out.push(v);
+                    i += 2;
+                }
+                Err(_) => out.push(b'%'),
+            },
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// `HEAD`: the same headers, no body.
 fn strip_body(req: &HttpRequest, mut r: Response) -> Response {
     if req.method == "HEAD" {
@@ -168,6 +327,12 @@ fn strip_body(req: &HttpRequest, mut r: Response) -> Response {
 
 impl Handler for Router<'_> {
     fn on_request_head(&mut self, req: &HttpRequest) -> HeadVerdict {
+        if let Some(method) = api_method(&req.path) {
+            return self.api_head(req, method);
+        }
+        if let Some(r) = self.demo(req) {
+            return HeadVerdict::Answer(strip_body(req, r));
+        }
         if !req.path.starts_with("/publish/") {
             let r = self.serve(req);
             return HeadVerdict::Answer(strip_body(req, r));
@@ -203,6 +368,9 @@ impl Handler for Router<'_> {
     }
 
     fn on_request(&mut self, req: &HttpRequest, body: &[u8]) -> Response {
+        if let Some(method) = api_method(&req.path) {
+            return self.api(req, method, body);
+        }
         let room = req.path.strip_prefix("/publish/").unwrap_or("");
         self.publish(req, room, body)
     }
@@ -233,7 +401,11 @@ impl Handler for Router<'_> {
         let attachment = match route {
             WsRoute::Echo => Attachment::Echo,
             WsRoute::PubSub => {
-                if req.offered_protocols.iter().any(|p| p == "centrifuge-protobuf") {
+                if req
+                    .offered_protocols
+                    .iter()
+                    .any(|p| p == "centrifuge-protobuf")
+                {
                     let body = "the protobuf codec (centrifuge-protobuf) is not supported: use the JSON codec\n";
                     return Err(answer(http::text(400, body, false), false));
                 }
@@ -254,9 +426,10 @@ impl Handler for Router<'_> {
                         return Err(answer(http::text(status, body, false), false));
                     }
                 };
+                let ns = self.shared.hub.channel_slot(&name) as u8;
                 match self
                     .rooms
-                    .join(&self.shared.directory, &name, options, self.key, role)
+                    .join(&self.shared.directory, &name, options, self.key, role, ns)
                 {
                     Some(m) => Attachment::Room(m),
                     None => {
@@ -295,6 +468,9 @@ impl Handler for Router<'_> {
                     return Verdict::Close(CloseCode::POLICY_VIOLATION, "read-only member");
                 }
                 let room_id = m.room_id;
+                self.metrics.namespaces[usize::from(m.ns)]
+                    .publications
+                    .inc();
                 self.rooms.publish(room_id, kind, data, Some((self.key, m)));
                 Verdict::Continue
             }
@@ -304,8 +480,9 @@ impl Handler for Router<'_> {
                     rooms: self.rooms,
                     directory: &self.shared.directory,
                     key: self.key,
-                    ping_secs: self.shared.config.ping_interval.as_secs() as u32,
+                    ping_secs: ping_secs(self.shared.config.ping_interval),
                     now_secs: Hub::unix_secs(),
+                    metrics: self.metrics,
                 };
                 self.replies.clear();
                 if kind != MessageKind::Text {
@@ -328,6 +505,14 @@ impl Handler for Router<'_> {
             None => Verdict::Continue,
         }
     }
+}
+
+/// The ping interval announced to SDKs, in whole seconds: rounded up, so
+/// a sub-second interval is announced as 1 s (the relay pings at least
+/// that often) rather than 0, which the SDKs read as "no pings".
+pub fn ping_secs(interval: std::time::Duration) -> u32 {
+    let ms = interval.as_millis();
+    ms.div_ceil(1000).min(u128::from(u32::MAX)) as u32
 }
 
 /// The close frame for a protocol disconnect.

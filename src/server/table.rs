@@ -272,7 +272,8 @@ impl ConnTable {
 
     /// A protocol subscriber moved within its room's subscriber list.
     pub fn set_subscriber_slot(&mut self, key: usize, room_id: u64, slot: u32) {
-        if let Some(Some(Attachment::Client(c))) = self.slab.get_mut(key).map(|c| &mut c.attachment) {
+        if let Some(Some(Attachment::Client(c))) = self.slab.get_mut(key).map(|c| &mut c.attachment)
+        {
             if let Some(sub) = c.sub_mut(room_id) {
                 sub.slot = slot;
             }

@@ -155,7 +155,11 @@ impl Client {
             if let Some(i) = self.pushes.iter().position(&pred) {
                 return self.pushes.remove(i).unwrap();
             }
-            assert!(Instant::now() < deadline, "push not received; have {:?}", self.pushes);
+            assert!(
+                Instant::now() < deadline,
+                "push not received; have {:?}",
+                self.pushes
+            );
             self.pump(Duration::from_millis(200));
         }
     }
@@ -303,7 +307,11 @@ fn history_offsets_stay_contiguous_with_publishers_on_every_worker() {
     for _ in 0..total {
         let p = sub.next_pub("chat:busy");
         let offset = p["offset"].as_u64().unwrap();
-        assert_eq!(offset, last + 1, "offsets must arrive in order without gaps");
+        assert_eq!(
+            offset,
+            last + 1,
+            "offsets must arrive in order without gaps"
+        );
         last = offset;
         let who = p["data"]["p"].as_u64().unwrap() as usize;
         assert_eq!(p["data"]["n"], per_publisher[who], "per-publisher order");
@@ -359,7 +367,10 @@ fn recovery_returns_exactly_the_missed_publications() {
     );
     // (false fields are omitted, as Centrifugo's JSON encoder does)
     assert_ne!(r["subscribe"]["recovered"], true, "{r}");
-    assert_eq!(r["subscribe"]["publications"][0]["offset"], 21, "the newest, ending at the top");
+    assert_eq!(
+        r["subscribe"]["publications"][0]["offset"], 21,
+        "the newest, ending at the top"
+    );
     // A wrong epoch is never recovered.
     let r = c.call(json!({"history": {"channel": "chat:rec", "limit": 2, "since": {"offset": 1, "epoch": "other"}}}));
     assert_eq!(r["error"]["code"], 112, "{r}");
@@ -446,10 +457,19 @@ fn refusals_use_the_protocol_codes() {
 fn malformed_input_gets_the_bad_request_disconnect() {
     let h = start(config());
     let addr = h.local_addr();
-    for bad in ["not json", "{\"id\":1,\"connect\":{}", "[1,2]", "{\"id\":1}"] {
+    for bad in [
+        "not json",
+        "{\"id\":1,\"connect\":{}",
+        "[1,2]",
+        "{\"id\":1}",
+    ] {
         let mut c = Client::open(addr);
         c.send_raw(bad);
-        assert_eq!(ws_expect_close(&mut c.ws, Duration::from_secs(5)).0, 3501, "{bad}");
+        assert_eq!(
+            ws_expect_close(&mut c.ws, Duration::from_secs(5)).0,
+            3501,
+            "{bad}"
+        );
     }
     // A command before connect.
     let mut c = Client::open(addr);
@@ -512,4 +532,233 @@ fn unsubscribe_stops_delivery() {
     c.subscribe("news", json!({}));
     other.publish("news", json!(2));
     assert_eq!(c.next_pub("news")["data"], 2);
+}
+
+fn api(addr: SocketAddr, method: &str, key: &str, body: &Value) -> (u16, Value) {
+    let body = body.to_string();
+    let req = format!(
+        "POST /api/{method} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-API-Key: {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let resp = http_raw(addr, req.as_bytes());
+    let status = status_of(&resp);
+    let json = resp
+        .split("\r\n\r\n")
+        .nth(1)
+        .and_then(|b| serde_json::from_str(b).ok())
+        .unwrap_or(Value::Null);
+    (status, json)
+}
+
+#[test]
+fn server_api_publishes_and_reads() {
+    let mut c = config();
+    c.api_key = "api-secret".into();
+    let h = start(c);
+    let addr = h.local_addr();
+    let mut sub = Client::connected(addr, Some(&token(json!({"sub": "carol"}))));
+    sub.subscribe("chat:api", json!({}));
+    sub.subscribe("news", json!({}));
+    // With history: the answer carries the position.
+    let (status, r) = api(
+        addr,
+        "publish",
+        "api-secret",
+        &json!({"channel": "chat:api", "data": {"x": 1}}),
+    );
+    assert_eq!(status, 200);
+    assert_eq!(r["result"]["offset"], 1, "{r}");
+    assert!(r["result"]["epoch"].is_string());
+    let p = sub.next_pub("chat:api");
+    assert_eq!(p["data"], json!({"x": 1}));
+    assert_eq!(p["offset"], 1);
+    // Without history: no position.
+    let (_, r) = api(
+        addr,
+        "publish",
+        "api-secret",
+        &json!({"channel": "news", "data": "n"}),
+    );
+    assert_eq!(r["result"], json!({}), "{r}");
+    assert_eq!(sub.next_pub("news")["data"], "n");
+    // Broadcast.
+    let (_, r) = api(
+        addr,
+        "broadcast",
+        "api-secret",
+        &json!({"channels": ["news", "chat:api"], "data": 2}),
+    );
+    assert_eq!(r["result"]["responses"].as_array().unwrap().len(), 2, "{r}");
+    assert_eq!(sub.next_pub("news")["data"], 2);
+    assert_eq!(sub.next_pub("chat:api")["offset"], 2);
+    // History returns the data as published.
+    let (_, r) = api(
+        addr,
+        "history",
+        "api-secret",
+        &json!({"channel": "chat:api", "limit": 10}),
+    );
+    let pubs = r["result"]["publications"].as_array().unwrap();
+    assert_eq!(pubs[0]["data"], json!({"x": 1}), "{r}");
+    assert_eq!(pubs[1]["offset"], 2);
+    // Presence, channels, info.
+    let (_, r) = api(
+        addr,
+        "presence",
+        "api-secret",
+        &json!({"channel": "chat:api"}),
+    );
+    assert!(
+        r["result"]["presence"]
+            .as_object()
+            .unwrap()
+            .values()
+            .any(|c| c["user"] == "carol"),
+        "{r}"
+    );
+    let (_, r) = api(
+        addr,
+        "channels",
+        "api-secret",
+        &json!({"pattern": "chat:*"}),
+    );
+    assert_eq!(r["result"]["channels"]["chat:api"]["num_clients"], 1, "{r}");
+    assert!(r["result"]["channels"].get("news").is_none());
+    let (_, r) = api(addr, "info", "api-secret", &json!({}));
+    assert_eq!(r["result"]["nodes"][0]["num_clients"], 1, "{r}");
+    // Errors: unknown namespace, no history, wrong key.
+    let (_, r) = api(
+        addr,
+        "publish",
+        "api-secret",
+        &json!({"channel": "nope:x", "data": 1}),
+    );
+    assert_eq!(r["error"]["code"], 102);
+    let (_, r) = api(addr, "history", "api-secret", &json!({"channel": "news"}));
+    assert_eq!(r["error"]["code"], 108);
+    assert_eq!(api(addr, "info", "wrong", &json!({})).0, 401);
+    // history_remove keeps the position: recovery from 0 is not complete.
+    api(
+        addr,
+        "history_remove",
+        "api-secret",
+        &json!({"channel": "chat:api"}),
+    );
+    let (_, r) = api(
+        addr,
+        "history",
+        "api-secret",
+        &json!({"channel": "chat:api", "limit": 10}),
+    );
+    assert_eq!(r["result"]["publications"], json!([]));
+    assert_eq!(r["result"]["offset"], 2);
+    // Unsubscribe and disconnect reach the connection on its worker.
+    api(
+        addr,
+        "unsubscribe",
+        "api-secret",
+        &json!({"user": "carol", "channel": "news"}),
+    );
+    let u = sub.push_where(|p| p.get("unsubscribe").is_some());
+    assert_eq!(u["channel"], "news");
+    assert_eq!(u["unsubscribe"]["code"], 2000);
+    api(addr, "disconnect", "api-secret", &json!({"user": "carol"}));
+    assert_eq!(ws_expect_close(&mut sub.ws, Duration::from_secs(5)).0, 3503);
+}
+
+#[test]
+fn server_api_is_off_without_a_key() {
+    let h = start(config());
+    assert_eq!(api(h.local_addr(), "info", "", &json!({})).0, 404);
+}
+
+#[test]
+fn demo_serves_its_page_and_tokens() {
+    let mut c = config();
+    c.demo = true;
+    let h = start(c);
+    let addr = h.local_addr();
+    let page = http_get(addr, "/demo");
+    assert_eq!(page.status, 200);
+    assert!(page.text().contains("/demo/chat.js"));
+    let t = http_get(addr, "/demo/token?user=alice");
+    assert_eq!(t.status, 200);
+    let v: Value = serde_json::from_str(&t.text()).unwrap();
+    let mut a = Client::connected(addr, v["token"].as_str());
+    let r = a.subscribe("demo:lobby", json!({}));
+    assert_eq!(r["subscribe"]["recoverable"], true, "{r}");
+    let r = a.call(json!({"presence": {"channel": "demo:lobby"}}));
+    assert!(r["presence"]["presence"]
+        .as_object()
+        .unwrap()
+        .values()
+        .any(|c| c["user"] == "alice"));
+    assert_eq!(http_get(addr, "/demo/token?user=no%20spaces").status, 400);
+    // Off by default.
+    let h2 = start(config());
+    assert_eq!(http_get(h2.local_addr(), "/demo").status, 404);
+}
+
+/// With one-message cross-worker queues, publishers on both workers
+/// overflow all the time and a worker can receive a channel's
+/// publications out of order. A subscriber must then see every offset
+/// once, in order: live, or after an "insufficient state" unsubscribe
+/// (2500) through its recovery — never a gap or a duplicate.
+#[test]
+fn overflow_reordering_is_recovered_never_skipped() {
+    let mut c = config();
+    c.fanout_queue_len = 1;
+    c.namespaces[0].options.history_size = 10_000;
+    let h = start(c);
+    let addr = h.local_addr();
+    let mut sub = Client::connected(addr, None);
+    let r = sub.subscribe("chat:storm", json!({}));
+    let mut epoch = r["subscribe"]["epoch"].as_str().unwrap().to_string();
+    let mut publishers: Vec<Client> = (0..8).map(|_| Client::connected(addr, None)).collect();
+    let rounds = 50;
+    for round in 0..rounds {
+        for p in publishers.iter_mut() {
+            p.send_raw(
+                &json!({"id": 10_000 + round, "publish": {"channel": "chat:storm", "data": round}})
+                    .to_string(),
+            );
+        }
+    }
+    let total = (rounds * publishers.len()) as u64;
+    let mut last = 0u64;
+    let mut resubscribed = 0;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while last < total {
+        assert!(
+            Instant::now() < deadline,
+            "stuck at offset {last} of {total}"
+        );
+        if sub.pushes.is_empty() {
+            sub.pump(Duration::from_millis(200));
+            continue;
+        }
+        let p = sub.pushes.pop_front().unwrap();
+        if let Some(publication) = p.get("pub") {
+            let offset = publication["offset"].as_u64().unwrap();
+            assert_eq!(offset, last + 1, "a gap or a duplicate");
+            last = offset;
+        } else if let Some(u) = p.get("unsubscribe") {
+            assert_eq!(u["code"], 2500, "{p}");
+            resubscribed += 1;
+            let r = sub.subscribe(
+                "chat:storm",
+                json!({"recover": true, "offset": last, "epoch": epoch}),
+            );
+            let s = &r["subscribe"];
+            assert_eq!(s["recovered"], true, "{r}");
+            epoch = s["epoch"].as_str().unwrap().to_string();
+            for publication in s["publications"].as_array().cloned().unwrap_or_default() {
+                let offset = publication["offset"].as_u64().unwrap();
+                assert_eq!(offset, last + 1, "recovery must continue the stream");
+                last = offset;
+            }
+        }
+    }
+    sub.assert_no_pub();
+    eprintln!("resubscribed {resubscribed} times");
 }

@@ -469,3 +469,48 @@ fn print_config_command_round_trips() {
     assert_eq!(Config::from_toml_str(&text, "printed").unwrap(), c);
     std::fs::remove_file(path).ok();
 }
+
+#[test]
+fn the_documented_pubsub_example_is_a_valid_config() {
+    let doc = include_str!("../../../docs/configuration.md");
+    let at = doc
+        .find("A chat application's configuration")
+        .expect("section");
+    let block = &doc[at..];
+    let start = block.find("```toml\n").expect("toml block") + 8;
+    let end = start + block[start..].find("```").expect("end");
+    let c = Config::from_toml_str(&block[start..end], "docs").unwrap();
+    c.validate().unwrap();
+    let chat = c.channel_options("chat").expect("chat namespace");
+    assert_eq!(chat.history_size, 100);
+    assert!(chat.presence && chat.force_recovery);
+    assert!(c.channel_options("other").is_none());
+}
+
+#[test]
+fn namespaces_are_checked_like_top_level_keys() {
+    let err = |text: &str| {
+        Config::from_toml_str(text, "t.toml")
+            .unwrap_err()
+            .to_string()
+    };
+    let e = err("[[namespaces]]\nname = \"chat\"\npresense = true\n");
+    assert!(e.contains("\"presense\" is not a channel option"), "{e}");
+    let e = err("[[namespaces]]\nname = \"chat\"\n[[namespaces]]\nname = \"chat\"\n");
+    assert!(e.contains("defined twice"), "{e}");
+    let e = err("[[namespaces]]\nname = \"a b\"\n");
+    assert!(e.contains("invalid name"), "{e}");
+    let e = err("[[namespaces]]\nname = \"chat\"\nhistory_size = 10\n");
+    assert!(e.contains("history_ttl"), "{e}");
+    let e = err("[[namespaces]]\nname = \"chat\"\nhistory_ttl = \"30\"\n");
+    assert!(e.contains("unit is required"), "{e}");
+    let e = err("[[namespaces]]\npresence = true\n");
+    assert!(e.contains("needs a `name`"), "{e}");
+    // Top level: history keys must come together too.
+    let c = Config::from_toml_str("history_size = 5\n", "t.toml").unwrap();
+    assert!(c
+        .validate()
+        .unwrap_err()
+        .to_string()
+        .contains("history_ttl"));
+}

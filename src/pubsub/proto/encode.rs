@@ -131,7 +131,11 @@ pub fn encode_empty_reply(id: u32, method: EmptyResult, out: &mut Vec<u8>) {
     o.close();
 }
 
-pub fn encode_connect_reply<P: WritePublication>(id: u32, r: &ConnectResult<'_, P>, out: &mut Vec<u8>) {
+pub fn encode_connect_reply<P: WritePublication>(
+    id: u32,
+    r: &ConnectResult<'_, P>,
+    out: &mut Vec<u8>,
+) {
     let mut o = reply(id, out);
     let mut c = o.object("connect");
     c.str("client", r.client);
@@ -164,7 +168,11 @@ pub fn encode_subscribe_reply<P: WritePublication>(
     o.close();
 }
 
-pub fn encode_history_reply<P: WritePublication>(id: u32, r: &HistoryResult<'_, P>, out: &mut Vec<u8>) {
+pub fn encode_history_reply<P: WritePublication>(
+    id: u32,
+    r: &HistoryResult<'_, P>,
+    out: &mut Vec<u8>,
+) {
     let mut o = reply(id, out);
     let mut h = o.object("history");
     h.publications("publications", r.publications);

@@ -417,6 +417,17 @@ impl Session {
 
     /// The outbound bound was hit while `missed` messages were delivered.
     pub fn slow_consumer(&mut self, missed: u64, now: u64) {
+        if self.app_heartbeat {
+            // A pub/sub client never loses publications silently: it is
+            // disconnected with Centrifugo's "slow" (3008), reconnects and
+            // recovers, whatever `slow_consumer` says for raw members.
+            if self.accepts_data() {
+                self.out.discard_unstarted();
+                self.ctx.metrics.slow_consumer_closes.inc();
+                self.close(CloseCode(3008), "slow", now);
+            }
+            return;
+        }
         match self.ctx.config.slow_consumer {
             SlowConsumerPolicy::Drop => self.ctx.metrics.drops.add(missed),
             SlowConsumerPolicy::Close => {

@@ -37,6 +37,9 @@ use crate::pubsub::hub::Hub;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+mod flush;
+pub use flush::Sequencer;
+
 /// A batch is delivered early once it would hold more than this many bytes.
 const ROOM_BATCH_BYTES: usize = 64 * 1024;
 
@@ -50,6 +53,8 @@ pub struct Membership {
     pub publishes: bool,
     /// Epoch of the last batch this member published into.
     pub published_epoch: u32,
+    /// The metrics slot of the room's namespace.
+    pub ns: u8,
 }
 
 /// The key of a subscriber removed during a read (see
@@ -223,6 +228,7 @@ impl LocalRooms {
         options: Option<Arc<ChannelOptions>>,
         key: usize,
         role: MemberRole,
+        ns: u8,
     ) -> Option<Membership> {
         let room = self.room(directory, name, options).ok()?;
         room.members += 1;
@@ -238,6 +244,7 @@ impl LocalRooms {
             receives: role.receives(),
             publishes: role.publishes(),
             published_epoch: 0,
+            ns,
         })
     }
 
@@ -307,7 +314,8 @@ impl LocalRooms {
                 room.subscribers.swap_remove(slot);
                 left += 1;
                 if let Some(moved) = room.subscribers.get(slot) {
-                    out.table.set_subscriber_slot(moved.key, room_id, slot as u32);
+                    out.table
+                        .set_subscriber_slot(moved.key, room_id, slot as u32);
                 }
             }
             if room.subscribers.is_empty() {
@@ -367,7 +375,8 @@ impl LocalRooms {
             room.subscribers.swap_remove(slot);
             room.shared.count_subscriber(false);
             if let Some(moved) = room.subscribers.get(slot) {
-                out.table.set_subscriber_slot(moved.key, room_id, slot as u32);
+                out.table
+                    .set_subscriber_slot(moved.key, room_id, slot as u32);
             }
         }
         if room.subscribers.capacity() > 64
@@ -517,7 +526,11 @@ impl LocalRooms {
             start: at,
             end: at,
             publisher: usize::MAX,
-            kind: if join { ItemKind::Join } else { ItemKind::Leave },
+            kind: if join {
+                ItemKind::Join
+            } else {
+                ItemKind::Leave
+            },
             info: Some(info),
         });
     }
@@ -535,149 +548,6 @@ impl LocalRooms {
         for room_id in std::mem::take(&mut self.pending) {
             self.flush(room_id, out);
         }
-    }
-
-    /// Shares the room's batch once and enqueues it to every local
-    /// receiver (a raw member that published in it, without `echo_self`,
-    /// gets a copy without its own messages), then hands it to every other
-    /// worker with members. Pushes are encoded only while the room has
-    /// subscribers somewhere; a channel with history gets its offsets here,
-    /// under its history lock (see the module docs).
-    fn flush(&mut self, room_id: u64, out: &mut Fanout<'_>) {
-        let Some(room) = self.rooms.get_mut(&room_id) else {
-            return;
-        };
-        if room.batch.frames.is_empty() {
-            return;
-        }
-        let publications = room
-            .batch
-            .frames
-            .iter()
-            .filter(|f| f.is_publication())
-            .count() as u64;
-        let bytes = std::mem::take(&mut room.batch.bytes);
-        // The batch's bytes move into a shared frame (no copy); the room
-        // keeps no buffer between iterations.
-        let raw = (publications > 0).then(|| self.frames.share(bytes));
-        if let Some(frame) = &raw {
-            let filter = !self.echo_self
-                && room
-                    .batch
-                    .frames
-                    .iter()
-                    .any(|f| f.publisher != usize::MAX);
-            for &member in &room.receivers {
-                let own = filter && out.table.published_epoch(member) == Some(room.batch.epoch);
-                let (delivery, n) = if own {
-                    deliver_without_own(out, member, frame.as_bytes(), &room.batch.frames)
-                } else {
-                    let d = out
-                        .table
-                        .deliver(member, |s| s.send_shared(frame), out.metrics);
-                    (d, publications)
-                };
-                note(delivery, member, n, out.metrics, &mut self.slow);
-            }
-        }
-        let shared = room.shared.clone();
-        let me = 1u64 << self.worker;
-        let frames = &room.batch.frames;
-        let data = raw.as_ref().map_or(&[][..], |f| f.as_bytes());
-        if let Some(opts) = room.history().cloned() {
-            let payloads: Vec<Payload> = frames
-                .iter()
-                .filter(|f| f.is_publication())
-                .map(|f| {
-                    let mut obj = Vec::with_capacity(f.end - f.start + 16);
-                    publication_object(f, data, &mut obj);
-                    obj.into()
-                })
-                .collect();
-            let local_subscribers = !room.subscribers.is_empty();
-            let (port, mesh, metrics) = (&mut *out.port, out.mesh, out.metrics);
-            let now_ms = out.hub.now_ms();
-            let stream = Hub::stream_options(&opts);
-            out.hub
-                .history
-                .publish_batch(&shared.name, &payloads, now_ms, stream, |first| {
-                    // Under the channel's lock: every inbox gets this batch
-                    // in offset order.
-                    let push = (shared.subscribers() > 0)
-                        .then(|| Arc::new(encode_push(&shared.name, frames, data, &payloads, Some(first))));
-                    let remote = shared.worker_mask() & !me;
-                    if remote != 0 {
-                        let msg = WorkerMsg::Batch(RoomBatch {
-                            room: shared.clone(),
-                            frame: raw.clone(),
-                            messages: publications,
-                            push: push.clone(),
-                        });
-                        port.send(mesh, remote, &msg, publications, metrics);
-                    }
-                    if let Some(push) = push.filter(|_| local_subscribers) {
-                        let msg = WorkerMsg::Batch(RoomBatch {
-                            room: shared.clone(),
-                            frame: None,
-                            messages: 0,
-                            push: Some(push),
-                        });
-                        port.send(mesh, me, &msg, 0, metrics);
-                    }
-                });
-        } else {
-            let push = (shared.subscribers() > 0)
-                .then(|| Arc::new(encode_push(&shared.name, frames, data, &[], None)));
-            if let Some(push) = &push {
-                deliver_push(room, push, out, &mut self.slow, &mut self.insufficient);
-            }
-            let remote = shared.worker_mask() & !me;
-            if remote != 0 {
-                let msg = WorkerMsg::Batch(RoomBatch {
-                    room: shared.clone(),
-                    frame: raw,
-                    messages: publications,
-                    push,
-                });
-                out.port
-                    .send(out.mesh, remote, &msg, publications, out.metrics);
-            }
-        }
-        let Some(room) = self.rooms.get_mut(&room_id) else {
-            return;
-        };
-        room.batch.frames.clear();
-        if room.batch.frames.capacity() > 256 {
-            room.batch.frames = Vec::new();
-        }
-        if room.members == 0 {
-            // Created for a publication only.
-            if let Some(room) = self.rooms.remove(&room_id) {
-                self.ids.remove(&*room.shared.name);
-                out.directory.leave(&room.shared, self.worker);
-            }
-        }
-        self.judge_slow(out);
-    }
-
-    /// Delivers a batch from another worker (or, for channels with
-    /// history, from this one through its own inbox) to local receivers.
-    pub fn deliver_remote(&mut self, batch: &RoomBatch, out: &mut Fanout<'_>) {
-        let Some(room) = self.rooms.get_mut(&batch.room.id) else {
-            return;
-        };
-        if let Some(frame) = &batch.frame {
-            for &member in &room.receivers {
-                let d = out
-                    .table
-                    .deliver(member, |s| s.send_shared(frame), out.metrics);
-                note(d, member, batch.messages, out.metrics, &mut self.slow);
-            }
-        }
-        if let Some(push) = &batch.push {
-            deliver_push(room, push, out, &mut self.slow, &mut self.insufficient);
-        }
-        self.judge_slow(out);
     }
 
     /// Subscribers whose stream broke here since the last call.
@@ -711,9 +581,13 @@ impl LocalRooms {
     /// Local subscriber count and raw member count of every room here
     /// (server API `channels`, metrics).
     pub fn counts(&self) -> impl Iterator<Item = (&str, usize, usize)> {
-        self.rooms
-            .values()
-            .map(|r| (&*r.shared.name, r.subscribers.len(), r.members - r.subscribers.len()))
+        self.rooms.values().map(|r| {
+            (
+                &*r.shared.name,
+                r.subscribers.len(),
+                r.members - r.subscribers.len(),
+            )
+        })
     }
 }
 
@@ -726,140 +600,4 @@ pub struct Fanout<'a> {
     pub hub: &'a Hub,
     pub metrics: &'a WorkerMetrics,
     pub now: u64,
-}
-
-fn note(d: Delivery, member: usize, n: u64, metrics: &WorkerMetrics, slow: &mut Vec<(usize, u64)>) {
-    match d {
-        Delivery::Queued => {
-            metrics.fanout_deliveries.add(n);
-            metrics.messages_out.add(n);
-        }
-        Delivery::Ignored => {}
-        Delivery::Full => slow.push((member, n)),
-    }
-}
-
-/// The publication object (without offset) of a batch item.
-fn publication_object(f: &BatchFrame, data: &[u8], out: &mut Vec<u8>) {
-    push::pub_object(
-        &data[f.start..f.end],
-        f.kind == ItemKind::Json,
-        f.info.as_deref(),
-        out,
-    );
-}
-
-/// Encodes a batch's pushes once: a `pub` frame per publication (with its
-/// offset counted from `first` for a channel with history; `objects` are
-/// then the publication objects already built for the history), a `join`
-/// or `leave` frame per such item.
-fn encode_push(
-    channel: &str,
-    frames: &[BatchFrame],
-    data: &[u8],
-    objects: &[Payload],
-    first: Option<&StreamPosition>,
-) -> PushBatch {
-    let mut bytes = Vec::new();
-    let mut items = Vec::with_capacity(frames.len());
-    let mut n = 0u64;
-    for f in frames {
-        let offset = match (f.is_publication(), first) {
-            (true, Some(p)) => p.offset + n,
-            _ => 0,
-        };
-        match f.kind {
-            ItemKind::Raw | ItemKind::Json => {
-                push::push_frame(channel, "pub", &mut bytes, |b| match objects.get(n as usize) {
-                    Some(obj) => push::with_offset(obj, offset, b),
-                    None => publication_object(f, data, b),
-                });
-                n += 1;
-            }
-            ItemKind::Join | ItemKind::Leave => {
-                let kind = if f.kind == ItemKind::Join { "join" } else { "leave" };
-                let info = f.info.as_deref().unwrap_or(b"{}");
-                push::push_frame(channel, kind, &mut bytes, |b| push::join_leave_body(info, b));
-            }
-        }
-        items.push(PushItem {
-            end: bytes.len() as u32,
-            offset,
-        });
-    }
-    PushBatch {
-        frame: SharedFrame::from_vec(bytes),
-        items,
-        epoch: first.map(|p| p.epoch.clone()),
-    }
-}
-
-/// Delivers pushes to a room's subscribers here. For a channel with
-/// history: publications at or below what a subscriber already has are
-/// filtered out; a hole or an epoch change marks every subscriber here
-/// for recovery instead (see the module docs).
-fn deliver_push(
-    room: &mut LocalRoom,
-    push: &PushBatch,
-    out: &mut Fanout<'_>,
-    slow: &mut Vec<(usize, u64)>,
-    insufficient: &mut Vec<(usize, u64)>,
-) {
-    let mut floor = 0;
-    let mut last = 0;
-    if let (Some(epoch), Some((first, top))) = (&push.epoch, push.offsets()) {
-        last = top;
-        let c = &mut room.cursor;
-        if c.next != 0 && (c.epoch.as_ref() != Some(epoch) || first > c.next) {
-            for s in &room.subscribers {
-                insufficient.push((s.key, room.shared.id));
-            }
-            c.next = top + 1;
-            c.epoch = Some(epoch.clone());
-            return;
-        }
-        floor = c.next.saturating_sub(1);
-        if c.next <= top {
-            c.next = top + 1;
-            c.epoch = Some(epoch.clone());
-        }
-    }
-    let count = push.items.len() as u64;
-    for s in &room.subscribers {
-        let f = floor.max(s.skip_upto);
-        let d = if last == 0 || f == 0 || push.items.iter().all(|i| i.offset == 0 || i.offset > f) {
-            out.table
-                .deliver(s.key, |x| x.send_shared(&push.frame), out.metrics)
-        } else {
-            let parts = push.parts(move |i| i.offset == 0 || i.offset > f);
-            if parts.clone().next().is_none() {
-                continue;
-            }
-            out.table
-                .deliver(s.key, |x| x.send_copy(parts.clone()), out.metrics)
-        };
-        note(d, s.key, count, out.metrics, slow);
-    }
-}
-
-/// Enqueues the raw frames of a batch not published by `member`, with the
-/// number of messages that is.
-fn deliver_without_own(
-    out: &mut Fanout<'_>,
-    member: usize,
-    bytes: &[u8],
-    frames: &[BatchFrame],
-) -> (Delivery, u64) {
-    let others = frames
-        .iter()
-        .filter(|f| f.is_publication() && f.publisher != member)
-        .map(|f| &bytes[f.head..f.end]);
-    let count = others.clone().count() as u64;
-    if count == 0 {
-        return (Delivery::Ignored, 0);
-    }
-    let d = out
-        .table
-        .deliver(member, |s| s.send_copy(others.clone()), out.metrics);
-    (d, count)
 }

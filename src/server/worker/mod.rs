@@ -16,11 +16,11 @@
 use super::accept::{Accepted, Acceptor, ACCEPT_BATCH, LISTENER};
 use super::admission::Refusal;
 use super::buffer_pool::BufferPool;
+use super::client::{Client, Exec};
+use super::client_deadlines::ClientDeadlines;
 use super::connection::{Attachment, Connection, ReadOutcome};
 use super::local_rooms::{Fanout, LocalRooms};
 use super::memory::release_free_heap;
-use super::client::{Client, Exec};
-use super::client_deadlines::ClientDeadlines;
 use super::mesh::{Control, MeshPort, Paused, WorkerMsg};
 use super::router::Router;
 use super::session::{Finish, Session, SessionConfig, SessionContext};
@@ -40,6 +40,8 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+mod pubsub;
 
 pub const WAKER: Token = Token(usize::MAX - 2);
 
@@ -418,86 +420,6 @@ impl Worker {
         self.unsubscribe_insufficient();
     }
 
-    /// Subscribers whose stream broke on this worker get "insufficient
-    /// state" and resubscribe with recovery.
-    fn unsubscribe_insufficient(&mut self) {
-        let mut list = std::mem::take(&mut self.scratch_insufficient);
-        self.rooms.take_insufficient(&mut list);
-        for (key, room_id) in list.drain(..) {
-            self.end_subscription(key, room_id, UnsubscribeCode::InsufficientState);
-            self.metrics.pubsub_insufficient.inc();
-        }
-        self.scratch_insufficient = list;
-    }
-
-    /// Ends one subscription of a connection, telling it why.
-    fn end_subscription(&mut self, key: usize, room_id: u64, code: UnsubscribeCode) {
-        let Some(conn) = self.table.get_mut(key) else {
-            return;
-        };
-        let Some(Attachment::Client(mut client)) = conn.attachment.take() else {
-            return;
-        };
-        let mut push = Vec::new();
-        {
-            let mut x = Exec {
-                hub: &self.shared.hub,
-                rooms: &mut self.rooms,
-                directory: &self.shared.directory,
-                key,
-                ping_secs: 0,
-                now_secs: Hub::unix_secs(),
-            };
-            client.unsubscribe(room_id, &mut x, Some((code, &mut push)));
-        }
-        conn.attachment = Some(Attachment::Client(client));
-        if !push.is_empty() {
-            let data = push;
-            self.table
-                .deliver(key, |s| s.send_copy(std::iter::once(&frame_of(&data)[..])), &self.metrics);
-        }
-        let (mut out, rooms) = self.fanout();
-        rooms.sweep_dead(&mut out);
-        self.settle(key);
-    }
-
-    /// A server API request for connections on every worker.
-    fn apply_control(&mut self, c: &Control) {
-        let (user, client_id) = match c {
-            Control::Disconnect { user, client, .. } => (user, client),
-            Control::Unsubscribe { user, client, .. } => (user, client),
-        };
-        let keys: Vec<usize> = self
-            .table
-            .iter_keyed()
-            .filter_map(|(k, conn)| match &conn.attachment {
-                Some(Attachment::Client(cl))
-                    if cl.connected
-                        && &*cl.user == user.as_str()
-                        && client_id.as_deref().is_none_or(|id| id == &*cl.id) =>
-                {
-                    Some(k)
-                }
-                _ => None,
-            })
-            .collect();
-        for key in keys {
-            match c {
-                Control::Disconnect { code, reason, .. } => {
-                    if let Some(conn) = self.table.get_mut(key) {
-                        conn.session.close(CloseCode(*code as u16), reason, self.now);
-                    }
-                    self.settle(key);
-                }
-                Control::Unsubscribe { channel, .. } => {
-                    if let Some(room_id) = self.rooms.id_of(channel) {
-                        self.end_subscription(key, room_id, UnsubscribeCode::Server);
-                    }
-                }
-            }
-        }
-    }
-
     fn drain_overflow(&mut self) {
         if !self.port.has_blocked() {
             return;
@@ -601,80 +523,6 @@ impl Worker {
         conn.close(self.poll.registry(), &mut self.pool, graceful);
     }
 
-    /// A protocol client's connection is gone: its presence, leave pushes
-    /// and subscriber slots.
-    fn client_gone(&mut self, client: &Client) {
-        let hub = &self.shared.hub;
-        for sub in &client.subs {
-            if let Some(name) = self.rooms.name_of(sub.room_id).map(str::to_owned) {
-                client.leave_effects(&name, sub, hub, &mut self.rooms);
-            }
-        }
-        let (mut out, rooms) = (
-            Fanout {
-                table: &mut self.table,
-                port: &mut self.port,
-                mesh: &self.shared.mesh,
-                directory: &self.shared.directory,
-                hub,
-                metrics: &self.metrics,
-                now: self.now,
-            },
-            &mut self.rooms,
-        );
-        for sub in &client.subs {
-            rooms.unsubscribe(sub.room_id, sub.slot, &mut out);
-        }
-    }
-
-    /// Protocol clients past a deadline: no `connect` in time (3502), a
-    /// connection token not refreshed (3005), a subscription token not
-    /// refreshed (unsubscribe 2501).
-    fn run_client_deadlines(&mut self) {
-        let now_secs = Hub::unix_secs();
-        let c = &self.shared.config;
-        let grace = c.client_expired_close_delay.as_secs();
-        let sub_grace = c.client_expired_sub_close_delay.as_secs();
-        while let Some((key, generation)) = self.deadlines.pop_due(self.now, now_secs) {
-            let Some(conn) = self.table.get_mut(key) else {
-                continue;
-            };
-            if conn.generation != generation {
-                continue;
-            }
-            let Some(Attachment::Client(client)) = &mut conn.attachment else {
-                continue;
-            };
-            if !client.connected {
-                conn.session
-                    .close(CloseCode(3502), DisconnectCode::Stale.text(), self.now);
-                self.settle(key);
-                continue;
-            }
-            if client.expires_at != 0 && now_secs >= client.expires_at + grace {
-                conn.session
-                    .close(CloseCode(3005), DisconnectCode::Expired.text(), self.now);
-                self.settle(key);
-                continue;
-            }
-            let expired: Vec<u64> = client
-                .subs
-                .iter()
-                .filter(|s| s.expires_at != 0 && now_secs >= s.expires_at + sub_grace)
-                .map(|s| s.room_id)
-                .collect();
-            for room_id in expired {
-                self.end_subscription(key, room_id, UnsubscribeCode::Expired);
-            }
-            if let Some(Some(Attachment::Client(client))) =
-                self.table.get_mut(key).map(|c| &mut c.attachment)
-            {
-                client.queued_deadline = 0;
-                self.deadlines.track(key, generation, client);
-            }
-        }
-    }
-
     /// About once a second: give back memory a burst left behind.
     fn housekeeping(&mut self) {
         let conns = self.table.len();
@@ -739,13 +587,4 @@ impl Worker {
             self.remove(key, false);
         }
     }
-}
-
-/// One text frame holding `json`.
-fn frame_of(json: &[u8]) -> Vec<u8> {
-    let header = encode_header(true, OpCode::Text, json.len(), None);
-    let mut v = Vec::with_capacity(header.as_bytes().len() + json.len());
-    v.extend_from_slice(header.as_bytes());
-    v.extend_from_slice(json);
-    v
 }
