@@ -2,7 +2,7 @@
 //! through the phases (connect, load, drain, close), prints progress and
 //! assembles the summary.
 
-use crate::addr::{parse_sources, parse_url, Target};
+use crate::addr::{parse_sources, parse_url};
 use crate::cli::{Cli, Cmd, Common, PubSubArgs};
 use crate::clock::{now_ns, SEC};
 use crate::conn::new_hist;
@@ -144,7 +144,7 @@ pub fn build_setup(cli: &Cli) -> Result<(Setup, serde_json::Value), String> {
                 serde_json::to_value(a).unwrap_or_default(),
             ),
             Cmd::PubSub(a) => {
-                ps_setup = Some(Arc::new(pubsub_setup(a, &target, c)?));
+                ps_setup = Some(Arc::new(pubsub_setup(a, c)?));
                 let path = if target.prefix.is_empty() {
                     "/connection/websocket"
                 } else {
@@ -208,8 +208,7 @@ pub fn build_setup(cli: &Cli) -> Result<(Setup, serde_json::Value), String> {
     ))
 }
 
-fn pubsub_setup(a: &PubSubArgs, target: &Target, c: &Common) -> Result<PsSetup, String> {
-    let _ = target;
+fn pubsub_setup(a: &PubSubArgs, c: &Common) -> Result<PsSetup, String> {
     if a.rate <= 0.0 || a.rate.is_nan() {
         return Err("--rate must be positive".into());
     }

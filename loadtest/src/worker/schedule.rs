@@ -30,15 +30,17 @@ impl Worker {
                     s.seq += 1;
                 }
             } else if let Some(ps) = c.ps.as_mut() {
-                let mut retry = false;
+                let (mut retry, mut refused) = (false, false);
                 loop {
                     let at = s.intended(s.seq);
                     if at > now || at >= send_end || !self.t.may_send || ps.budget == 0 {
                         break;
                     }
                     if !ps.ready() {
-                        // Still connecting (or refused): try again shortly.
-                        retry = ps.phase != crate::pubsub::client::Phase::Failed;
+                        // Still connecting: try again shortly. Refused:
+                        // this publisher is done.
+                        refused = ps.phase == crate::pubsub::client::Phase::Failed;
+                        retry = !refused;
                         break;
                     }
                     if c.out.len() - c.out_pos >= OUT_CAP {
@@ -49,7 +51,7 @@ impl Worker {
                     self.lag.saturating_record((now - at).max(1));
                     s.seq += 1;
                 }
-                if !s.blocked && self.t.may_send && ps.budget > 0 {
+                if !s.blocked && !refused && self.t.may_send && ps.budget > 0 {
                     let at = s.intended(s.seq);
                     if at < send_end {
                         let at = if retry { at.max(now + 1_000_000) } else { at };
