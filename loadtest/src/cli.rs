@@ -117,6 +117,12 @@ pub enum Cmd {
     Connect(ConnectArgs),
     /// Connect, exchange one message, close; over -c concurrent slots.
     Churn(ChurnArgs),
+    /// Centrifugo client protocol v2 (JSON) at /connection/websocket:
+    /// subscribers on channels, publishers sending acknowledged publish
+    /// commands at a fixed total rate (open loop); loss, duplicates,
+    /// order, offsets, recovery after reconnects.
+    #[command(name = "pubsub")]
+    PubSub(PubSubArgs),
     /// Feed pre-encoded server frames through the receive path (no
     /// sockets) and print the receive capacity of one core.
     #[command(hide = true, name = "selftest-decode")]
@@ -198,9 +204,78 @@ pub struct ChurnArgs {
 }
 
 #[derive(Args, Debug, Clone, Serialize)]
+pub struct PubSubArgs {
+    /// Subscriber connections (each sends connect, then its subscribes).
+    #[arg(long, default_value_t = 100)]
+    pub conns: usize,
+    /// Subscriptions per subscriber connection, spread evenly over the
+    /// channels.
+    #[arg(long, default_value_t = 1)]
+    pub subs: usize,
+    /// Channels, named `<namespace>:c<k>` (`c<k>` without --namespace).
+    #[arg(long, default_value_t = 1)]
+    pub channels: usize,
+    /// Publisher connections (connect only, no subscriptions); each
+    /// publishes to every channel in turn.
+    #[arg(long, default_value_t = 1)]
+    pub publishers: usize,
+    /// Publications per second over all publishers (open loop).
+    #[arg(long, default_value_t = 1000.0)]
+    pub rate: f64,
+    /// Channel namespace (`chat` → channels `chat:c0`, `chat:c1`, ...).
+    #[arg(long)]
+    pub namespace: Option<String>,
+    /// One connection token (JWT) for every connection.
+    #[arg(long, conflicts_with = "hmac_secret")]
+    #[serde(skip)]
+    pub token: Option<String>,
+    /// Mint an HS256 connection token per connection (`sub` = `load-<i>`,
+    /// one-day `exp`) with this secret. Without --token or this:
+    /// anonymous connect (no token).
+    #[arg(long)]
+    #[serde(skip)]
+    pub hmac_secret: Option<String>,
+    /// Pad publication data to at least this many bytes (0: no padding,
+    /// about 60 bytes).
+    #[arg(long, default_value_t = 0)]
+    pub size: usize,
+    /// Reconnect mode: every this long, drop the TCP connection (no close
+    /// frame) of --reconnect-fraction of the subscribers; they come back
+    /// after --reconnect-away and resubscribe with recover from the last
+    /// publication they saw.
+    #[arg(long, value_parser = parse_duration)]
+    #[serde(serialize_with = "opt_secs")]
+    pub reconnect_every: Option<Duration>,
+    /// Share of the subscribers dropped each --reconnect-every.
+    #[arg(long, default_value_t = 0.1)]
+    pub reconnect_fraction: f64,
+    /// How long dropped subscribers stay away.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    #[serde(serialize_with = "secs")]
+    pub reconnect_away: Duration,
+    /// One-shot recovery benchmark: all subscribers connect and subscribe,
+    /// all drop, each publisher publishes exactly N per channel (at
+    /// --rate, acknowledged), then all reconnect at once with recover;
+    /// reports the time until all are resubscribed, gaps, duplicates and
+    /// recovered flags. Channels need history of at least N × publishers.
+    #[arg(long, conflicts_with = "reconnect_every")]
+    pub recover_burst: Option<u64>,
+}
+
+fn opt_secs<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => s.serialize_f64(d.as_secs_f64()),
+        None => s.serialize_none(),
+    }
+}
+
+#[derive(Args, Debug, Clone, Serialize)]
 pub struct SelftestArgs {
     #[arg(long, default_value_t = 64)]
     pub size: usize,
+    /// The pubsub receive path instead (JSON pub pushes in text frames).
+    #[arg(long)]
+    pub pubsub: bool,
     #[arg(long, default_value = "3s", value_parser = parse_duration)]
     #[serde(serialize_with = "secs")]
     pub time: Duration,
@@ -235,5 +310,45 @@ mod tests {
             Cmd::Fanout(f) => assert_eq!(f.subscribers, 3),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn pubsub_flags() {
+        let c = Cli::try_parse_from([
+            "x",
+            "pubsub",
+            "--conns",
+            "10",
+            "--hmac-secret",
+            "s",
+            "--reconnect-every",
+            "2s",
+            "--namespace",
+            "chat",
+        ])
+        .unwrap();
+        match &c.cmd {
+            Cmd::PubSub(a) => {
+                assert_eq!(a.conns, 10);
+                assert_eq!(a.reconnect_every, Some(Duration::from_secs(2)));
+                // Secrets stay out of the JSON report.
+                let j = serde_json::to_value(a).unwrap();
+                assert!(j.get("hmac_secret").is_none() && j.get("token").is_none());
+                assert_eq!(j["reconnect_every"], 2.0);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            Cli::try_parse_from(["x", "pubsub", "--token", "t", "--hmac-secret", "s"]).is_err()
+        );
+        assert!(Cli::try_parse_from([
+            "x",
+            "pubsub",
+            "--recover-burst",
+            "100",
+            "--reconnect-every",
+            "1s"
+        ])
+        .is_err());
     }
 }

@@ -40,6 +40,8 @@ pub enum Removal {
     Unclean(String),
     /// Still connecting when the run ended.
     Abandoned,
+    /// pubsub reconnect modes: we dropped TCP on purpose (no close frame).
+    Dropped,
 }
 
 /// A sender on this connection (open or closed loop).
@@ -92,6 +94,9 @@ pub struct ConnCore {
     pub lost_reason: Option<String>,
     /// Churn: this connection's cycle was counted.
     pub cycle_done: bool,
+    /// pubsub: the protocol client (its subscriptions outlive the
+    /// connection; the worker parks it while reconnecting).
+    pub ps: Option<Box<crate::pubsub::client::PsClient>>,
 }
 
 impl ConnCore {
@@ -129,6 +134,7 @@ impl ConnCore {
             we_closed: false,
             lost_reason: None,
             cycle_done: false,
+            ps: None,
         }
     }
 
@@ -177,6 +183,12 @@ pub struct Stats {
     pub closes_clean: u64,
     pub closes_unclean: u64,
     pub cycles: u64,
+    /// pubsub: publish replies (ok or error).
+    pub pub_acked: u64,
+    /// pubsub: reconnected clients that finished resubscribing.
+    pub resubscribed: u64,
+    /// pubsub: connections dropped on purpose (reconnect modes).
+    pub dropped: u64,
 }
 
 /// The per-thread state the receive path needs besides the connection.
@@ -202,6 +214,8 @@ pub struct Tls {
     /// After the close handshake, how long to wait for the server to
     /// close TCP before closing it ourselves (RFC 6455 §7.1.1).
     pub fin_wait_ns: u64,
+    /// The pubsub scenario's per-worker state.
+    pub ps: Option<crate::pubsub::client::PsTls>,
 }
 
 pub fn new_hist() -> Histogram<u64> {
@@ -227,6 +241,7 @@ impl Tls {
             budget: u64::MAX,
             close_timeout_ns,
             fin_wait_ns: close_timeout_ns,
+            ps: None,
         }
     }
 
@@ -329,6 +344,13 @@ pub fn feed(c: &mut ConnCore, buf: &mut [u8], now: u64, t: &mut Tls) -> Fed {
                 c.asm.on_frame(h, &buf[start..end])
             };
         match ev {
+            Ok(Event::Message { data, .. }) if c.ps.is_some() => {
+                if let Some(ps) = c.ps.as_mut() {
+                    if !c.close_sent {
+                        ps.on_message(data, now, t, &mut c.out);
+                    }
+                }
+            }
             Ok(Event::Message { data, .. }) => {
                 // (Captures the connection's fields one by one, so it can
                 // run while `data` still borrows the assembler.)
@@ -483,6 +505,7 @@ mod tests {
             publisher: None,
             tracks: true,
             churn: false,
+            channels: Vec::new(),
         };
         let mut c = ConnCore::new(&plan, 1, 2, 0);
         c.state = State::Open;
@@ -607,6 +630,7 @@ mod tests {
             }),
             tracks: true,
             churn: false,
+            channels: Vec::new(),
         };
         let mut c = ConnCore::new(&plan, 1, 1, 0);
         c.state = State::Open;

@@ -8,6 +8,7 @@ mod conn;
 mod payload;
 mod plan;
 mod plot;
+mod pubsub;
 mod report;
 mod run;
 mod selftest;
@@ -23,6 +24,20 @@ fn main() -> ExitCode {
     clock::init();
     let cli = Cli::parse();
     if let Cmd::SelftestDecode(a) = &cli.cmd {
+        if a.pubsub {
+            let r = selftest::run_pubsub(a.time);
+            let rate = r.messages as f64 / r.secs;
+            println!(
+                "selftest-decode --pubsub: {} pub pushes in {:.2}s: {}/s ({:.1} ns/push; {:.0}% of one core, {:.1} ns CPU/push)",
+                r.messages,
+                r.secs,
+                report::si(rate),
+                1e9 / rate,
+                100.0 * r.cpu_secs / r.secs,
+                1e9 * r.cpu_secs / r.messages as f64
+            );
+            return ExitCode::SUCCESS;
+        }
         let r = selftest::run(a.size, a.time);
         let rate = r.messages as f64 / r.secs;
         println!(

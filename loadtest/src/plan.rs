@@ -10,6 +10,7 @@ pub enum Kind {
     Fanout,
     Connect,
     Churn,
+    PubSub,
 }
 
 impl Kind {
@@ -19,6 +20,7 @@ impl Kind {
             Kind::Fanout => "fanout",
             Kind::Connect => "connect",
             Kind::Churn => "churn",
+            Kind::PubSub => "pubsub",
         }
     }
 }
@@ -45,6 +47,8 @@ pub struct Plan {
     pub tracks: bool,
     /// Churn slot: connect, one message, close, again.
     pub churn: bool,
+    /// pubsub: channel indexes this client subscribes to.
+    pub channels: Vec<u32>,
 }
 
 /// Everything the workers share, read-only.
@@ -82,6 +86,24 @@ pub struct Setup {
     /// Message (churn: cycle) budget per thread; u64::MAX: unlimited.
     pub budgets: Vec<u64>,
     pub planned: usize,
+    /// The pubsub scenario's settings.
+    pub ps: Option<std::sync::Arc<PsSetup>>,
+}
+
+/// pubsub: what the workers need besides the plans.
+#[derive(Debug)]
+pub struct PsSetup {
+    pub cfg: std::sync::Arc<crate::pubsub::client::PsConfig>,
+    pub subscribers: usize,
+    pub publishers: usize,
+    /// Periodic drops: every this long (0: off), this fraction of each
+    /// worker's subscribers, away this long.
+    pub reconnect_every_ns: u64,
+    pub reconnect_fraction: f64,
+    pub reconnect_away_ns: u64,
+    /// Recovery burst: publications per channel per publisher while all
+    /// subscribers are away.
+    pub burst: Option<u64>,
 }
 
 /// Splits `total` over threads in proportion to their sender counts.
@@ -144,6 +166,7 @@ pub fn echo_plans(c: usize, rate: Option<f64>, path: &str) -> Vec<Plan> {
             }),
             tracks: true,
             churn: false,
+            channels: Vec::new(),
         })
         .collect()
 }
@@ -194,6 +217,7 @@ pub fn fanout_plans(
                 publisher: Some(pub_plan(m)),
                 tracks: true,
                 churn: false,
+                channels: Vec::new(),
             });
         }
     } else {
@@ -207,6 +231,7 @@ pub fn fanout_plans(
                 publisher: None,
                 tracks: true,
                 churn: false,
+                channels: Vec::new(),
             });
         }
         for k in 0..pubs {
@@ -218,6 +243,7 @@ pub fn fanout_plans(
                 publisher: Some(pub_plan(k)),
                 tracks: false,
                 churn: false,
+                channels: Vec::new(),
             });
         }
     }
@@ -244,8 +270,60 @@ pub fn idle_plans(c: usize, path: &str, churn: bool) -> Vec<Plan> {
             publisher: None,
             tracks: false,
             churn,
+            channels: Vec::new(),
         })
         .collect()
+}
+
+pub struct PubSubPlan {
+    pub plans: Vec<Plan>,
+}
+
+/// pubsub: `conns` subscribers, each on `subs` of the `channels` channels
+/// (subscriber i takes channels i*subs .. i*subs+subs-1 modulo the count,
+/// so every channel gets the same share), then `pubs` publishers at
+/// `rate` msgs/s in total, each over all channels in turn.
+pub fn pubsub_plans(
+    conns: usize,
+    subs: usize,
+    channels: usize,
+    pubs: usize,
+    rate: f64,
+    path: &str,
+) -> PubSubPlan {
+    let channels = channels.max(1);
+    let subs = subs.min(channels);
+    let mut plans = Vec::with_capacity(conns + pubs);
+    for i in 0..conns {
+        let chans: Vec<u32> = (0..subs)
+            .map(|j| ((i * subs + j) % channels) as u32)
+            .collect();
+        plans.push(Plan {
+            global: i as u32,
+            path: path.to_string(),
+            room: 0,
+            publisher: None,
+            tracks: false,
+            churn: false,
+            channels: chans,
+        });
+    }
+    for k in 0..pubs {
+        plans.push(Plan {
+            global: (conns + k) as u32,
+            path: path.to_string(),
+            room: 0,
+            publisher: Some(PubPlan {
+                id: k as u32,
+                interval_ns: 1e9 * pubs as f64 / rate,
+                offset_ns: (k as f64 * 1e9 / rate) as u64,
+            }),
+            tracks: false,
+            churn: false,
+            channels: Vec::new(),
+        });
+    }
+    PubSubPlan { plans }
 }
 
 #[cfg(test)]
@@ -286,6 +364,26 @@ mod tests {
         assert_eq!(a.n_pubs, 10);
         assert_eq!(a.subs_in_room, vec![1; 5]);
         assert_eq!(a.plans[3].path, "/rooms/t-3");
+    }
+
+    #[test]
+    fn pubsub_topology() {
+        let p = pubsub_plans(6, 2, 4, 2, 1000.0, "/connection/websocket");
+        assert_eq!(p.plans.len(), 8);
+        assert_eq!(p.plans[0].channels, vec![0, 1]);
+        assert_eq!(p.plans[1].channels, vec![2, 3]);
+        assert_eq!(p.plans[2].channels, vec![0, 1]);
+        let mut per = [0; 4];
+        for k in p.plans.iter().flat_map(|p| &p.channels) {
+            per[*k as usize] += 1;
+        }
+        assert_eq!(per, [3, 3, 3, 3]);
+        let pb = p.plans[7].publisher.as_ref().unwrap();
+        assert_eq!((pb.id, pb.interval_ns, pb.offset_ns), (1, 2e6, 1_000_000));
+        assert!(p.plans[7].channels.is_empty());
+        // More subscriptions than channels: each channel once.
+        let p = pubsub_plans(1, 9, 3, 1, 1.0, "/");
+        assert_eq!(p.plans[0].channels, vec![0, 1, 2]);
     }
 
     #[test]

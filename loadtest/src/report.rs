@@ -97,6 +97,73 @@ pub struct Churn {
     pub cycle_latency: Lat,
 }
 
+/// The pubsub scenario's figures.
+#[derive(Serialize, Default, Debug)]
+pub struct PubSubReport {
+    pub subscribers: usize,
+    pub publishers: usize,
+    pub channels: usize,
+    /// Successful `connect` replies (reconnects included).
+    pub connect_ok: u64,
+    pub subscriptions_planned: u64,
+    /// Subscriptions made in the connect phase (before the load).
+    pub subscribe_ok: u64,
+    pub subscriptions_per_channel_min: u64,
+    pub subscriptions_per_channel_max: u64,
+    pub publish_sent: u64,
+    pub publish_ok: u64,
+    pub publish_errors: u64,
+    /// Publishes whose connection ended before the reply.
+    pub publish_unacked: u64,
+    /// Intended send time to the publish reply.
+    pub ack_latency: Lat,
+    /// Error replies by "method code message".
+    pub errors: BTreeMap<String, u64>,
+    /// Acknowledged publications × subscriptions of their channel.
+    pub expected: u64,
+    pub delivered_unique: u64,
+    pub lost: u64,
+    pub duplicated: u64,
+    pub reordered: u64,
+    /// Generator data for another channel or an unknown publisher.
+    pub misrouted: u64,
+    /// Publication data that is not the generator's.
+    pub foreign: u64,
+    /// Offsets skipped / repeated within a subscription's stream.
+    pub offset_gaps: u64,
+    pub offset_repeats: u64,
+    /// Publications in first subscribe replies (history of earlier runs).
+    pub history_on_subscribe: u64,
+    pub unknown_channel: u64,
+    pub other_pushes: BTreeMap<String, u64>,
+    pub bad_lines: u64,
+    pub unexpected_replies: u64,
+    pub pings_answered: u64,
+    pub recovery: Option<Recovery>,
+}
+
+/// Reconnect modes: drops, resubscribes, what was recovered.
+#[derive(Serialize, Default, Debug)]
+pub struct Recovery {
+    pub drops: u64,
+    pub reconnects: u64,
+    /// Failed or lost subscribers tried again (after 200 ms).
+    pub retries: u64,
+    pub resubscribed: u64,
+    pub recovered_true: u64,
+    pub recovered_false: u64,
+    /// Publications delivered in subscribe replies.
+    pub recovered_publications: u64,
+    pub epoch_changes: u64,
+    /// Reconnect start (TCP connect) to the last subscribe reply.
+    pub resubscribe_latency: Lat,
+    /// Recovery burst: publications per channel while everyone was away.
+    pub burst_per_channel: Option<u64>,
+    /// Recovery burst: from the moment all reconnect to the last one
+    /// resubscribed.
+    pub time_to_recover_all_s: Option<f64>,
+}
+
 #[derive(Serialize, Default, Debug)]
 pub struct Generator {
     /// CPU time (user + sys) over wall time in the measured window, as a
@@ -144,6 +211,7 @@ pub struct Summary {
     /// schedule (large values: the generator could not keep up).
     pub send_lag: Lat,
     pub churn: Option<Churn>,
+    pub pubsub: Option<PubSubReport>,
     pub generator: Generator,
     pub per_second: Vec<Second>,
     pub pass: bool,
@@ -193,6 +261,89 @@ fn reasons(out: &mut String, title: &str, m: &BTreeMap<String, u64>) {
     for (k, v) in m {
         let _ = writeln!(out, "    {title}: {k}: {v}");
     }
+}
+
+fn pubsub_table(o: &mut String, p: &PubSubReport) {
+    let _ = writeln!(
+        o,
+        "pubsub ({} subscribers, {} publishers, {} channels)",
+        p.subscribers, p.publishers, p.channels
+    );
+    let _ = writeln!(
+        o,
+        "  {:<22} {} connect ok; {} of {} subscriptions ({}..{} per channel)",
+        "setup",
+        p.connect_ok,
+        p.subscribe_ok,
+        p.subscriptions_planned,
+        p.subscriptions_per_channel_min,
+        p.subscriptions_per_channel_max
+    );
+    let _ = writeln!(
+        o,
+        "  {:<22} {} sent, {} ok, {} errors, {} unacknowledged",
+        "publish", p.publish_sent, p.publish_ok, p.publish_errors, p.publish_unacked
+    );
+    lat_row(o, "publish ack", &p.ack_latency);
+    reasons(o, "error", &p.errors);
+    let _ = writeln!(
+        o,
+        "  {:<22} expected {}  delivered {}  lost {}  dup {}  reordered {}  misrouted {}  foreign {}",
+        "delivery",
+        p.expected,
+        p.delivered_unique,
+        p.lost,
+        p.duplicated,
+        p.reordered,
+        p.misrouted,
+        p.foreign
+    );
+    let _ = writeln!(
+        o,
+        "  {:<22} {} gaps, {} repeats{}",
+        "offsets",
+        p.offset_gaps,
+        p.offset_repeats,
+        if p.history_on_subscribe > 0 {
+            format!(
+                " ({} old publications in first subscribe replies)",
+                p.history_on_subscribe
+            )
+        } else {
+            String::new()
+        }
+    );
+    if let Some(r) = &p.recovery {
+        let _ = writeln!(
+            o,
+            "  {:<22} {} drops, {} reconnects ({} retries), {} resubscribed; recovered true {} / false {}; {} publications recovered; {} epoch changes",
+            "recovery",
+            r.drops,
+            r.reconnects,
+            r.retries,
+            r.resubscribed,
+            r.recovered_true,
+            r.recovered_false,
+            r.recovered_publications,
+            r.epoch_changes
+        );
+        lat_row(o, "resubscribe", &r.resubscribe_latency);
+        if let (Some(n), Some(t)) = (r.burst_per_channel, r.time_to_recover_all_s) {
+            let _ = writeln!(
+                o,
+                "  {:<22} {n} publications per channel missed; all {} back in {}",
+                "recovery burst",
+                r.resubscribed,
+                us(t * 1e6)
+            );
+        }
+    }
+    let _ = writeln!(
+        o,
+        "  {:<22} {} pings answered, {} unreadable lines, {} unexpected replies, {} pubs for unknown channels",
+        "protocol", p.pings_answered, p.bad_lines, p.unexpected_replies, p.unknown_channel
+    );
+    reasons(o, "push", &p.other_pushes);
 }
 
 impl Summary {
@@ -254,8 +405,15 @@ impl Summary {
             );
             lat_row(&mut o, "cycle", &ch.cycle_latency);
         }
+        if let Some(p) = &self.pubsub {
+            pubsub_table(&mut o, p);
+        }
         if m.sent > 0 || m.received > 0 {
-            let _ = writeln!(o, "messages ({} B)", m.size);
+            if self.pubsub.is_some() {
+                let _ = writeln!(o, "messages (publications)");
+            } else {
+                let _ = writeln!(o, "messages ({} B)", m.size);
+            }
             let _ = writeln!(
                 o,
                 "  {:<22} {}/s  {}B/s  ({} in total)",

@@ -3,12 +3,14 @@
 //! assembles the summary.
 
 use crate::addr::{parse_sources, parse_url};
-use crate::cli::{Cli, Cmd, Common};
+use crate::cli::{Cli, Cmd, Common, PubSubArgs};
 use crate::clock::{now_ns, SEC};
 use crate::conn::new_hist;
 use crate::payload::Format;
+use crate::plan::PsSetup;
 use crate::plan::{self, Kind, Setup};
-use crate::report::{si, us, Churn, Generator, Lat, Second, Summary};
+use crate::pubsub::client::{PsConfig, TokenMode};
+use crate::report::{si, us, Churn, Generator, Lat, PubSubReport, Recovery, Second, Summary};
 use crate::sys;
 use crate::worker::{Interval, Shared, Worker, CLOSING, DRAINING, RUNNING};
 use hdrhistogram::Histogram;
@@ -60,6 +62,7 @@ pub fn build_setup(cli: &Cli) -> Result<(Setup, serde_json::Value), String> {
             .map_err(|_| format!("bad --cpus {s:?} (example: 1 or 0,1)"))?,
         None => Vec::new(),
     };
+    let mut ps_setup = None;
     let (kind, all, rooms, pubs_per_room, subs_in_room, n_pubs, size, in_flight, params) =
         match &cli.cmd {
             Cmd::Echo(a) => {
@@ -140,6 +143,26 @@ pub fn build_setup(cli: &Cli) -> Result<(Setup, serde_json::Value), String> {
                 1,
                 serde_json::to_value(a).unwrap_or_default(),
             ),
+            Cmd::PubSub(a) => {
+                ps_setup = Some(Arc::new(pubsub_setup(a, c)?));
+                let path = if target.prefix.is_empty() {
+                    "/connection/websocket"
+                } else {
+                    ""
+                };
+                let p = plan::pubsub_plans(a.conns, a.subs, a.channels, a.publishers, a.rate, path);
+                (
+                    Kind::PubSub,
+                    p.plans,
+                    1,
+                    1,
+                    vec![0],
+                    0,
+                    format.header_len(),
+                    1,
+                    serde_json::to_value(a).unwrap_or_default(),
+                )
+            }
             Cmd::SelftestDecode(_) => return Err("not a load scenario".into()),
         };
     if all.is_empty() {
@@ -179,9 +202,70 @@ pub fn build_setup(cli: &Cli) -> Result<(Setup, serde_json::Value), String> {
             plans,
             budgets,
             planned,
+            ps: ps_setup,
         },
         params,
     ))
+}
+
+fn pubsub_setup(a: &PubSubArgs, c: &Common) -> Result<PsSetup, String> {
+    if a.rate <= 0.0 || a.rate.is_nan() {
+        return Err("--rate must be positive".into());
+    }
+    if a.channels == 0 || a.subs == 0 {
+        return Err("--channels and --subs must be at least 1".into());
+    }
+    if a.conns == 0 || a.publishers == 0 {
+        return Err("pubsub needs at least one subscriber (--conns) and one --publishers".into());
+    }
+    if !(a.reconnect_fraction > 0.0 && a.reconnect_fraction <= 1.0) {
+        return Err("--reconnect-fraction must be in (0, 1]".into());
+    }
+    if a.reconnect_every.is_some_and(|d| d.is_zero()) {
+        return Err("--reconnect-every must be positive".into());
+    }
+    if let Some(n) = a.recover_burst {
+        if n == 0 {
+            return Err("--recover-burst must be at least 1".into());
+        }
+        let secs = (n * a.channels as u64 * a.publishers as u64) as f64 / a.rate;
+        if secs > c.duration.as_secs_f64() {
+            return Err(format!(
+                "--recover-burst {n} over {} channel(s) and {} publisher(s) takes {secs:.1}s at --rate {}: \
+                 raise --rate or --duration",
+                a.channels, a.publishers, a.rate
+            ));
+        }
+    }
+    let channels = (0..a.channels)
+        .map(|k| match &a.namespace {
+            Some(ns) => format!("{ns}:c{k}"),
+            None => format!("c{k}"),
+        })
+        .collect();
+    let token = match (&a.token, &a.hmac_secret) {
+        (Some(t), _) => TokenMode::Fixed(t.clone()),
+        (None, Some(s)) => {
+            // Fail now rather than on every connection.
+            crate::pubsub::client::mint_hs256(s, "load-0")?;
+            TokenMode::Hmac(s.clone())
+        }
+        (None, None) => TokenMode::None,
+    };
+    Ok(PsSetup {
+        cfg: Arc::new(PsConfig {
+            channels,
+            publishers: a.publishers as u32,
+            pad_to: a.size,
+            token,
+        }),
+        subscribers: a.conns,
+        publishers: a.publishers,
+        reconnect_every_ns: a.reconnect_every.map_or(0, |d| d.as_nanos() as u64),
+        reconnect_fraction: a.reconnect_fraction,
+        reconnect_away_ns: a.reconnect_away.as_nanos() as u64,
+        burst: a.recover_burst,
+    })
 }
 
 /// Warns about limits that would cap the run.
@@ -325,7 +409,8 @@ pub fn execute(
 ) -> Summary {
     let setup = Arc::new(setup);
     let threads = setup.threads;
-    let shared = Arc::new(Shared::new(threads));
+    let channels = setup.ps.as_ref().map_or(0, |p| p.cfg.channels.len());
+    let shared = Arc::new(Shared::new(threads, channels));
     let (tx, rx) = crossbeam_channel::unbounded::<Interval>();
     let run_start = (now_ns(), sys::cpu_ns());
     let mut handles = Vec::new();
@@ -391,6 +476,12 @@ pub fn execute(
     };
     let measure_start = t0 + setup.warmup_ns;
     let mut m0: Option<Sample> = None;
+    // Recovery burst: publications to wait for before everyone reconnects.
+    let burst_total = setup.ps.as_ref().and_then(|p| {
+        p.burst
+            .map(|b| b * p.cfg.channels.len() as u64 * p.publishers as u64)
+    });
+    let mut reconnect_at = 0u64;
     let m1 = loop {
         // Sleep rather than block in the channel: a blocking receive
         // spins and yields, stealing CPU from a worker on the same core.
@@ -402,6 +493,28 @@ pub fn execute(
         let now = now_ns();
         if m0.is_none() && now >= measure_start {
             m0 = Some(sample(&shared));
+        }
+        if let Some(total) = burst_total {
+            let acked = shared.sum(|w| &w.pub_acked);
+            if reconnect_at == 0 && (acked >= total || now >= send_end) {
+                reconnect_at = now;
+                shared.reconnect_at.store(now, Release);
+                if !common.quiet {
+                    eprintln!(
+                        "[burst] {acked} of {total} publications acknowledged, {} subscribers away: all reconnect now",
+                        shared.sum(|w| &w.dropped)
+                    );
+                }
+            }
+            if reconnect_at != 0 {
+                let back = shared.sum(|w| &w.resubscribed);
+                let away = shared.sum(|w| &w.dropped);
+                let limit = reconnect_at + setup.duration_ns.max(30 * SEC);
+                if back >= away || now >= limit {
+                    break sample(&shared);
+                }
+            }
+            continue;
         }
         if now >= send_end || shared.done_sending.load(Acquire) >= threads {
             break sample(&shared);
@@ -418,9 +531,15 @@ pub fn execute(
     });
 
     // Drain.
-    if matches!(setup.kind, Kind::Echo | Kind::Fanout) {
+    if matches!(setup.kind, Kind::Echo | Kind::Fanout | Kind::PubSub) {
         shared.phase.store(DRAINING, Release);
-        let drain_end = now_ns() + common.drain.as_nanos() as u64;
+        // Subscribers dropped near the end come back during the drain.
+        let away = setup
+            .ps
+            .as_ref()
+            .filter(|p| p.reconnect_every_ns > 0)
+            .map_or(0, |p| p.reconnect_away_ns + 2 * SEC);
+        let drain_end = now_ns() + (common.drain.as_nanos() as u64).max(away);
         loop {
             std::thread::sleep(Duration::from_millis(2));
             while let Ok(iv) = rx.try_recv() {
@@ -429,7 +548,11 @@ pub fn execute(
             progress.print_ready(&shared, false);
             let delivered = shared.sum(|w| &w.delivered);
             let expected = shared.sum(|w| &w.expected);
-            if now_ns() >= drain_end || delivered >= expected {
+            // pubsub: a publication is expected once its ack arrives, and
+            // deliveries may overtake the ack: wait for all acks too.
+            let acked = setup.kind != Kind::PubSub
+                || shared.sum(|w| &w.pub_acked) >= shared.sum(|w| &w.sent);
+            if now_ns() >= drain_end || (delivered >= expected && acked) {
                 break;
             }
         }
@@ -609,6 +732,63 @@ pub fn execute(
         nofile_hard: limits.1,
     };
 
+    if let Some(ps) = &setup.ps {
+        let r = pubsub_report(ps, &results, &shared, reconnect_at);
+        let m = &mut s.messages;
+        m.size = 0;
+        m.expected = r.expected;
+        m.delivered_unique = r.delivered_unique;
+        m.lost = r.lost;
+        m.duplicated = r.duplicated;
+        m.reordered = r.reordered;
+        m.misrouted = r.misrouted;
+        m.corrupted = r.foreign;
+        let bad = r.lost + r.duplicated + r.reordered + r.misrouted + r.foreign;
+        m.error_ratio = if r.expected > 0 {
+            bad as f64 / r.expected as f64
+        } else if bad > 0 {
+            1.0
+        } else {
+            0.0
+        };
+        if !r.errors.is_empty() {
+            let n: u64 = r.errors.values().sum();
+            s.problems
+                .push(format!("{n} error replies (see pubsub errors)"));
+        }
+        if r.subscribe_ok < r.subscriptions_planned {
+            s.problems.push(format!(
+                "{} of {} subscriptions succeeded",
+                r.subscribe_ok, r.subscriptions_planned
+            ));
+        }
+        if r.offset_gaps + r.offset_repeats > 0 {
+            s.problems.push(format!(
+                "offset continuity: {} gaps, {} repeats",
+                r.offset_gaps, r.offset_repeats
+            ));
+        }
+        if let Some(rc) = &r.recovery {
+            if rc.recovered_false > 0 {
+                s.problems
+                    .push(format!("{} resubscribes not recovered", rc.recovered_false));
+            }
+            if rc.resubscribed < rc.drops {
+                s.problems.push(format!(
+                    "{} of {} dropped clients resubscribed",
+                    rc.resubscribed, rc.drops
+                ));
+            }
+        }
+        if r.bad_lines + r.unexpected_replies > 0 {
+            s.problems.push(format!(
+                "{} unreadable lines, {} unexpected replies",
+                r.bad_lines, r.unexpected_replies
+            ));
+        }
+        s.pubsub = Some(r);
+    }
+
     let c = &s.connections;
     if c.failed > 0 {
         s.problems
@@ -638,4 +818,98 @@ pub fn execute(
     }
     s.pass = s.problems.is_empty();
     s
+}
+
+/// Sums the workers' pubsub figures; loss per (publisher, channel) is
+/// acknowledged publications × subscriptions made in the connect phase −
+/// unique deliveries.
+fn pubsub_report(
+    ps: &PsSetup,
+    results: &[crate::worker::WorkerResult],
+    shared: &Shared,
+    reconnect_at: u64,
+) -> PubSubReport {
+    let c = ps.cfg.channels.len();
+    let n = c * ps.publishers;
+    let (mut unique, mut sent, mut acked) = (vec![0u64; n], vec![0u64; n], vec![0u64; n]);
+    let mut ack = new_hist();
+    let mut resub = new_hist();
+    let mut acc = crate::pubsub::track::SubAcc::default();
+    let mut r = PubSubReport {
+        subscribers: ps.subscribers,
+        publishers: ps.publishers,
+        channels: c,
+        ..Default::default()
+    };
+    let mut last_resub = 0u64;
+    let (mut drops, mut reconnects, mut resubscribed, mut retries) = (0, 0, 0, 0);
+    for w in results {
+        let Some(p) = &w.ps else { continue };
+        for i in 0..n {
+            unique[i] += p.unique_pk[i];
+            sent[i] += p.sent_pk[i];
+            acked[i] += p.acked_pk[i];
+        }
+        let _ = ack.add(&p.ack);
+        let _ = resub.add(&p.resub);
+        acc.add(&p.acc);
+        let st = &p.st;
+        r.subscriptions_planned += p.subscriptions;
+        r.connect_ok += st.connect_ok;
+        r.publish_ok += st.publish_ok;
+        r.publish_errors += st.publish_err;
+        r.publish_unacked += st.publish_unacked;
+        r.pings_answered += st.pings;
+        r.bad_lines += st.bad_lines;
+        r.unexpected_replies += st.unexpected_replies;
+        r.unknown_channel += st.unknown_channel;
+        r.duplicated += p.dup;
+        r.reordered += p.reordered;
+        for (k, v) in &st.errors {
+            *r.errors.entry(k.clone()).or_insert(0) += v;
+        }
+        for (k, v) in &st.other_pushes {
+            *r.other_pushes.entry(k.clone()).or_insert(0) += v;
+        }
+        drops += st.drops;
+        reconnects += st.reconnects;
+        retries += st.retries;
+        resubscribed += st.resubscribe_ok;
+        last_resub = last_resub.max(st.last_resub_ns);
+    }
+    let subs: Vec<u64> = shared.ps_subs.iter().map(|a| a.load(Acquire)).collect();
+    for i in 0..n {
+        let k = i % c;
+        let e = acked[i] * subs[k];
+        r.expected += e;
+        r.lost += e.saturating_sub(unique[i]);
+        r.delivered_unique += unique[i];
+    }
+    r.publish_sent = sent.iter().sum();
+    r.subscribe_ok = subs.iter().sum();
+    r.subscriptions_per_channel_min = subs.iter().copied().min().unwrap_or(0);
+    r.subscriptions_per_channel_max = subs.iter().copied().max().unwrap_or(0);
+    r.ack_latency = Lat::from_hist(&ack);
+    r.misrouted = acc.misrouted;
+    r.foreign = acc.foreign;
+    r.offset_gaps = acc.offset_gaps;
+    r.offset_repeats = acc.offset_repeats;
+    r.history_on_subscribe = acc.history_on_subscribe;
+    if ps.reconnect_every_ns > 0 || ps.burst.is_some() {
+        r.recovery = Some(Recovery {
+            drops,
+            reconnects,
+            retries,
+            resubscribed,
+            recovered_true: acc.recovered_true,
+            recovered_false: acc.recovered_false,
+            recovered_publications: acc.recovered_pubs,
+            epoch_changes: acc.epoch_changes,
+            resubscribe_latency: Lat::from_hist(&resub),
+            burst_per_channel: ps.burst.map(|b| b * ps.publishers as u64),
+            time_to_recover_all_s: (ps.burst.is_some() && reconnect_at > 0 && last_resub > 0)
+                .then(|| last_resub.saturating_sub(reconnect_at) as f64 / 1e9),
+        });
+    }
+    r
 }

@@ -36,6 +36,7 @@ pub fn run(size: usize, time: std::time::Duration) -> SelftestResult {
         publisher: None,
         tracks: true,
         churn: false,
+        channels: Vec::new(),
     };
     let mut c = ConnCore::new(&plan, 1, 1, 0);
     c.state = State::Open;
@@ -68,8 +69,84 @@ pub fn run(size: usize, time: std::time::Duration) -> SelftestResult {
     }
 }
 
+/// The same for the pubsub scenario: text frames each holding one
+/// `{"push":{"channel":…,"pub":{"data":…,"info":…,"offset":…}}}` line (as
+/// the relay sends a client's publication), through the protocol client: JSON scan, channel lookup,
+/// offset and sequence accounting, latency histogram.
+pub fn run_pubsub(time: std::time::Duration) -> SelftestResult {
+    use crate::pubsub::client::{Phase, PsClient, PsConfig, PsTls, TokenMode};
+    use crate::pubsub::track::SubTrack;
+    use std::sync::atomic::AtomicU64;
+    use std::sync::Arc;
+    let cfg = Arc::new(PsConfig {
+        channels: vec!["chat:c0".into()],
+        publishers: 1,
+        pad_to: 0,
+        token: TokenMode::None,
+    });
+    let now = now_ns();
+    let mut wire = Vec::new();
+    let mut n = 0u64;
+    while wire.len() < 65536 - 256 {
+        let line = format!(
+            r#"{{"push":{{"channel":"chat:c0","pub":{{"data":{{"p":0,"k":0,"s":{n},"t":{now}}},"info":{{"user":"load-1000","client":"686c168728cfcacb-3681"}},"offset":{}}}}}}}"#,
+            n + 1
+        );
+        encode_frame(true, OpCode::Text, line.as_bytes(), &mut wire);
+        n += 1;
+    }
+    let plan = Plan {
+        global: 0,
+        path: "/connection/websocket".into(),
+        room: 0,
+        publisher: None,
+        tracks: false,
+        churn: false,
+        channels: vec![0],
+    };
+    let mut c = ConnCore::new(&plan, 1, 1, 0);
+    c.state = State::Open;
+    let mut client = PsClient::new(&cfg, &[0], None, None);
+    client.phase = Phase::Ready;
+    let fresh = SubTrack::new(0, 1);
+    c.ps = Some(Box::new(client));
+    let mut t = Tls::new(64, 1, vec![1], 1);
+    t.ps = Some(PsTls::new(cfg, Arc::new(vec![AtomicU64::new(0)])));
+    let mut rbuf = vec![0u8; 256 << 10];
+    let start = now_ns();
+    let cpu0 = sys::cpu_ns();
+    let deadline = start + time.as_nanos() as u64;
+    let mut passes = 0u64;
+    loop {
+        rbuf[..wire.len()].copy_from_slice(&wire);
+        let fed = feed(&mut c, &mut rbuf[..wire.len()], now_ns(), &mut t);
+        assert_eq!(fed.consumed, wire.len());
+        if let Some(p) = c.ps.as_mut() {
+            p.subs[0] = fresh.clone();
+        }
+        passes += 1;
+        if passes & 15 == 0 && now_ns() >= deadline {
+            break;
+        }
+    }
+    let secs = (now_ns() - start) as f64 / 1e9;
+    let msgs = passes * n;
+    assert_eq!(t.stats.delivered, msgs);
+    SelftestResult {
+        messages: msgs,
+        secs,
+        cpu_secs: (sys::cpu_ns() - cpu0) as f64 / 1e9,
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn pubsub_selftest_counts_every_push() {
+        let r = super::run_pubsub(std::time::Duration::from_millis(50));
+        assert!(r.messages > 100);
+    }
+
     #[test]
     fn selftest_runs_and_counts() {
         let r = super::run(64, std::time::Duration::from_millis(50));

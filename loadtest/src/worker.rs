@@ -18,8 +18,11 @@ use std::sync::Arc;
 use wsrelay::protocol::ClientHandshake;
 
 mod connect;
+mod pubsub;
 mod readiness;
 mod schedule;
+
+pub use pubsub::PsResult;
 
 pub const CONNECTING: u8 = 0;
 pub const RUNNING: u8 = 1;
@@ -52,6 +55,9 @@ pub struct WorkerAtomics {
     pub lost_conns: AtomicU64,
     pub open_now: AtomicU64,
     pub cycles: AtomicU64,
+    pub pub_acked: AtomicU64,
+    pub resubscribed: AtomicU64,
+    pub dropped: AtomicU64,
 }
 
 impl WorkerAtomics {
@@ -68,6 +74,9 @@ impl WorkerAtomics {
         self.lost_conns.store(s.lost_conns, Relaxed);
         self.open_now.store(s.open_now, Relaxed);
         self.cycles.store(s.cycles, Relaxed);
+        self.pub_acked.store(s.pub_acked, Relaxed);
+        self.resubscribed.store(s.resubscribed, Relaxed);
+        self.dropped.store(s.dropped, Relaxed);
     }
 }
 
@@ -82,10 +91,14 @@ pub struct Shared {
     /// Workers that stopped sending (time or budget).
     pub done_sending: AtomicUsize,
     pub w: Vec<WorkerAtomics>,
+    /// pubsub: subscriptions per channel made in the connect phase.
+    pub ps_subs: Arc<Vec<AtomicU64>>,
+    /// pubsub recovery burst: when the dropped clients reconnect (0: not yet).
+    pub reconnect_at: AtomicU64,
 }
 
 impl Shared {
-    pub fn new(threads: usize) -> Shared {
+    pub fn new(threads: usize, channels: usize) -> Shared {
         Shared {
             phase: AtomicU8::new(CONNECTING),
             t0: AtomicU64::new(0),
@@ -93,6 +106,8 @@ impl Shared {
             ready: AtomicUsize::new(0),
             done_sending: AtomicUsize::new(0),
             w: (0..threads).map(|_| WorkerAtomics::default()).collect(),
+            ps_subs: Arc::new((0..channels).map(|_| AtomicU64::new(0)).collect()),
+            reconnect_at: AtomicU64::new(0),
         }
     }
 
@@ -128,6 +143,7 @@ pub struct WorkerResult {
     pub unclean: BTreeMap<String, u64>,
     pub first_attempt_ns: u64,
     pub last_open_ns: u64,
+    pub ps: Option<PsResult>,
 }
 
 struct Conn {
@@ -184,6 +200,13 @@ pub struct Worker {
     first_attempt: u64,
     last_open: u64,
     now: u64,
+    /// pubsub: clients parked while their connection is down (by plan).
+    parked: Vec<Option<Box<crate::pubsub::client::PsClient>>>,
+    /// pubsub: next periodic drop, rotating cursor, burst progress.
+    next_drop: u64,
+    drop_cursor: usize,
+    burst_dropped: bool,
+    burst_reconnected: bool,
 }
 
 fn bump(map: &mut BTreeMap<String, u64>, key: String) {
@@ -216,6 +239,12 @@ impl Worker {
         t.fin_wait_ns = setup.fin_wait_ns;
         t.skip_own = setup.skip_own;
         t.set_format(setup.format);
+        if let Some(ps) = &setup.ps {
+            t.ps = Some(crate::pubsub::client::PsTls::new(
+                ps.cfg.clone(),
+                shared.ps_subs.clone(),
+            ));
+        }
         let queue = if setup.kind == Kind::Churn {
             VecDeque::new()
         } else {
@@ -266,6 +295,11 @@ impl Worker {
             first_attempt: 0,
             last_open: 0,
             now: now_ns(),
+            parked: (0..plans.len()).map(|_| None).collect(),
+            next_drop: u64::MAX,
+            drop_cursor: 0,
+            burst_dropped: false,
+            burst_reconnected: false,
             plans,
             setup,
             shared,
@@ -299,6 +333,9 @@ impl Worker {
                 let end = self.next_interval;
                 self.emit_interval(end);
                 self.next_interval += SEC;
+            }
+            if self.setup.kind == Kind::PubSub {
+                self.ps_tick(now);
             }
             if self.phase >= RUNNING && now >= self.next_pub_pass {
                 self.run_publishers(now);
@@ -385,6 +422,13 @@ impl Worker {
         if self.phase == CLOSING {
             next = next.min(self.close_deadline);
         }
+        if self.setup.kind == Kind::PubSub && self.phase >= RUNNING && self.phase < CLOSING {
+            next = next.min(self.next_drop);
+            if self.burst_dropped && !self.burst_reconnected {
+                // Watch for the coordinator's go.
+                next = next.min(self.now + 1_000_000);
+            }
+        }
         next
     }
 
@@ -393,6 +437,8 @@ impl Worker {
             Kind::Churn => {
                 self.phase == RUNNING && self.now < self.send_end && self.cycle_budget > 0
             }
+            // Reconnects go on through the drain.
+            Kind::PubSub => self.phase < CLOSING,
             _ => self.phase == CONNECTING,
         }
     }
@@ -403,8 +449,9 @@ impl Worker {
             self.send_end = self.shared.send_end.load(Acquire);
             self.t.send_end = self.send_end;
             self.t.may_send = self.t.budget > 0
-                && matches!(self.setup.kind, Kind::Echo | Kind::Fanout)
+                && matches!(self.setup.kind, Kind::Echo | Kind::Fanout | Kind::PubSub)
                 && self.send_end > self.t0;
+            self.ps_start_running();
             self.next_interval = self.t0 + SEC;
             for idx in 0..self.conns.len() {
                 self.schedule_sender(idx, false);
@@ -463,14 +510,16 @@ impl Worker {
         if !self.ready_signaled
             && (self.phase >= RUNNING
                 || self.setup.kind == Kind::Churn
-                || (self.queue.is_empty() && self.pending == 0))
+                || (self.queue.is_empty()
+                    && self.pending == 0
+                    && self.t.ps.as_ref().is_none_or(|p| p.setting_up == 0)))
         {
             self.ready_signaled = true;
             self.shared.ready.fetch_add(1, AcqRel);
         }
         if !self.done_signaled && self.phase >= RUNNING {
             let exhausted = match self.setup.kind {
-                Kind::Echo | Kind::Fanout => self.t.budget == 0,
+                Kind::Echo | Kind::Fanout | Kind::PubSub => self.t.budget == 0,
                 Kind::Churn => self.cycle_budget == 0 && self.t.stats.cycles >= self.cycles_started,
                 Kind::Connect => false,
             };
@@ -487,13 +536,23 @@ impl Worker {
         };
         let _ = self.poll.registry().deregister(&mut conn.stream);
         self.free.push(idx);
-        let c = conn.core;
+        let mut c = conn.core;
         let now = now_ns();
+        if let Some(mut ps) = c.ps.take() {
+            ps.reset(&mut self.t);
+            self.parked[conn.plan] = Some(ps);
+        }
         if c.state != State::Open {
             self.pending -= 1;
         } else {
             self.t.stats.open_now -= 1;
         }
+        // 1: failed to open, 2: lost (pubsub reconnect modes retry both).
+        let removal_kind = match &removal {
+            Removal::Failed(_) => 1,
+            Removal::Lost(_) => 2,
+            _ => 0,
+        };
         match removal {
             Removal::Failed(r) => {
                 self.t.stats.failed += 1;
@@ -509,8 +568,9 @@ impl Worker {
                 bump(&mut self.unclean, r);
             }
             Removal::Abandoned => {}
+            Removal::Dropped => self.t.stats.dropped += 1,
         }
-        if let Some(s) = &c.sender {
+        if let (Some(s), false) = (&c.sender, self.setup.kind == Kind::PubSub) {
             // Messages still queued here never reached the server: they
             // are not owed to anyone. All data frames of a run have one
             // size, so the queue's length tells how many there are.
@@ -540,6 +600,9 @@ impl Worker {
         }
         if c.churn && !c.cycle_done {
             self.retry_churn(conn.plan, now);
+        }
+        if matches!(removal_kind, 1 | 2) {
+            self.ps_retry(conn.plan, now);
         }
     }
 
@@ -577,7 +640,9 @@ impl Worker {
             self.emit_interval(now);
         }
         self.shared.w[self.id].publish(&self.t.stats);
+        let ps = self.ps_result();
         WorkerResult {
+            ps,
             stats: self.t.stats,
             lag: self.lag,
             handshake: self.t.handshake,

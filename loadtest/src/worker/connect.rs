@@ -103,6 +103,9 @@ impl Worker {
         self.gen = self.gen.wrapping_add(1);
         let mut core = ConnCore::new(&self.plans[pi], self.gen, self.setup.pubs_per_room, now);
         core.deadline_ns = now + self.setup.connect_timeout_ns;
+        if self.setup.kind == Kind::PubSub {
+            self.ps_attach(pi, &mut core, now);
+        }
         self.conns[idx] = Some(Conn {
             stream,
             plan: pi,

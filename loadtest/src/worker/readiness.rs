@@ -145,7 +145,16 @@ impl Worker {
 
     pub(super) fn on_open(&mut self, idx: usize, now: u64) {
         self.pending -= 1;
-        self.last_open = now;
+        if self.phase == CONNECTING || self.setup.kind != Kind::PubSub {
+            // (pubsub reconnects are not part of the connect phase.)
+            self.last_open = now;
+        }
+        if let Some(conn) = self.conns[idx].as_mut() {
+            if let Some(ps) = conn.core.ps.as_mut() {
+                ps.start(&mut self.t, &mut conn.core.out);
+                self.mark_dirty(idx);
+            }
+        }
         if self.setup.kind == Kind::Churn {
             let Some(conn) = self.conns[idx].as_mut() else {
                 return;

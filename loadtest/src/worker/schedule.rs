@@ -29,6 +29,35 @@ impl Worker {
                     self.t.send(&mut c.out, s.id, s.seq, c.room, now);
                     s.seq += 1;
                 }
+            } else if let Some(ps) = c.ps.as_mut() {
+                let (mut retry, mut refused) = (false, false);
+                loop {
+                    let at = s.intended(s.seq);
+                    if at > now || at >= send_end || !self.t.may_send || ps.budget == 0 {
+                        break;
+                    }
+                    if !ps.ready() {
+                        // Still connecting: try again shortly. Refused:
+                        // this publisher is done.
+                        refused = ps.phase == crate::pubsub::client::Phase::Failed;
+                        retry = !refused;
+                        break;
+                    }
+                    if c.out.len() - c.out_pos >= OUT_CAP {
+                        s.blocked = true;
+                        break;
+                    }
+                    ps.publish(s.seq, at, &mut self.t, &mut c.out);
+                    self.lag.saturating_record((now - at).max(1));
+                    s.seq += 1;
+                }
+                if !s.blocked && !refused && self.t.may_send && ps.budget > 0 {
+                    let at = s.intended(s.seq);
+                    if at < send_end {
+                        let at = if retry { at.max(now + 1_000_000) } else { at };
+                        self.heap.push(Reverse((at, idx, gen)));
+                    }
+                }
             } else {
                 loop {
                     let at = s.intended(s.seq);
