@@ -206,6 +206,9 @@ impl Handler for Relay {
         }
         let echo = match route {
             Ok(WsRoute::Echo) => true,
+            // The pub/sub client is fuzzed on its own (`pubsub_client`);
+            // here it is a connection that receives.
+            Ok(WsRoute::PubSub) => false,
             Ok(WsRoute::Room {
                 role: MemberRole::Subscriber,
                 ..
@@ -380,6 +383,7 @@ fn check_route(path: &str, query: Option<&str>) -> Result<WsRoute, RejectReason>
     let route = ws_route(path, query, MAX_ROOM);
     match &route {
         Ok(WsRoute::Echo) => assert_eq!(path, "/echo"),
+        Ok(WsRoute::PubSub) => assert_eq!(path, "/connection/websocket"),
         Ok(WsRoute::Room { name, role }) => {
             assert!(valid_room_name(name, MAX_ROOM), "room {name:?}");
             assert_eq!(path.strip_prefix("/rooms/"), Some(name.as_str()));
