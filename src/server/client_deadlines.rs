@@ -85,7 +85,6 @@ mod tests {
             expires_at,
             presence: false,
             join_leave: false,
-            chan_info: None,
             server_side: false,
         }
     }

@@ -118,9 +118,11 @@ impl Client {
             expires_at,
             presence: opts.presence,
             join_leave: opts.join_leave,
-            chan_info,
             server_side: false,
         });
+        if let Some(c) = chan_info {
+            self.chan_infos.push((room_id, c));
+        }
         x.metrics.namespaces[x.hub.channel_slot(channel)]
             .subscribes
             .inc();
@@ -193,6 +195,7 @@ impl Client {
             }
         }
         x.rooms.unsubscribe_later(room_id, sub.slot);
+        self.chan_infos.retain(|(r, _)| *r != room_id);
     }
 
     /// Presence leave and leave push of one subscription.
@@ -211,7 +214,11 @@ impl Client {
             hub.presence.leave(channel, &self.id);
         }
         if sub.join_leave {
-            rooms.join_leave(sub.room_id, false, self.info_json(sub.chan_info.as_ref()));
+            rooms.join_leave(
+                sub.room_id,
+                false,
+                self.info_json(self.chan_info(sub.room_id)),
+            );
         }
     }
 
@@ -240,7 +247,7 @@ impl Client {
             .map_err(|_| ErrorCode::LimitExceeded)?;
         let info = self.subs.iter().find(|s| s.room_id == room_id).map_or_else(
             || self.info_json(None),
-            |s| self.info_json(s.chan_info.as_ref()),
+            |s| self.info_json(self.chan_info(s.room_id)),
         );
         x.rooms.publish_json(room_id, data, Some(info));
         x.metrics.namespaces[x.hub.namespace_slot(name.namespace())]
