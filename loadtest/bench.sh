@@ -19,6 +19,10 @@
 #
 # Scenarios: echo echo-large fanout-1k fanout-10k rooms-100x100 idle-echo idle-rooms churn
 #            fanout-1k-8000 (wsrelay and wsrelay-w2 only, unless a custom server)
+#            pub/sub (Centrifugo protocol, wsrelay and wsrelay-w2 only: the peers do not speak it):
+#            pubsub-fanout-1k (as fanout-1k, channel without history), pubsub-fanout-1k-history
+#            (channel with history: offsets, sequencing), idle-pubsub (10,000 connections x 10
+#            subscriptions), pubsub-recover-1k (1,000 clients miss 100 publications, reconnect at once)
 #
 # Output (--out DIR, default target/bench/<date>): json/<scenario>__<server>__<run>.json (the generator's
 # --json), runs.tsv (one line per run), summary.tsv and summary.json (medians), summary.md (the table).
@@ -39,7 +43,7 @@ RATE_ROOMS=2000       # total msgs/s for rooms-100x100 (x 99 other members = ~19
 IDLE_CONNS=15000
 BASE_PORT=${BENCH_BASE_PORT:-24400}
 OUT=""
-SCENARIOS="echo,echo-large,fanout-1k,fanout-10k,rooms-100x100,idle-echo,idle-rooms,churn,fanout-1k-8000"
+SCENARIOS="echo,echo-large,fanout-1k,fanout-10k,rooms-100x100,idle-echo,idle-rooms,churn,fanout-1k-8000,pubsub-fanout-1k,pubsub-fanout-1k-history,idle-pubsub,pubsub-recover-1k"
 SERVERS=()
 BUILD=1
 
@@ -84,14 +88,38 @@ if [[ $BUILD -eq 1 ]]; then
     (cd "$ROOT" && cargo build --release -p wsrelay -p wsrelay-load 2>&1 | tail -1)
 fi
 
+# The relay's configuration for the pub/sub scenarios (no effect on the raw ones: channels
+# without a namespace keep the defaults). `bench`: no history; `hist`: history and recovery.
+RELAY_CONF=$OUT/wsrelay-bench.toml
+cat >"$RELAY_CONF" <<'TOML'
+allow_anonymous_connect_without_token = true
+
+[[namespaces]]
+name = "bench"
+allow_subscribe_for_client = true
+allow_subscribe_for_anonymous = true
+allow_publish_for_client = true
+allow_publish_for_anonymous = true
+
+[[namespaces]]
+name = "hist"
+history_size = 1000
+history_ttl = "300s"
+force_recovery = true
+allow_subscribe_for_client = true
+allow_subscribe_for_anonymous = true
+allow_publish_for_client = true
+allow_publish_for_anonymous = true
+TOML
+
 # ---- servers -----------------------------------------------------------------------------------
 declare -A CMD PIN
 CUSTOM_N=0
 SERVER_NAMES=()
 for s in "${SERVERS[@]}"; do
     case "$s" in
-        wsrelay) CMD[$s]="$RELAY --listen 127.0.0.1:{port} --workers 1 --stats-interval 0 --log-level warn"; PIN[$s]=1 ;;
-        wsrelay-w2) CMD[$s]="$RELAY --listen 127.0.0.1:{port} --workers 2 --stats-interval 0 --log-level warn"; PIN[$s]=0 ;;
+        wsrelay) CMD[$s]="$RELAY --config $RELAY_CONF --listen 127.0.0.1:{port} --workers 1 --stats-interval 0 --log-level warn"; PIN[$s]=1 ;;
+        wsrelay-w2) CMD[$s]="$RELAY --config $RELAY_CONF --listen 127.0.0.1:{port} --workers 2 --stats-interval 0 --log-level warn"; PIN[$s]=0 ;;
         tt-peer) CMD[$s]="$PEERS/tokio-tungstenite/target/release/tt-peer --port {port}"; PIN[$s]=1 ;;
         tt-peer-readbuf4096) CMD[$s]="$PEERS/tokio-tungstenite/target/release/tt-peer --port {port} --read-buf 4096"; PIN[$s]=1 ;;
         node-ws) CMD[$s]="node $PEERS/node-ws/server.js --port {port}"; PIN[$s]=1 ;;
@@ -107,12 +135,19 @@ done
 skip_reason() { # server scenario -> prints a reason, or nothing
     local s=$1 sc=$2
     case "$s" in
-        wsrelay-w2) [[ $sc == fanout-1k || $sc == fanout-1k-8000 ]] || echo "two-worker comparison runs fan-out only" ;;
+        wsrelay-w2) case "$sc" in
+                fanout-1k|fanout-1k-8000|pubsub-fanout-1k|pubsub-fanout-1k-history) ;;
+                *) echo "two-worker comparison runs fan-out only" ;;
+            esac ;;
         go-gorilla) case "$sc" in
                 fanout*|rooms*) echo "coalesces queued room messages into one frame: deliveries not comparable" ;;
             esac ;;
         wsrelay) ;;
         tt-peer|tt-peer-readbuf4096|node-ws) [[ $sc == fanout-1k-8000 ]] && echo "two-worker comparison is wsrelay only" ;;
+    esac
+    case "$s:$sc" in
+        wsrelay:*pubsub*|wsrelay-w2:*pubsub*) ;;
+        *:*pubsub*) echo "does not speak the pub/sub protocol" ;;
     esac
     return 0
 }
@@ -130,6 +165,10 @@ scenario_args() { # scenario -> generator subcommand arguments
         idle-echo) echo "connect -c $IDLE_CONNS --path /echo --duration 3s --connect-rate 5000" ;;
         idle-rooms) echo "connect -c $IDLE_CONNS --path /rooms/idle --duration 3s --connect-rate 5000" ;;
         churn) echo "churn -c 20 --duration $d" ;;
+        pubsub-fanout-1k) echo "pubsub --conns 1000 --subs 1 --channels 1 --publishers 1 --rate 2000 --size 64 --namespace bench --duration $d --warmup 1s --drain 2s" ;;
+        pubsub-fanout-1k-history) echo "pubsub --conns 1000 --subs 1 --channels 1 --publishers 1 --rate 2000 --size 64 --namespace hist --duration $d --warmup 1s --drain 2s" ;;
+        idle-pubsub) echo "pubsub --conns 10000 --subs 10 --channels 1000 --publishers 1 --rate 1 --namespace bench --duration 3s --connect-rate 5000" ;;
+        pubsub-recover-1k) echo "pubsub --conns 1000 --subs 1 --channels 1 --publishers 1 --rate 2000 --namespace hist --recover-burst 100 --duration 10s" ;;
         *) echo "unknown scenario '$1'" >&2; exit 2 ;;
     esac
 }
@@ -196,7 +235,9 @@ run_one() { # scenario server run
         gen=("$GEN" --threads 2)
     fi
     # shellcheck disable=SC2046
-    timeout 180 "${gen[@]}" --url "ws://127.0.0.1:$PORT" -q --json "$json" \
+    local path=""
+    [[ $sc == *pubsub* ]] && path=/connection/websocket
+    timeout 180 "${gen[@]}" --url "ws://127.0.0.1:$PORT$path" -q --json "$json" \
         $(scenario_args "$sc") >"$log.gen" 2>&1 &
     local gpid=$!
     while kill -0 "$gpid" 2>/dev/null; do
@@ -257,6 +298,15 @@ def metrics(sc, row):
         m["RSS B/conn"] = growth / est if est else None
         m["dropped while idle"] = con["lost"]
         m["handshake p99 ms"] = con["handshake_latency"]["p99_us"] / 1000
+    elif sc == "pubsub-recover-1k":
+        rec = d["pubsub"]["recovery"]
+        m["time to recover all ms"] = rec["time_to_recover_all_s"] * 1000
+        m["recovered"] = rec["recovered_true"]
+        m["not recovered"] = rec["recovered_false"]
+        m["publications recovered"] = rec["recovered_publications"]
+        m["gaps"] = d["pubsub"]["offset_gaps"]
+        m["duplicates"] = d["pubsub"]["duplicated"]
+        m["resubscribe p99 ms"] = rec["resubscribe_latency"]["p99_us"] / 1000
     elif sc == "churn":
         m["handshakes/s"] = d["churn"]["cycles_per_s"]
         m["cycle p99 ms"] = d["churn"]["cycle_latency"]["p99_us"] / 1000
