@@ -42,7 +42,7 @@ use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 /// Token settings; field names are Centrifugo's config keys. Empty strings count as unset.
 #[derive(Debug, Clone, Default)]

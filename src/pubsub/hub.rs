@@ -289,3 +289,63 @@ fn metric_slots(names: &[&String]) -> (HashMap<String, usize>, Vec<String>) {
     }
     (slots, labels)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pubsub::auth::tests::ec_pair;
+
+    #[test]
+    fn public_keys_are_read_from_pem_files() {
+        let pair = ec_pair(0);
+        let path =
+            std::env::temp_dir().join(format!("wsrelay-hub-test-{}.pem", std::process::id()));
+        std::fs::write(&path, &pair.public_pem).unwrap();
+        let c = Config {
+            token_ecdsa_public_key: path.to_string_lossy().into_owned(),
+            ..Config::default()
+        };
+        let hub = Hub::new(&c).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let token = jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256),
+            &serde_json::json!({"sub": "alice"}),
+            &jsonwebtoken::EncodingKey::from_ec_pem(pair.private_pem.as_bytes()).unwrap(),
+        )
+        .unwrap();
+        let claims = hub
+            .verifier
+            .verify_connect(&token, Hub::unix_secs())
+            .unwrap();
+        assert_eq!(claims.user, "alice");
+        // PEM text works as well as a path.
+        let c = Config {
+            token_ecdsa_public_key: pair.public_pem.clone(),
+            ..Config::default()
+        };
+        assert!(Hub::new(&c).is_ok());
+    }
+
+    #[test]
+    fn a_missing_pem_file_is_a_start_error_naming_the_key() {
+        let c = Config {
+            token_rsa_public_key: "/nonexistent/key.pem".into(),
+            ..Config::default()
+        };
+        let e = Hub::new(&c).err().expect("refused");
+        assert_eq!(e.key, "token_rsa_public_key");
+        assert!(e.reason.contains("/nonexistent/key.pem"), "{}", e.reason);
+    }
+
+    #[test]
+    fn namespace_metric_slots_are_bounded() {
+        let names: Vec<String> = (0..40).map(|i| format!("ns{i}")).collect();
+        let refs: Vec<&String> = names.iter().collect();
+        let (slots, labels) = metric_slots(&refs);
+        assert_eq!(labels.len(), crate::metrics::NAMESPACE_SLOTS);
+        assert_eq!(labels[0], "");
+        assert_eq!(labels.last().unwrap(), "other");
+        assert_eq!(slots["ns0"], 1);
+        assert_eq!(slots["ns39"], crate::metrics::NAMESPACE_SLOTS - 1);
+    }
+}

@@ -11,9 +11,9 @@ use super::*;
 const SECRET: &str = "test-secret-not-for-production";
 const NOW: u64 = 1_700_000_000;
 
-struct KeyPair {
-    private_pem: String,
-    public_pem: String,
+pub(crate) struct KeyPair {
+    pub(crate) private_pem: String,
+    pub(crate) public_pem: String,
 }
 
 fn rsa_pair(which: usize) -> &'static KeyPair {
@@ -35,7 +35,7 @@ fn rsa_pair(which: usize) -> &'static KeyPair {
     })[which]
 }
 
-fn ec_pair(which: usize) -> &'static KeyPair {
+pub(crate) fn ec_pair(which: usize) -> &'static KeyPair {
     static KEYS: OnceLock<Vec<KeyPair>> = OnceLock::new();
     &KEYS.get_or_init(|| {
         use p256::elliptic_curve::Generate;
