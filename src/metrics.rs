@@ -90,6 +90,65 @@ pub struct WorkerMetrics {
     pub pubsub_connect_refusals: Counter,
     /// Per channel namespace (slot 0: no namespace; see `Hub::namespace_slot`).
     pub namespaces: [NamespaceCounters; NAMESPACE_SLOTS],
+    /// Connections refused for their PROXY header, by [`ProxyRefusal`].
+    pub proxy_refusals: [Counter; ProxyRefusal::ALL.len()],
+    /// Client addresses taken from a trusted proxy, by [`ForwardedSource`].
+    pub forwarded_clients: [Counter; ForwardedSource::ALL.len()],
+}
+
+/// Why a connection on a `proxy_protocol` listener was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyRefusal {
+    /// The TCP peer is not in `trusted_proxies` (answered 403).
+    UntrustedPeer,
+    /// The bytes are not a valid PROXY header (answered 400).
+    InvalidHeader,
+    /// No complete header within `proxy_header_timeout` (closed).
+    Timeout,
+    /// The peer closed after part of a header (closed).
+    Truncated,
+}
+
+impl ProxyRefusal {
+    pub const ALL: [ProxyRefusal; 4] = [
+        ProxyRefusal::UntrustedPeer,
+        ProxyRefusal::InvalidHeader,
+        ProxyRefusal::Timeout,
+        ProxyRefusal::Truncated,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            ProxyRefusal::UntrustedPeer => "untrusted_peer",
+            ProxyRefusal::InvalidHeader => "invalid_header",
+            ProxyRefusal::Timeout => "timeout",
+            ProxyRefusal::Truncated => "truncated",
+        }
+    }
+}
+
+/// Where a trusted proxy told us the client's address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForwardedSource {
+    ProxyProtocol,
+    XForwardedFor,
+    Forwarded,
+}
+
+impl ForwardedSource {
+    pub const ALL: [ForwardedSource; 3] = [
+        ForwardedSource::ProxyProtocol,
+        ForwardedSource::XForwardedFor,
+        ForwardedSource::Forwarded,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            ForwardedSource::ProxyProtocol => "proxy_protocol",
+            ForwardedSource::XForwardedFor => "x_forwarded_for",
+            ForwardedSource::Forwarded => "forwarded",
+        }
+    }
 }
 
 /// Namespaces with counters of their own; configured namespaces beyond
@@ -113,6 +172,14 @@ pub struct NamespaceCounters {
 }
 
 impl WorkerMetrics {
+    pub fn proxy_refusal(&self, why: ProxyRefusal) -> &Counter {
+        &self.proxy_refusals[why as usize]
+    }
+
+    pub fn forwarded(&self, source: ForwardedSource) -> &Counter {
+        &self.forwarded_clients[source as usize]
+    }
+
     pub fn rejection(&self, reason: RejectReason) -> &Counter {
         let i = RejectReason::ALL
             .iter()
@@ -353,6 +420,34 @@ pub fn render_prometheus(workers: &[&WorkerMetrics], gauges: &Gauges<'_>) -> Str
             "wsrelay_handshake_rejections_total{{reason=\"{}\",status=\"{}\"}} {v}",
             r.label(),
             r.status()
+        );
+    }
+    family(
+        &mut o,
+        "wsrelay_proxy_protocol_refusals_total",
+        "counter",
+        "Connections refused on a proxy_protocol listener, by reason.",
+    );
+    for r in ProxyRefusal::ALL {
+        let v: u64 = workers.iter().map(|w| w.proxy_refusal(r).get()).sum();
+        let _ = writeln!(
+            o,
+            "wsrelay_proxy_protocol_refusals_total{{reason=\"{}\"}} {v}",
+            r.label()
+        );
+    }
+    family(
+        &mut o,
+        "wsrelay_forwarded_clients_total",
+        "counter",
+        "Client addresses taken from a trusted proxy (PROXY headers, and requests with X-Forwarded-For or Forwarded), by source.",
+    );
+    for f in ForwardedSource::ALL {
+        let v: u64 = workers.iter().map(|w| w.forwarded(f).get()).sum();
+        let _ = writeln!(
+            o,
+            "wsrelay_forwarded_clients_total{{source=\"{}\"}} {v}",
+            f.label()
         );
     }
     for (name, help, pick) in [

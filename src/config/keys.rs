@@ -3,13 +3,14 @@
 //! `Default`, the TOML reader, the flags, the `WSRELAY_*` variables,
 //! `--print-config` and the docs table are all generated from it.
 
+use ipnet::IpNet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use toml::Value;
 
 use super::namespaces::{Namespace, Namespaces};
-use super::values::{Addr, Check, Count, Dur, Flag, Kind, Level, List, Policy, Size, Text};
+use super::values::{Addr, Check, Cidrs, Count, Dur, Flag, Kind, Level, List, Policy, Size, Text};
 use super::{ConfigError, RateLimitPolicy, SlowConsumerPolicy, LOG_LEVELS};
 use super::{MAX_ROOM_NAME_LIMIT, MAX_WORKERS};
 
@@ -128,6 +129,12 @@ config_keys! {
         "Max open connections per client IP, counted from accept (IPv6: per ipv6_prefix_len prefix); 0 = unlimited; beyond -> 429 and close";
     ipv6_prefix_len: u8 as Count<u8> = 64, Range(1, 128),
         "Per-IP limits group IPv6 clients by this prefix length (64 = one /64 per client)";
+    trusted_proxies: Vec<IpNet> as Cidrs = Vec::new(), Any,
+        "Proxies (CIDRs, comma-separated) whose X-Forwarded-For / Forwarded / PROXY header names the client; empty = trust none";
+    proxy_protocol: bool as Flag = false, Any,
+        "Every connection must start with a PROXY protocol v1 or v2 header, from a trusted_proxies address; otherwise it is refused";
+    proxy_header_timeout: Duration as Dur = Duration::from_secs(5), Range(ms(1), DAY),
+        "Time a connection has to send its PROXY header (proxy_protocol); then it is closed";
     max_request_head_bytes: usize as Size = 8 * KIB, Range(1, MIB),
         "Max HTTP request head size; beyond -> 431";
     max_request_headers: usize as Count<usize> = 64, Range(1, 1024),

@@ -320,6 +320,24 @@ impl Config {
         ChannelOptions::of(self)
             .check()
             .map_err(|m| ConfigError::keys("history_size", "history_ttl", m))?;
+        if self.proxy_protocol && self.trusted_proxies.is_empty() {
+            return Err(ConfigError::keys(
+                "proxy_protocol",
+                "trusted_proxies",
+                "PROXY headers are accepted only from trusted_proxies, which is empty, so every connection would be refused; list the proxies' addresses",
+            ));
+        }
+        if self.proxy_protocol && self.proxy_header_timeout > self.handshake_timeout {
+            return Err(ConfigError::keys(
+                "proxy_header_timeout",
+                "handshake_timeout",
+                format!(
+                    "is {} but the whole handshake (PROXY header included) must finish within handshake_timeout ({}); lower it or raise handshake_timeout",
+                    format_duration(self.proxy_header_timeout),
+                    format_duration(self.handshake_timeout)
+                ),
+            ));
+        }
         if self.rate_limit_burst != 0 && self.rate_limit_messages == 0 {
             return Err(ConfigError::keys(
                 "rate_limit_burst",

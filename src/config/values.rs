@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::str::FromStr;
 use std::time::Duration;
 
+use ipnet::IpNet;
 use toml::Value;
 
 use super::{RateLimitPolicy, SlowConsumerPolicy, LOG_LEVELS};
@@ -56,6 +57,9 @@ pub(crate) struct Text;
 pub(crate) struct Level;
 /// A `close | drop` policy enum.
 pub(crate) struct Policy<P>(PhantomData<P>);
+/// A list of IP networks (`10.0.0.0/8`, `::1/128`; a bare address is
+/// its own /32 or /128).
+pub(crate) struct Cidrs;
 
 impl Kind for Addr {
     type Value = SocketAddr;
@@ -276,6 +280,43 @@ where
     }
 }
 
+impl Kind for Cidrs {
+    type Value = Vec<IpNet>;
+    const TYPE: &'static str = "CIDR list";
+    const VALUE_NAME: &'static str = "CIDRS";
+    fn parse(s: &str) -> Result<Vec<IpNet>, String> {
+        List::parse(s)?.iter().map(|x| parse_cidr(x)).collect()
+    }
+    fn from_toml(v: &Value) -> Result<Vec<IpNet>, String> {
+        List::from_toml(v)?.iter().map(|x| parse_cidr(x)).collect()
+    }
+    fn to_toml(v: &Vec<IpNet>) -> Value {
+        Value::Array(v.iter().map(|n| Value::String(n.to_string())).collect())
+    }
+}
+
+/// `10.0.0.0/8`, `2001:db8::/32`, or a single address. Host bits set
+/// (`10.0.0.1/8`) are refused: such a typo would trust a whole network
+/// where one host was meant, or the other way round.
+fn parse_cidr(s: &str) -> Result<IpNet, String> {
+    let t = s.trim();
+    if let Ok(ip) = t.parse::<std::net::IpAddr>() {
+        return Ok(IpNet::from(ip));
+    }
+    let net: IpNet = t.parse().map_err(|_| {
+        format!(
+            "invalid network {s:?} (expected a CIDR such as 10.0.0.0/8 or ::1/128, or an address)"
+        )
+    })?;
+    if net.trunc() != net {
+        return Err(format!(
+            "invalid network {s:?}: host bits are set (did you mean {}?)",
+            net.trunc()
+        ));
+    }
+    Ok(net)
+}
+
 /// A value check declared with each key: what `validate` enforces, and what
 /// the docs table prints in its "range" column.
 pub(crate) enum Check<T: 'static> {
@@ -343,6 +384,7 @@ ordered_bound!(usize = 0, u32 = 0, u8 = 0, Duration = Duration::ZERO);
 impl Bound for bool {}
 impl Bound for String {}
 impl Bound for Vec<String> {}
+impl Bound for Vec<IpNet> {}
 impl Bound for SocketAddr {}
 impl Bound for SlowConsumerPolicy {}
 impl Bound for RateLimitPolicy {}

@@ -54,6 +54,11 @@ pub struct UpgradeRequest {
     /// Length of the request head; bytes after it belong to the frame
     /// decoder.
     pub head_len: usize,
+    /// Values of the `X-Forwarded-For` headers, in order (read only from
+    /// trusted proxies; see `forwarded`).
+    pub x_forwarded_for: Vec<String>,
+    /// Values of the `Forwarded` headers (RFC 7239), in order.
+    pub forwarded: Vec<String>,
 }
 
 impl UpgradeRequest {
@@ -260,6 +265,8 @@ pub fn parse_request(buf: &[u8], limits: &HandshakeLimits) -> Result<ParsedReque
     let mut key = None;
     let mut protocols = Vec::new();
     let mut extensions = Vec::new();
+    let mut x_forwarded_for = Vec::new();
+    let mut forwarded = Vec::new();
     for h in req.headers.iter() {
         let name = h.name;
         let value = String::from_utf8_lossy(h.value);
@@ -282,6 +289,10 @@ pub fn parse_request(buf: &[u8], limits: &HandshakeLimits) -> Result<ParsedReque
                     .map(|p| p.trim().to_string())
                     .filter(|p| !p.is_empty()),
             );
+        } else if name.eq_ignore_ascii_case("x-forwarded-for") {
+            x_forwarded_for.push(value.into_owned());
+        } else if name.eq_ignore_ascii_case("forwarded") {
+            forwarded.push(value.into_owned());
         } else if name.eq_ignore_ascii_case("sec-websocket-extensions") {
             extensions.extend(
                 value
@@ -348,6 +359,8 @@ pub fn parse_request(buf: &[u8], limits: &HandshakeLimits) -> Result<ParsedReque
         offered_protocols: protocols,
         offered_extensions: extensions,
         head_len,
+        x_forwarded_for,
+        forwarded,
     }))
 }
 

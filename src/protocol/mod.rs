@@ -10,9 +10,11 @@ pub mod assembler;
 pub mod client;
 pub mod close;
 pub mod error;
+pub mod forwarded;
 pub mod frame;
 pub mod handshake;
 pub mod mask;
+pub mod proxy;
 pub mod response;
 pub mod utf8;
 

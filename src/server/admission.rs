@@ -22,6 +22,12 @@ use std::sync::{Mutex, MutexGuard};
 pub struct IpKey([u8; 16]);
 
 impl IpKey {
+    /// A connection counted in the total only, its client not known yet
+    /// (a trusted proxy's connection before its PROXY header or first
+    /// request). Never the key of a real peer: `ff..` is multicast, which
+    /// cannot be a TCP peer, whatever the prefix length.
+    pub const PENDING: IpKey = IpKey([0xff; 16]);
+
     /// The counting key of `ip` with IPv6 addresses grouped by `prefix` bits.
     pub fn new(ip: IpAddr, prefix: u8) -> IpKey {
         match ip {
@@ -95,17 +101,54 @@ impl Admission {
         Ok(key)
     }
 
+    /// Counts a new connection whose client is not known yet (it comes
+    /// from a trusted proxy): in the total only, until [`Admission::rekey`].
+    pub fn admit_pending(&self) -> Result<IpKey, Refusal> {
+        if self.total.fetch_add(1, Ordering::AcqRel) >= self.max_connections {
+            self.total.fetch_sub(1, Ordering::AcqRel);
+            return Err(Refusal::Full);
+        }
+        Ok(IpKey::PENDING)
+    }
+
+    /// Moves a counted connection from `from` to the client `ip` (learnt
+    /// from a trusted proxy), or refuses it if `ip` is at its limit; the
+    /// connection then keeps `from` until it is released.
+    pub fn rekey(&self, from: IpKey, ip: IpAddr) -> Result<IpKey, Refusal> {
+        let to = IpKey::new(ip, self.ipv6_prefix);
+        if to == from || self.max_per_ip == 0 {
+            return Ok(to);
+        }
+        let mut per_ip = self.per_ip();
+        let n = per_ip.entry(to).or_insert(0);
+        if *n as usize >= self.max_per_ip {
+            if *n == 0 {
+                per_ip.remove(&to);
+            }
+            return Err(Refusal::PerIp);
+        }
+        *n += 1;
+        Self::uncount(&mut per_ip, from);
+        Ok(to)
+    }
+
+    fn uncount(per_ip: &mut HashMap<IpKey, u32>, key: IpKey) {
+        if key == IpKey::PENDING {
+            return;
+        }
+        if let Some(n) = per_ip.get_mut(&key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                per_ip.remove(&key);
+            }
+        }
+    }
+
     /// A counted connection ended.
     pub fn release(&self, key: IpKey) {
         self.total.fetch_sub(1, Ordering::AcqRel);
-        if self.max_per_ip > 0 {
-            let mut per_ip = self.per_ip();
-            if let Some(n) = per_ip.get_mut(&key) {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
-                    per_ip.remove(&key);
-                }
-            }
+        if self.max_per_ip > 0 && key != IpKey::PENDING {
+            Self::uncount(&mut self.per_ip(), key);
         }
     }
 
@@ -159,6 +202,53 @@ mod tests {
         a.release(k1);
         assert_eq!(a.open(), 1);
         a.admit(ip("10.0.0.3")).unwrap();
+    }
+
+    #[test]
+    fn pending_connections_count_in_the_total_only() {
+        let a = Admission::new(3, 1, 64);
+        let p1 = a.admit_pending().unwrap();
+        let p2 = a.admit_pending().unwrap();
+        assert_eq!((p1, a.open()), (IpKey::PENDING, 2));
+        assert!(a.per_ip().is_empty());
+        // Two clients behind the proxy: one slot each.
+        let k1 = a.rekey(p1, ip("203.0.113.1")).unwrap();
+        assert_eq!(a.rekey(p2, ip("203.0.113.1")), Err(Refusal::PerIp));
+        let k2 = a.rekey(p2, ip("::ffff:203.0.113.2")).unwrap();
+        assert_eq!(k2, IpKey::new(ip("203.0.113.2"), 64));
+        // A direct client at its limit is refused at accept as before.
+        assert_eq!(a.admit(ip("203.0.113.1")), Err(Refusal::PerIp));
+        assert_eq!(a.admit_pending(), Ok(IpKey::PENDING));
+        assert_eq!(a.admit_pending(), Err(Refusal::Full));
+        a.release(k1);
+        a.release(k2);
+        a.release(IpKey::PENDING);
+        assert_eq!(a.open(), 0);
+        assert!(a.per_ip().is_empty());
+    }
+
+    #[test]
+    fn rekey_moves_the_slot() {
+        let a = Admission::new(10, 1, 64);
+        let k = a.admit_pending().unwrap();
+        let k = a.rekey(k, ip("192.0.2.1")).unwrap();
+        // Same client again (a keep-alive connection's next request): no-op.
+        assert_eq!(a.rekey(k, ip("192.0.2.1")), Ok(k));
+        // Another client on the same proxy connection: the slot moves.
+        let k2 = a.rekey(k, ip("192.0.2.2")).unwrap();
+        a.admit_pending()
+            .and_then(|p| a.rekey(p, ip("192.0.2.1")))
+            .unwrap();
+        assert_eq!(a.per_ip().len(), 2);
+        a.release(k2);
+        assert_eq!(a.per_ip().len(), 1);
+        // Unlimited per IP: keys only.
+        let u = Admission::new(10, 0, 64);
+        let p = u.admit_pending().unwrap();
+        assert_eq!(
+            u.rekey(p, ip("192.0.2.1")),
+            Ok(IpKey::new(ip("192.0.2.1"), 64))
+        );
     }
 
     #[test]

@@ -58,7 +58,9 @@ pub struct Connection {
     /// Distinguishes this connection from earlier ones in the same slab
     /// slot; part of the mio token, so stale events are recognised.
     pub generation: u32,
-    /// Admission key (counted against the global and per-IP limits).
+    /// Admission key (counted against the global and per-IP limits): the
+    /// client's, or `IpKey::PENDING` while a trusted proxy's connection
+    /// has not said who its client is.
     pub peer: IpKey,
     /// Tick of the live timer entry (see `timer.rs`); 0 = none.
     pub timer_tick: u64,
@@ -296,6 +298,10 @@ impl<H: Handler> Handler for WriteBeforeJudging<'_, H> {
         req: &crate::protocol::UpgradeRequest,
     ) -> Result<Vec<u8>, super::session::Response> {
         self.inner.on_upgrade(req)
+    }
+
+    fn on_client(&mut self, client: std::net::IpAddr) -> Result<(), super::session::Response> {
+        self.inner.on_client(client)
     }
 
     fn on_message(

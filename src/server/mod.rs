@@ -261,7 +261,11 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
             .collect(),
         shutdown: AtomicBool::new(false),
         ws_connections: AtomicUsize::new(0),
-        admission: Admission::new(config.max_connections, config.max_connections_per_ip, 64),
+        admission: Admission::new(
+            config.max_connections,
+            config.max_connections_per_ip,
+            config.ipv6_prefix_len,
+        ),
         hub,
         config,
     });

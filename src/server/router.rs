@@ -6,6 +6,7 @@
 //! one connection's read from the worker's parts; the connection's
 //! attachment travels with it and is stored back afterwards.
 
+use super::admission::{IpKey, Refusal};
 use super::api_backend::ApiBackend;
 use super::client::Exec;
 use super::connection::Attachment;
@@ -22,6 +23,7 @@ use crate::protocol::{CloseCode, HttpRequest, MessageKind, RejectReason, Upgrade
 use crate::pubsub::api;
 use crate::pubsub::hub::Hub;
 use crate::pubsub::proto::DisconnectCode;
+use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -33,6 +35,9 @@ pub struct Router<'a> {
     /// The connection being read.
     pub key: usize,
     pub attachment: Option<Attachment>,
+    /// The connection's admission key; moved to the client a trusted
+    /// proxy names (`on_client`).
+    pub peer: IpKey,
     /// The connection upgraded during this read.
     pub upgraded: bool,
     pub shutting_down: bool,
@@ -445,6 +450,24 @@ impl Handler for Router<'_> {
         self.metrics.connections_open.inc();
         self.shared.ws_connections.fetch_add(1, Ordering::AcqRel);
         Ok(req.accept_response(protocol))
+    }
+
+    fn on_client(&mut self, client: IpAddr) -> Result<(), Response> {
+        match self.shared.admission.rekey(self.peer, client) {
+            Ok(key) => {
+                self.peer = key;
+                Ok(())
+            }
+            Err(refusal) => {
+                let reason = match refusal {
+                    Refusal::Full => RejectReason::Unavailable,
+                    Refusal::PerIp => RejectReason::TooManyPerIp,
+                };
+                log::debug!("client {client} refused: {}", reason.label());
+                self.metrics.rejection(reason).inc();
+                Err(refuse(reason))
+            }
+        }
     }
 
     fn on_message(

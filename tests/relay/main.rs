@@ -13,6 +13,9 @@
 //! - `protocol_props`: property tests of the sans-IO protocol core;
 //! - `config`: argv, files and environment through `parse_args_with_env`,
 //!   and the binary's own reading of them;
+//! - `proxies`: trusted proxies: `X-Forwarded-For` / `Forwarded` from
+//!   trusted and untrusted peers, PROXY protocol v1 and v2 (valid,
+//!   truncated, garbage, slow), per-IP limits on the forwarded client;
 //! - `startup`: the binary starts as one plain process (a piped config is
 //!   read once, the process keeps its name).
 //!
@@ -31,6 +34,7 @@ mod handshake;
 mod lifecycle;
 mod metrics;
 mod protocol_props;
+mod proxies;
 mod publish;
 mod pubsub;
 mod rooms;

@@ -10,16 +10,35 @@
 //! in memory, and no request costs a move of the ones behind it.
 
 use super::open::OpenPhase;
-use super::{HeadVerdict, Phase, Response, Session};
+use super::{HeadVerdict, Phase, Response, Session, SessionContext};
+use crate::metrics::{ForwardedSource, ProxyRefusal};
+use crate::protocol::forwarded::{canonical, forwarded_client, Source};
+use crate::protocol::proxy::{parse_proxy_header, ProxyParse, MAX_HEADER_BYTES};
+use crate::protocol::response::http_response;
 use crate::protocol::{parse_request, HttpRequest, ParsedRequest, RejectReason};
+use std::net::IpAddr;
 
 /// A request received in pieces.
 #[derive(Default)]
 pub struct HttpPhase {
-    /// Bytes of the one request being received (head, then body).
+    /// Bytes of the one request being received (head, then body), or of
+    /// the PROXY header.
     buf: Vec<u8>,
     /// The head, once complete, while its body arrives.
     waiting: Option<Box<(HttpRequest, usize)>>,
+    /// The connection comes from a trusted proxy.
+    pub(super) via: Option<Via>,
+}
+
+/// A connection from a trusted proxy, while it is in the HTTP phase.
+#[derive(Clone, Copy, Debug)]
+pub struct Via {
+    /// Who the connection comes from: the TCP peer (a trusted proxy), or
+    /// once a PROXY header named one, its source.
+    pub peer: IpAddr,
+    /// A PROXY header is expected; the handshake deadline to arm once it
+    /// is in.
+    pub header: Option<u64>,
 }
 
 /// Past this capacity, the request buffer is released after each request.
@@ -28,6 +47,10 @@ const KEEP_CAPACITY: usize = 4096;
 impl HttpPhase {
     pub fn is_empty(&self) -> bool {
         self.buf.is_empty()
+    }
+
+    pub fn awaits_proxy_header(&self) -> bool {
+        self.via.is_some_and(|v| v.header.is_some())
     }
 
     fn reset(&mut self) {
@@ -51,6 +74,14 @@ impl Session {
         let Phase::Http(http) = &mut self.phase else {
             return 0;
         };
+        let via = http.via;
+        if let Some(Via {
+            peer,
+            header: Some(handshake_deadline),
+        }) = via
+        {
+            return self.proxy_input(input, now, h, peer, handshake_deadline);
+        }
         // Bytes held from earlier reads, and how many of `input` join them.
         let held = http.buf.len();
         let taken = if held > 0 {
@@ -71,6 +102,14 @@ impl Session {
                 }
                 Ok(ParsedRequest::Upgrade(req)) => {
                     let used = req.head_len - held;
+                    let xff = req.x_forwarded_for.iter().map(String::as_str);
+                    let fwd = req.forwarded.iter().map(String::as_str);
+                    if let Some(client) = client_of(&self.ctx, via, xff, fwd) {
+                        if let Err(refusal) = h.on_client(client) {
+                            self.answer(refusal, now);
+                            return input.len();
+                        }
+                    }
                     return match h.on_upgrade(&req) {
                         Ok(accept) => {
                             self.open(accept, now);
@@ -82,12 +121,27 @@ impl Session {
                         }
                     };
                 }
-                Ok(ParsedRequest::Http(req)) => match h.on_request_head(&req) {
-                    HeadVerdict::ReadBody(len) => (req, len),
-                    HeadVerdict::Answer(response) => {
-                        return self.answered(response, req.head_len - held, input.len(), now);
+                Ok(ParsedRequest::Http(req)) => {
+                    let named = |name: &'static str| {
+                        req.headers
+                            .iter()
+                            .filter(move |(n, _)| n == name)
+                            .map(|(_, v)| v.as_str())
+                    };
+                    let client =
+                        client_of(&self.ctx, via, named("x-forwarded-for"), named("forwarded"));
+                    if let Some(client) = client {
+                        if let Err(refusal) = h.on_client(client) {
+                            return self.answered(refusal, req.head_len - held, input.len(), now);
+                        }
                     }
-                },
+                    match h.on_request_head(&req) {
+                        HeadVerdict::ReadBody(len) => (req, len),
+                        HeadVerdict::Answer(response) => {
+                            return self.answered(response, req.head_len - held, input.len(), now);
+                        }
+                    }
+                }
             },
         };
         let needed = req.head_len + body_len;
@@ -97,6 +151,82 @@ impl Session {
         }
         let response = h.on_request(&req, &data[req.head_len..needed]);
         self.answered(response, needed - held, input.len(), now)
+    }
+
+    /// The PROXY header, before the first request: held here when it
+    /// arrives in pieces (at most [`MAX_HEADER_BYTES`]), refused with 400
+    /// when invalid; once complete, the handshake deadline is armed and the
+    /// client is known.
+    fn proxy_input(
+        &mut self,
+        input: &[u8],
+        now: u64,
+        h: &mut impl super::Handler,
+        peer: IpAddr,
+        handshake_deadline: u64,
+    ) -> usize {
+        let Phase::Http(http) = &mut self.phase else {
+            return 0;
+        };
+        let held = http.buf.len();
+        let parsed = if held == 0 {
+            parse_proxy_header(input)
+        } else {
+            let n = input.len().min(MAX_HEADER_BYTES.saturating_sub(held));
+            http.buf.extend_from_slice(&input[..n]);
+            parse_proxy_header(&http.buf)
+        };
+        match parsed {
+            Ok(ProxyParse::Partial) => {
+                if held == 0 {
+                    // A partial header is shorter than the longest one.
+                    let n = input.len().min(MAX_HEADER_BYTES);
+                    http.buf.extend_from_slice(&input[..n]);
+                    n
+                } else {
+                    http.buf.len() - held
+                }
+            }
+            Err(_) => {
+                http.reset();
+                http.via = None;
+                self.ctx
+                    .metrics
+                    .proxy_refusal(ProxyRefusal::InvalidHeader)
+                    .inc();
+                let body = b"invalid PROXY protocol header\n";
+                let bytes = http_response(400, "", "text/plain; charset=utf-8", body, false);
+                self.answer(
+                    Response {
+                        bytes,
+                        keep_alive: false,
+                    },
+                    now,
+                );
+                input.len()
+            }
+            Ok(ProxyParse::Complete(header)) => {
+                http.reset();
+                let source = header.source.map(|a| canonical(a.ip()));
+                let client = source.unwrap_or(peer);
+                http.via = Some(Via {
+                    peer: client,
+                    header: None,
+                });
+                self.deadline = handshake_deadline;
+                if source.is_some() {
+                    self.ctx
+                        .metrics
+                        .forwarded(ForwardedSource::ProxyProtocol)
+                        .inc();
+                }
+                if let Err(refusal) = h.on_client(client) {
+                    self.answer(refusal, now);
+                    return input.len();
+                }
+                header.len.saturating_sub(held)
+            }
+        }
     }
 
     /// Queues the answer to the request that used `used` bytes of the
@@ -153,5 +283,31 @@ impl Session {
         self.phase = Phase::Open(OpenPhase::new(&self.ctx.config, now));
         let interval = self.ctx.config.ping_interval_ms;
         self.deadline = if interval == 0 { 0 } else { now + interval };
+    }
+}
+
+/// The client of a request on a connection from `via`: `None` when the
+/// connection is not from a trusted proxy (its client is already counted),
+/// else the address the forwarding headers name, or the peer itself.
+fn client_of<'a>(
+    ctx: &SessionContext,
+    via: Option<Via>,
+    xff: impl Iterator<Item = &'a str> + Clone,
+    forwarded: impl Iterator<Item = &'a str> + Clone,
+) -> Option<IpAddr> {
+    let via = via?;
+    if !ctx.trusted.contains(via.peer) {
+        return None;
+    }
+    match forwarded_client(xff, forwarded, &ctx.trusted) {
+        Some((ip, source)) => {
+            let source = match source {
+                Source::XForwardedFor => ForwardedSource::XForwardedFor,
+                Source::Forwarded => ForwardedSource::Forwarded,
+            };
+            ctx.metrics.forwarded(source).inc();
+            Some(ip)
+        }
+        None => Some(via.peer),
     }
 }

@@ -25,14 +25,16 @@ mod tests;
 use super::outbound::{Flush, OutboundQueue};
 use super::rate_limit::RateLimits;
 use crate::config::{RateLimitPolicy, SlowConsumerPolicy};
-use crate::metrics::{close_code_index, WorkerMetrics};
+use crate::metrics::{close_code_index, ProxyRefusal, WorkerMetrics};
+use crate::protocol::forwarded::TrustedProxies;
 use crate::protocol::{
     CloseAction, CloseCode, CloseState, ControlFrame, FrameDecoder, HandshakeLimits, HttpRequest,
     MessageKind, Role, SharedFrame, UpgradeRequest,
 };
-use http::HttpPhase;
+use http::{HttpPhase, Via};
 use open::OpenPhase;
 use std::io::{self, Write};
+use std::net::IpAddr;
 use std::sync::Arc;
 
 /// The per-connection limits and deadlines, shared by a worker's sessions.
@@ -81,19 +83,30 @@ impl SessionConfig {
 }
 
 /// What every session of a worker shares: configuration, the frame
-/// decoder (stateless) and the worker's counters.
+/// decoder (stateless), the worker's counters and the trusted proxies.
 pub struct SessionContext {
     pub config: SessionConfig,
     pub decoder: FrameDecoder,
     pub metrics: Arc<WorkerMetrics>,
+    /// Whose `X-Forwarded-For` / `Forwarded` headers name the client.
+    pub trusted: TrustedProxies,
 }
 
 impl SessionContext {
     pub fn new(config: SessionConfig, metrics: Arc<WorkerMetrics>) -> Arc<SessionContext> {
+        Self::with_proxies(config, metrics, TrustedProxies::default())
+    }
+
+    pub fn with_proxies(
+        config: SessionConfig,
+        metrics: Arc<WorkerMetrics>,
+        trusted: TrustedProxies,
+    ) -> Arc<SessionContext> {
         Arc::new(SessionContext {
             decoder: FrameDecoder::new(Role::Server, config.max_frame_bytes),
             config,
             metrics,
+            trusted,
         })
     }
 }
@@ -133,6 +146,14 @@ pub trait Handler {
     fn on_request(&mut self, req: &HttpRequest, body: &[u8]) -> Response;
     /// A valid upgrade request: `Ok` with the `101` answer, or a refusal.
     fn on_upgrade(&mut self, req: &UpgradeRequest) -> Result<Vec<u8>, Response>;
+    /// The client of a connection from a trusted proxy became known (its
+    /// PROXY header, or a request's `X-Forwarded-For` / `Forwarded`; the
+    /// proxy itself when neither names one): before the request is handed
+    /// on. `Err`: the refusal to answer (per-IP limit), then close.
+    fn on_client(&mut self, client: IpAddr) -> Result<(), Response> {
+        let _ = client;
+        Ok(())
+    }
     /// A complete message; a reply may be queued on `out` within `limit`.
     fn on_message(
         &mut self,
@@ -210,6 +231,29 @@ impl Session {
         }
     }
 
+    /// A new connection from a trusted proxy `peer`, in the HTTP phase:
+    /// with `header_timeout_ms`, it must first send a PROXY header within
+    /// that time (and the whole handshake within `handshake_timeout`); its
+    /// requests' forwarding headers name the client (see
+    /// [`Handler::on_client`]).
+    pub fn via_proxy(
+        ctx: Arc<SessionContext>,
+        now: u64,
+        peer: IpAddr,
+        header_timeout_ms: Option<u64>,
+    ) -> Session {
+        let mut s = Session::new(ctx, now);
+        let header = header_timeout_ms.map(|t| {
+            let handshake = s.deadline;
+            s.deadline = now.saturating_add(t.max(1)).min(handshake);
+            handshake
+        });
+        if let Phase::Http(h) = &mut s.phase {
+            h.via = Some(Via { peer, header });
+        }
+        s
+    }
+
     /// Whether the connection is an open (upgraded) WebSocket.
     pub fn is_websocket(&self) -> bool {
         matches!(self.phase, Phase::Open(_))
@@ -265,7 +309,18 @@ impl Session {
 
     /// The peer closed its side (EOF) or the socket failed.
     pub fn handle_eof(&mut self) {
+        if !self.aborted && self.awaits_proxy_header() && !self.is_idle_http() {
+            self.ctx
+                .metrics
+                .proxy_refusal(ProxyRefusal::Truncated)
+                .inc();
+        }
         self.aborted = true;
+    }
+
+    /// A PROXY header is still expected.
+    fn awaits_proxy_header(&self) -> bool {
+        matches!(&self.phase, Phase::Http(h) if h.awaits_proxy_header())
     }
 
     /// When the session next needs [`Session::handle_timeout`].
@@ -281,6 +336,9 @@ impl Session {
         let fired = self.deadline;
         self.deadline = 0;
         let cfg = &self.ctx.config;
+        if self.awaits_proxy_header() {
+            self.ctx.metrics.proxy_refusal(ProxyRefusal::Timeout).inc();
+        }
         let Phase::Open(o) = &mut self.phase else {
             // Handshake or keep-alive idle time, or an answer never written.
             self.aborted = true;

@@ -28,7 +28,9 @@ use super::table::{token_of, ConnTable};
 use super::timer::TimerEntry;
 use super::transport::Transport;
 use super::Shared;
-use crate::metrics::WorkerMetrics;
+use crate::metrics::{ProxyRefusal, WorkerMetrics};
+use crate::protocol::forwarded::TrustedProxies;
+use crate::protocol::response::http_response;
 use crate::protocol::{encode_header, CloseCode, OpCode, RejectReason};
 use crate::pubsub::hub::Hub;
 use crate::pubsub::proto::{DisconnectCode, UnsubscribeCode};
@@ -64,6 +66,8 @@ pub struct Worker {
     now: u64,
     read_budget: usize,
     send_buffer_bytes: usize,
+    /// `proxy_protocol`: the time a connection has for its PROXY header.
+    proxy_header_ms: Option<u64>,
     shutdown_deadline: Option<u64>,
     scratch_timers: Vec<TimerEntry>,
     scratch_inbox: Vec<WorkerMsg>,
@@ -92,7 +96,14 @@ impl Worker {
         Ok(Worker {
             id,
             poll,
-            ctx: SessionContext::new(SessionConfig::from_config(c), metrics.clone()),
+            ctx: SessionContext::with_proxies(
+                SessionConfig::from_config(c),
+                metrics.clone(),
+                TrustedProxies::new(c.trusted_proxies.clone()),
+            ),
+            proxy_header_ms: c
+                .proxy_protocol
+                .then(|| c.proxy_header_timeout.as_millis().min(u128::from(u32::MAX)) as u64),
             metrics,
             acceptor,
             table: ConnTable::new(reserve),
@@ -247,7 +258,30 @@ impl Worker {
 
     fn add_connection(&mut self, socket: TcpStream, addr: SocketAddr) {
         self.metrics.connections_accepted.inc();
-        let peer = match self.shared.admission.admit(addr.ip()) {
+        let ip = addr.ip();
+        // A trusted proxy's connection is counted per IP once it says who
+        // its client is (PROXY header, or a request's forwarding headers).
+        let via_proxy = self.ctx.trusted.contains(ip);
+        if self.proxy_header_ms.is_some() && !via_proxy {
+            log::debug!("worker {}: refused {ip}: not a trusted proxy", self.id);
+            self.metrics
+                .proxy_refusal(ProxyRefusal::UntrustedPeer)
+                .inc();
+            let answer = http_response(
+                403,
+                "",
+                "text/plain; charset=utf-8",
+                b"this listener accepts PROXY protocol connections from trusted proxies only\n",
+                false,
+            );
+            return self.acceptor.refuse(socket, &answer, self.now);
+        }
+        let admitted = if via_proxy {
+            self.shared.admission.admit_pending()
+        } else {
+            self.shared.admission.admit(ip)
+        };
+        let peer = match admitted {
             Ok(peer) => peer,
             Err(refusal) => {
                 let reason = match refusal {
@@ -278,7 +312,11 @@ impl Worker {
             self.shared.admission.release(peer);
             return;
         }
-        let session = Session::new(self.ctx.clone(), self.now);
+        let session = if via_proxy {
+            Session::via_proxy(self.ctx.clone(), self.now, ip, self.proxy_header_ms)
+        } else {
+            Session::new(self.ctx.clone(), self.now)
+        };
         self.table
             .insert(Connection::new(transport, session, generation, peer));
     }
@@ -325,6 +363,7 @@ impl Worker {
             metrics,
             key,
             attachment: conn.attachment.take(),
+            peer: conn.peer,
             upgraded: false,
             replies,
             // The flag, not this worker's deadline: a request read between
@@ -338,6 +377,7 @@ impl Worker {
         let outcome = conn.read(pool, ctx, now, self.read_budget, read_closed, &mut router);
         let upgraded = router.upgraded;
         conn.attachment = router.attachment;
+        conn.peer = router.peer;
         if let Some(Attachment::Client(c)) = &mut conn.attachment {
             if upgraded {
                 conn.session.set_app_heartbeat();
