@@ -3,6 +3,7 @@
 //! sockets and no sleeps. Time is whatever the test says it is.
 
 use super::*;
+use crate::metrics::{ForwardedSource, ProxyRefusal};
 use crate::protocol::{encode_client_frame, FrameDecoder, OpCode, Role as FrameRole, SharedFrame};
 
 const KEY: [u8; 4] = [1, 2, 3, 4];
@@ -32,6 +33,9 @@ struct Echo {
     bodies: Vec<Vec<u8>>,
     messages: Vec<Vec<u8>>,
     refuse_upgrade: bool,
+    /// Clients named through `on_client`, and whether to refuse them.
+    clients: Vec<std::net::IpAddr>,
+    refuse_client: bool,
 }
 
 impl Handler for Echo {
@@ -64,6 +68,17 @@ impl Handler for Echo {
             });
         }
         Ok(req.accept_response(None))
+    }
+
+    fn on_client(&mut self, client: std::net::IpAddr) -> Result<(), Response> {
+        self.clients.push(client);
+        if self.refuse_client {
+            return Err(Response {
+                bytes: b"HTTP/1.1 429 Too Many Requests\r\n\r\n".to_vec(),
+                keep_alive: false,
+            });
+        }
+        Ok(())
     }
 
     fn on_message(
@@ -667,4 +682,126 @@ fn a_slow_consumer_close_right_after_the_upgrade_keeps_the_101() {
     assert!(out.starts_with(b"HTTP/1.1 101"), "{:?}", &out[..20]);
     let close = ControlFrame::close(CloseCode::POLICY_VIOLATION, "slow consumer");
     assert!(out.ends_with(close.as_bytes()));
+}
+
+// ----- trusted proxies ---------------------------------------------------------
+
+/// A session from the trusted proxy 10.0.0.1 (`header_ms`: PROXY header
+/// expected within that time).
+fn via_proxy(now: u64, header_ms: Option<u64>) -> Harness {
+    let metrics = Arc::new(WorkerMetrics::default());
+    let trusted = TrustedProxies::new(vec!["10.0.0.0/8".parse().unwrap()]);
+    let ctx = SessionContext::with_proxies(config(), metrics.clone(), trusted);
+    Harness {
+        s: Session::via_proxy(ctx, now, "10.0.0.1".parse().unwrap(), header_ms),
+        h: Echo::default(),
+        metrics,
+    }
+}
+
+fn ip(s: &str) -> std::net::IpAddr {
+    s.parse().unwrap()
+}
+
+#[test]
+fn proxy_header_in_pieces_then_the_handshake_deadline() {
+    let mut t = via_proxy(1, Some(1_000));
+    assert_eq!(t.s.poll_timeout(), Some(1_001), "header deadline first");
+    let header = b"PROXY TCP4 203.0.113.7 10.0.0.1 5000 443\r\n";
+    assert_eq!(t.input(&header[..10], 5), 10);
+    assert!(t.h.clients.is_empty());
+    // The rest of the header and the request in one read: the header's
+    // bytes are consumed, the request is offered again.
+    let rest = [&header[10..], UPGRADE].concat();
+    assert_eq!(t.input(&rest, 6), header.len() - 10);
+    assert_eq!(t.h.clients, [ip("203.0.113.7")]);
+    assert_eq!(
+        t.s.poll_timeout(),
+        Some(10_001),
+        "handshake deadline, from accept"
+    );
+    assert_eq!(t.input(UPGRADE, 7), UPGRADE.len());
+    assert!(t.s.is_websocket());
+    assert_eq!(t.metrics.forwarded(ForwardedSource::ProxyProtocol).get(), 1);
+}
+
+#[test]
+fn proxy_header_deadline_and_truncation_are_counted() {
+    let mut t = via_proxy(1, Some(1_000));
+    t.input(b"PROXY TCP4", 2);
+    t.s.handle_timeout(1_000);
+    assert_eq!(t.s.poll_finish(), None);
+    t.s.handle_timeout(1_001);
+    assert_eq!(t.s.poll_finish(), Some(Finish::Abort));
+    assert!(t.output().is_empty());
+    assert_eq!(t.metrics.proxy_refusal(ProxyRefusal::Timeout).get(), 1);
+    // Never after the handshake deadline, whatever the header timeout.
+    let t = via_proxy(1, Some(60_000));
+    assert_eq!(t.s.poll_timeout(), Some(10_001));
+    // EOF after part of a header; EOF before any byte is not a header.
+    let mut t = via_proxy(1, Some(1_000));
+    t.input(b"\r\n\r\n\0", 2);
+    t.s.handle_eof();
+    assert_eq!(t.metrics.proxy_refusal(ProxyRefusal::Truncated).get(), 1);
+    let mut t = via_proxy(1, Some(1_000));
+    t.s.handle_eof();
+    assert_eq!(t.metrics.proxy_refusal(ProxyRefusal::Truncated).get(), 0);
+}
+
+#[test]
+fn an_invalid_proxy_header_is_answered_400() {
+    let mut t = via_proxy(1, Some(1_000));
+    assert_eq!(t.input(UPGRADE, 2), UPGRADE.len());
+    let out = t.output();
+    assert!(
+        out.starts_with(b"HTTP/1.1 400 "),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+    assert!(String::from_utf8_lossy(&out).contains("invalid PROXY protocol header"));
+    assert_eq!(t.s.poll_finish(), Some(Finish::Graceful));
+    assert!(t.h.clients.is_empty() && t.h.requests.is_empty());
+    assert_eq!(
+        t.metrics.proxy_refusal(ProxyRefusal::InvalidHeader).get(),
+        1
+    );
+    // Answered, not timed out later.
+    t.s.handle_timeout(100_000);
+    assert_eq!(t.metrics.proxy_refusal(ProxyRefusal::Timeout).get(), 0);
+}
+
+#[test]
+fn forwarding_headers_name_each_requests_client() {
+    let mut t = via_proxy(1, None);
+    let get = |xff: &str| {
+        format!("GET /x HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: {xff}\r\n\r\n").into_bytes()
+    };
+    t.input_all(&get("6.6.6.6, 203.0.113.1"), 2);
+    t.input_all(&get("203.0.113.2, 10.9.9.9"), 3);
+    t.input_all(b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n", 4);
+    assert_eq!(
+        t.h.clients,
+        [ip("203.0.113.1"), ip("203.0.113.2"), ip("10.0.0.1")]
+    );
+    assert_eq!(t.metrics.forwarded(ForwardedSource::XForwardedFor).get(), 2);
+    // An untrusted peer's headers are never read.
+    let mut u = Harness::new(config(), 1);
+    u.input_all(&get("203.0.113.1"), 2);
+    assert!(u.h.clients.is_empty());
+    assert_eq!(u.h.requests, ["/x"]);
+}
+
+#[test]
+fn a_refused_client_gets_the_refusal_and_nothing_else() {
+    let mut t = via_proxy(1, None);
+    t.h.refuse_client = true;
+    let upgrade = [
+        &UPGRADE[..UPGRADE.len() - 2],
+        b"X-Forwarded-For: 203.0.113.1\r\n\r\n",
+    ]
+    .concat();
+    assert_eq!(t.input(&upgrade, 2), upgrade.len());
+    assert!(t.output().starts_with(b"HTTP/1.1 429 "));
+    assert!(!t.s.is_websocket());
+    assert_eq!(t.s.poll_finish(), Some(Finish::Graceful));
 }
