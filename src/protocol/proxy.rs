@@ -107,22 +107,22 @@ fn is_prefix(buf: &[u8], sig: &[u8]) -> Prefix {
 /// `PROXY UNKNOWN[ anything]\r\n`.
 fn parse_v1(buf: &[u8]) -> Result<ProxyParse, ProxyError> {
     let scan = &buf[..buf.len().min(V1_MAX_BYTES)];
-    let Some(cr) = scan.iter().position(|&b| b == b'\r') else {
-        // A bare LF is not a line end here: refuse it rather than wait.
-        if scan.contains(&b'\n') || scan.len() >= V1_MAX_BYTES {
+    let Some(cr) = scan.iter().position(|&b| b == b'\r' || b == b'\n') else {
+        if scan.len() >= V1_MAX_BYTES {
             return Err(ProxyError::BadV1);
         }
         return Ok(ProxyParse::Partial);
     };
+    if scan[cr] == b'\n' {
+        // A bare LF is not a line end here: refuse it rather than wait.
+        return Err(ProxyError::BadV1);
+    }
     match scan.get(cr + 1) {
         None if cr + 1 < V1_MAX_BYTES => return Ok(ProxyParse::Partial),
         Some(b'\n') => {}
         _ => return Err(ProxyError::BadV1),
     }
     let line = &buf[V1_PREFIX.len()..cr];
-    if line.contains(&b'\n') {
-        return Err(ProxyError::BadV1);
-    }
     let complete = |source| {
         Ok(ProxyParse::Complete(ProxyHeader {
             len: cr + 2,

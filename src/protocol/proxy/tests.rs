@@ -100,6 +100,12 @@ fn v1_grammar_errors() {
             "{bad:?}"
         );
     }
+    // Found by the proxy_header fuzz target: a bare LF before a CR that
+    // ends the input was refused on a prefix but "need more" as a whole.
+    assert_eq!(
+        consistent(b"PROXY \0m\nTPROXPROY\xe0\xf2\xf5\xc7w_\r"),
+        Err(ProxyError::BadV1)
+    );
     // Non-ASCII bytes in the line.
     assert_eq!(
         consistent(b"PROXY TCP4 1.2.3.4 \xff 1 2\r\n"),
