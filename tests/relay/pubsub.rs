@@ -762,3 +762,64 @@ fn overflow_reordering_is_recovered_never_skipped() {
     sub.assert_no_pub();
     eprintln!("resubscribed {resubscribed} times");
 }
+
+/// A protocol subscriber that stops reading is disconnected with 3008
+/// "slow" even where raw members' policy is to drop messages: a pub/sub
+/// client never loses publications silently. What it had received is a
+/// gap-free prefix.
+#[test]
+fn a_stalled_protocol_subscriber_is_disconnected_with_3008() {
+    use socket2::{Domain, Socket, Type};
+    let mut c = config();
+    c.max_outbound_bytes = 64 << 10;
+    c.slow_consumer = wsrelay::config::SlowConsumerPolicy::Drop;
+    c.close_timeout = Duration::from_secs(10);
+    let h = start(c);
+    let addr = h.local_addr();
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    s.set_recv_buffer_size(4096).unwrap();
+    s.connect(&addr.into()).unwrap();
+    let mut slow = Client {
+        ws: ws_over(s.into(), addr, "/connection/websocket"),
+        next_id: 1,
+        pushes: VecDeque::new(),
+        replies: VecDeque::new(),
+    };
+    slow.call(json!({"connect": {}}));
+    slow.subscribe("chat:flood", json!({}));
+    let mut publisher = ws_connect(addr, "/rooms/chat:flood?role=pub");
+    let text = "x".repeat(1000);
+    let mut sent = 0u64;
+    while sum(&h, |m| m.slow_consumer_closes.get()) == 0 {
+        for _ in 0..64 {
+            sent += 1;
+            publisher
+                .send(Message::text(format!(
+                    "{{\"n\":{sent},\"pad\":\"{text}\"}}"
+                )))
+                .unwrap();
+        }
+        assert!(sent < 100_000, "never judged slow");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // The subscriber reads again: publications 1.. in order, then 3008.
+    let mut next = 1u64;
+    let code = loop {
+        match ws_read(&mut slow.ws, Duration::from_secs(10)) {
+            Some(Message::Text(t)) => {
+                for line in t.as_str().split('\n') {
+                    let v: Value = serde_json::from_str(line).unwrap();
+                    if let Some(n) = v["push"]["pub"]["data"]["n"].as_u64() {
+                        assert_eq!(n, next, "gap in what the slow subscriber got");
+                        next += 1;
+                    }
+                }
+            }
+            Some(Message::Close(Some(f))) => break u16::from(f.code),
+            Some(_) => {}
+            None => panic!("no close after {next} publications"),
+        }
+    };
+    assert_eq!(code, 3008);
+    assert!(next <= sent);
+}
