@@ -591,6 +591,17 @@ fn server_api_publishes_and_reads() {
     assert_eq!(r["result"]["responses"].as_array().unwrap().len(), 2, "{r}");
     assert_eq!(sub.next_pub("news")["data"], 2);
     assert_eq!(sub.next_pub("chat:api")["offset"], 2);
+    // skip_history: delivered live, no offset, not kept.
+    let (_, r) = api(
+        addr,
+        "publish",
+        "api-secret",
+        &json!({"channel": "chat:api", "data": "live", "skip_history": true}),
+    );
+    assert_eq!(r["result"], json!({}), "{r}");
+    let p = sub.next_pub("chat:api");
+    assert_eq!(p["data"], "live");
+    assert!(p.get("offset").is_none(), "{p}");
     // History returns the data as published.
     let (_, r) = api(
         addr,
@@ -599,6 +610,7 @@ fn server_api_publishes_and_reads() {
         &json!({"channel": "chat:api", "limit": 10}),
     );
     let pubs = r["result"]["publications"].as_array().unwrap();
+    assert_eq!(pubs.len(), 2, "the skipped one is not kept: {r}");
     assert_eq!(pubs[0]["data"], json!({"x": 1}), "{r}");
     assert_eq!(pubs[1]["offset"], 2);
     // Presence, channels, info.
