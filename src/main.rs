@@ -1,12 +1,11 @@
 //! `wsrelay`: parse configuration, start the workers, handle signals and
 //! print the periodic stats line. Everything else lives in the library.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 use wsrelay::config::{parse_args, Command, Config};
-use wsrelay::metrics::Totals;
-use wsrelay::server;
+use wsrelay::{logs, server};
 
 // No `#[global_allocator]`: the system allocator (glibc malloc on Linux)
 // gives a burst's memory back as fully and as fast as mimalloc or jemalloc
@@ -38,44 +37,48 @@ fn main() {
             std::process::exit(2);
         }
     };
-    log::info!(
-        "wsrelay {} listening on ws://{} ({} workers{}, {}) max_connections={} max_frame_bytes={} max_message_bytes={} max_outbound_bytes={} slow_consumer={} ping_interval={} pong_timeout={}",
-        env!("CARGO_PKG_VERSION"),
-        handle.local_addr(),
-        handle.workers(),
-        if config.pin_cores { ", pinned" } else { "" },
-        if handle.reuseport() { "SO_REUSEPORT" } else { "shared listener" },
-        config.max_connections,
-        wsrelay::config::format_size(config.max_frame_bytes),
-        wsrelay::config::format_size(config.max_message_bytes),
-        wsrelay::config::format_size(config.max_outbound_bytes),
-        config.slow_consumer,
-        wsrelay::config::format_duration(config.ping_interval),
-        wsrelay::config::format_duration(config.pong_timeout),
-    );
+    let started = logs::Started {
+        version: env!("CARGO_PKG_VERSION"),
+        addr: handle.local_addr(),
+        admin: handle.admin_addr(),
+        workers: handle.workers(),
+        reuseport: handle.reuseport(),
+    };
+    log::info!("{}", logs::startup_line(&started, &config));
     run_until_stopped(handle, &config);
 }
 
+/// `env_logger` with the configured level (`RUST_LOG` overrides it) and
+/// format: its own text lines, or one JSON object per line through a
+/// custom format (`logs::json_line`), so no second logging crate is needed.
 fn init_logging(config: &Config) {
     let env = env_logger::Env::default().default_filter_or(config.log_level.as_str());
-    env_logger::Builder::from_env(env)
-        .format_timestamp_millis()
-        .init();
+    let mut builder = env_logger::Builder::from_env(env);
+    if config.log_format == "json" {
+        builder.format(|buf, record| {
+            let ts = buf.timestamp_millis().to_string();
+            let msg = record.args().to_string();
+            writeln!(
+                buf,
+                "{}",
+                logs::json_line(&ts, record.level(), record.target(), &msg)
+            )
+        });
+    } else {
+        builder.format_timestamp_millis();
+    }
+    builder.init();
 }
 
-/// Raises the open-files limit and says so when it cannot hold
-/// `max_connections`.
+/// Raises the open-files limit and says so, in one line with the remedy,
+/// when it cannot hold `max_connections`.
 fn check_nofile(config: &Config) {
     match server::raise_nofile_limit() {
         Ok((soft, hard)) => {
-            let need =
-                config.max_connections as u64 + server::nofile_overhead(config.effective_workers());
-            if soft < need {
-                log::warn!(
-                    "open-files limit is {soft} (hard limit {hard}) but max_connections = {} needs about {need}: at most ~{} connections can be held; raise the hard limit (ulimit -Hn / LimitNOFILE) or lower max_connections",
-                    config.max_connections,
-                    soft.saturating_sub(server::nofile_overhead(config.effective_workers()))
-                );
+            let overhead =
+                server::nofile_overhead(config.effective_workers(), config.admin_listen.is_some());
+            if let Some(w) = logs::nofile_warning(soft, hard, config.max_connections, overhead) {
+                log::warn!("{w}");
             }
         }
         Err(e) => log::warn!("cannot read RLIMIT_NOFILE: {e}"),
@@ -102,7 +105,7 @@ fn run_until_stopped(handle: server::ServerHandle, config: &Config) {
         }
     }
     let stats_every = config.stats_interval;
-    let mut last = (Instant::now(), handle.totals());
+    let mut last = (Instant::now(), handle.totals(), handle.rooms_open());
     let mut next_stats = Instant::now() + stats_every;
     let mut stopping = false;
     loop {
@@ -134,8 +137,12 @@ fn run_until_stopped(handle: server::ServerHandle, config: &Config) {
             break;
         }
         if !stopping && !stats_every.is_zero() && Instant::now() >= next_stats {
-            let now = (Instant::now(), handle.totals());
-            log_stats(&last, &now, handle.rooms_open());
+            // Skipped when nothing happened since the last look.
+            let now = (Instant::now(), handle.totals(), handle.rooms_open());
+            let secs = now.0.duration_since(last.0).as_secs_f64();
+            if let Some(line) = logs::stats_line(&last.1, last.2, &now.1, now.2, secs) {
+                log::info!("{line}");
+            }
             last = now;
             next_stats += stats_every;
             if next_stats < Instant::now() {
@@ -145,23 +152,4 @@ fn run_until_stopped(handle: server::ServerHandle, config: &Config) {
     }
     handle.join();
     log::info!("shutdown complete");
-}
-
-fn log_stats(prev: &(Instant, Totals), now: &(Instant, Totals), rooms: usize) {
-    let secs = now.0.duration_since(prev.0).as_secs_f64().max(1e-3);
-    let rate = |a: u64, b: u64| (b.saturating_sub(a)) as f64 / secs;
-    let (p, n) = (&prev.1, &now.1);
-    log::info!(
-        "stats: connections={} rooms={} msgs_in/s={:.0} msgs_out/s={:.0} bytes_in/s={:.0} bytes_out/s={:.0} fanout_deliveries/s={:.0} drops={} slow_consumer_closes={} ping_timeouts={}",
-        n.connections_open,
-        rooms,
-        rate(p.messages_in, n.messages_in),
-        rate(p.messages_out, n.messages_out),
-        rate(p.bytes_in, n.bytes_in),
-        rate(p.bytes_out, n.bytes_out),
-        rate(p.fanout_deliveries, n.fanout_deliveries),
-        n.drops,
-        n.slow_consumer_closes,
-        n.ping_timeouts,
-    );
 }

@@ -58,7 +58,7 @@ pub fn close_code_index(code: u16) -> usize {
 pub struct WorkerMetrics {
     /// WebSocket connections open now (gauge).
     pub connections_open: Counter,
-    /// TCP connections accepted.
+    /// TCP connections accepted on the public listener (admin ones are not counted).
     pub connections_accepted: Counter,
     /// WebSocket upgrades completed.
     pub upgrades: Counter,
@@ -385,7 +385,7 @@ pub fn render_prometheus(workers: &[&WorkerMetrics], gauges: &Gauges<'_>) -> Str
     );
     let simple: [Family; 15] = [
         ("wsrelay_connections_open", "gauge", "WebSocket connections open now.", |w| &w.connections_open),
-        ("wsrelay_connections_accepted_total", "counter", "TCP connections accepted.", |w| &w.connections_accepted),
+        ("wsrelay_connections_accepted_total", "counter", "TCP connections accepted on the public listener.", |w| &w.connections_accepted),
         ("wsrelay_upgrades_total", "counter", "WebSocket upgrades completed.", |w| &w.upgrades),
         ("wsrelay_messages_in_total", "counter", "Data messages received from clients.", |w| &w.messages_in),
         ("wsrelay_bytes_in_total", "counter", "Bytes read from sockets.", |w| &w.bytes_in),

@@ -10,8 +10,11 @@ use std::time::Duration;
 use toml::Value;
 
 use super::namespaces::{Namespace, Namespaces};
-use super::values::{Addr, Check, Cidrs, Count, Dur, Flag, Kind, Level, List, Policy, Size, Text};
-use super::{ConfigError, RateLimitPolicy, SlowConsumerPolicy, LOG_LEVELS};
+use super::values::{
+    Addr, Check, Cidrs, Count, Dur, Flag, Kind, Level, List, OptAddr, Policy, Size, Text,
+};
+use super::PUBLIC_ROUTE_GROUPS;
+use super::{ConfigError, RateLimitPolicy, SlowConsumerPolicy, LOG_FORMATS, LOG_LEVELS};
 use super::{MAX_ROOM_NAME_LIMIT, MAX_WORKERS};
 
 const KIB: usize = 1 << 10;
@@ -191,8 +194,14 @@ config_keys! {
         "Bearer token for POST /publish; empty = endpoint disabled (404)";
     metrics: bool as Flag = true, Any,
         "Serve GET /metrics";
+    admin_listen: Option<SocketAddr> as OptAddr = None, Any,
+        "Private admin listener (e.g. 127.0.0.1:9002) for /metrics, /healthz, /readyz, POST /publish and the server API; never WebSockets; empty = one listener serves everything";
+    public_routes: Vec<String> as List = Vec::new(), Rule(check_public_routes, "any of `health`, `metrics`, `publish`, `api`"),
+        "With admin_listen: HTTP routes the public listener keeps besides the WebSocket routes (comma-separated); the others answer 404 there";
     log_level: String as Level = "info".to_string(), Rule(check_log_level, "`error`, `warn`, `info`, `debug`, `trace`"),
         "Log level; the RUST_LOG variable, when set, overrides it";
+    log_format: String as Text = "text".to_string(), Rule(check_log_format, "`text`, `json`"),
+        "Log line format: `text` (human) or `json` (one object per line: ts, level, target, msg)";
     token_hmac_secret_key: String as Text = String::new(), Rule(check_token, "no control characters, no surrounding spaces"),
         "Pub/sub: HMAC secret of HS256/384/512 connection and subscription tokens (Centrifugo key); empty = HMAC tokens refused";
     token_rsa_public_key: String as Text = String::new(), Any,
@@ -306,6 +315,34 @@ fn check_token(token: &String) -> Result<(), String> {
         );
     }
     Ok(())
+}
+
+#[allow(clippy::ptr_arg)] // Check::Rule takes fn(&T), T being the field type
+fn check_public_routes(list: &Vec<String>) -> Result<(), String> {
+    for (i, r) in list.iter().enumerate() {
+        if !PUBLIC_ROUTE_GROUPS.contains(&r.as_str()) {
+            return Err(format!(
+                "unknown route group {r:?} (expected any of {}; WebSocket routes always stay public)",
+                PUBLIC_ROUTE_GROUPS.join(", ")
+            ));
+        }
+        if list[..i].contains(r) {
+            return Err(format!("{r:?} is listed twice"));
+        }
+    }
+    Ok(())
+}
+
+#[allow(clippy::ptr_arg)] // Check::Rule takes fn(&T), T being the field type
+fn check_log_format(format: &String) -> Result<(), String> {
+    if LOG_FORMATS.contains(&format.as_str()) {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid log format {format:?} (expected one of {})",
+            LOG_FORMATS.join(", ")
+        ))
+    }
 }
 
 #[allow(clippy::ptr_arg)] // Check::Rule takes fn(&T), T being the field type

@@ -51,6 +51,11 @@ pub const MAX_WORKERS: usize = 64;
 pub const MAX_ROOM_NAME_LIMIT: usize = 1024;
 /// Accepted `log_level` values, least to most verbose.
 pub const LOG_LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
+/// Accepted `log_format` values.
+pub const LOG_FORMATS: [&str; 2] = ["text", "json"];
+/// Route groups `public_routes` may keep on the public listener when
+/// `admin_listen` is set (WebSocket routes always stay there).
+pub const PUBLIC_ROUTE_GROUPS: [&str; 4] = ["health", "metrics", "publish", "api"];
 /// Prefix of the environment variables that set keys (`WSRELAY_WORKERS`).
 pub const ENV_PREFIX: &str = "WSRELAY_";
 
@@ -336,6 +341,21 @@ impl Config {
                     format_duration(self.proxy_header_timeout),
                     format_duration(self.handshake_timeout)
                 ),
+            ));
+        }
+        if let Some(admin) = self.admin_listen {
+            if admin == self.listen && admin.port() != 0 {
+                return Err(ConfigError::keys(
+                    "admin_listen",
+                    "listen",
+                    format!("both are {admin}; the admin listener needs an address of its own (e.g. 127.0.0.1:9002)"),
+                ));
+            }
+        } else if !self.public_routes.is_empty() {
+            return Err(ConfigError::keys(
+                "public_routes",
+                "admin_listen",
+                "has no effect without admin_listen (one listener then serves every route); set admin_listen or remove public_routes",
             ));
         }
         if self.rate_limit_burst != 0 && self.rate_limit_messages == 0 {

@@ -41,6 +41,8 @@ pub(crate) trait Kind {
 
 /// `IP:port`.
 pub(crate) struct Addr;
+/// `IP:port`, or empty for "not set".
+pub(crate) struct OptAddr;
 /// A byte size (`64KiB`, or a plain integer in TOML).
 pub(crate) struct Size;
 /// A duration (`30s`, `500ms`, `0`).
@@ -75,6 +77,24 @@ impl Kind for Addr {
     }
     fn to_toml(v: &SocketAddr) -> Value {
         Value::String(v.to_string())
+    }
+}
+
+impl Kind for OptAddr {
+    type Value = Option<SocketAddr>;
+    const TYPE: &'static str = "address";
+    const VALUE_NAME: &'static str = "ADDR";
+    fn parse(s: &str) -> Result<Option<SocketAddr>, String> {
+        if s.trim().is_empty() {
+            return Ok(None);
+        }
+        Addr::parse(s).map(Some)
+    }
+    fn from_toml(v: &Value) -> Result<Option<SocketAddr>, String> {
+        Self::parse(&toml_str(v)?)
+    }
+    fn to_toml(v: &Option<SocketAddr>) -> Value {
+        Value::String(v.map(|a| a.to_string()).unwrap_or_default())
     }
 }
 
@@ -386,6 +406,7 @@ impl Bound for String {}
 impl Bound for Vec<String> {}
 impl Bound for Vec<IpNet> {}
 impl Bound for SocketAddr {}
+impl Bound for Option<SocketAddr> {}
 impl Bound for SlowConsumerPolicy {}
 impl Bound for RateLimitPolicy {}
 

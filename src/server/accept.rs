@@ -93,8 +93,14 @@ pub enum Accepted {
 }
 
 impl Acceptor {
-    pub fn new(mut listener: TcpListener, registry: &Registry) -> io::Result<Acceptor> {
-        registry.register(&mut listener, LISTENER, Interest::READABLE)?;
+    /// An acceptor on `listener`, registered under `token` ([`LISTENER`]
+    /// for the public listener).
+    pub fn new(
+        mut listener: TcpListener,
+        registry: &Registry,
+        token: Token,
+    ) -> io::Result<Acceptor> {
+        registry.register(&mut listener, token, Interest::READABLE)?;
         Ok(Acceptor {
             listener: Some(listener),
             more: false,

@@ -65,13 +65,19 @@ impl ApiEngine for ApiBackend<'_> {
         self.metrics.namespaces[self.hub().channel_slot(channel)]
             .publications
             .inc();
-        if options.has_history() && !opts.skip_history {
-            let seq = Sequencer {
-                hub: &self.shared.hub,
-                mesh: &self.shared.mesh,
-                metrics: self.metrics,
-                worker: self.rooms.worker(),
-            };
+        let seq = Sequencer {
+            hub: &self.shared.hub,
+            mesh: &self.shared.mesh,
+            metrics: self.metrics,
+            worker: self.rooms.worker(),
+        };
+        if options.has_history() && opts.skip_history {
+            // Delivered live, not kept: no offset (as in Centrifugo).
+            self.rooms
+                .publish_unkept(&seq, self.port, &self.shared.directory, channel, payload);
+            return Ok(None);
+        }
+        if options.has_history() {
             let pos = self.rooms.publish_sequenced(
                 &seq,
                 self.port,
@@ -82,9 +88,7 @@ impl ApiEngine for ApiBackend<'_> {
             );
             return Ok(Some(pos));
         }
-        // Without history (or skipping it): this iteration's room batch.
-        // `skip_history` on a channel with history still goes through
-        // the batch, which keeps it: see docs/pubsub.md.
+        // Without history: this iteration's room batch.
         let room = self
             .rooms
             .ensure(&self.shared.directory, channel, options)

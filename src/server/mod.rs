@@ -4,6 +4,7 @@
 //! protocol life is a sans-IO [`session::Session`].
 
 pub mod accept;
+pub mod admin;
 pub mod admission;
 pub mod api_backend;
 pub mod buffer_pool;
@@ -56,6 +57,8 @@ pub struct Shared {
     pub admission: Admission,
     /// Pub/sub state: channel options, history, presence, tokens.
     pub hub: Hub,
+    /// Which listener serves which routes (`admin_listen`, `public_routes`).
+    pub routes: admin::RouteSplit,
 }
 
 /// Why the relay could not start.
@@ -88,6 +91,7 @@ pub struct ServerHandle {
     shared: Arc<Shared>,
     threads: Vec<JoinHandle<()>>,
     local_addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
     reuseport: bool,
 }
 
@@ -95,6 +99,11 @@ impl ServerHandle {
     /// The bound address (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The admin listener's bound address, when `admin_listen` is set.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
     }
 
     /// Whether every worker has its own `SO_REUSEPORT` listener.
@@ -241,6 +250,17 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
         listeners.push(l);
     }
 
+    // The admin listener: one socket, owned by worker 0, bound without
+    // SO_REUSEPORT so nothing else can share its port.
+    let mut admin_listener = match config.admin_listen {
+        Some(addr) => Some(bind(addr, false).map_err(|error| StartError::Bind { addr, error })?),
+        None => None,
+    };
+    let admin_addr = match &admin_listener {
+        Some(l) => Some(l.local_addr().map_err(StartError::Io)?),
+        None => None,
+    };
+
     let mut polls = Vec::with_capacity(workers);
     let mut wakers = Vec::with_capacity(workers);
     for _ in 0..workers {
@@ -267,6 +287,7 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
             config.ipv6_prefix_len,
         ),
         hub,
+        routes: admin::RouteSplit::from_config(&config),
         config,
     });
     let cores = if pin {
@@ -276,8 +297,9 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
     };
     let mut threads = Vec::with_capacity(workers);
     for (i, ((poll, listener), rx)) in polls.into_iter().zip(listeners).zip(receivers).enumerate() {
-        let worker =
-            worker::Worker::new(i, poll, listener, shared.clone(), rx).map_err(StartError::Io)?;
+        let admin = if i == 0 { admin_listener.take() } else { None };
+        let worker = worker::Worker::new(i, poll, listener, admin, shared.clone(), rx)
+            .map_err(StartError::Io)?;
         let core = if cores.is_empty() {
             None
         } else {
@@ -300,6 +322,7 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
         shared,
         threads,
         local_addr,
+        admin_addr,
         reuseport,
     })
 }
@@ -331,7 +354,13 @@ pub fn raise_nofile_limit() -> std::io::Result<(u64, u64)> {
 }
 
 /// Descriptors a relay needs beyond its connections: listeners, epoll and
-/// waker descriptors per worker, stdio and some slack.
-pub fn nofile_overhead(workers: usize) -> u64 {
-    64 + 3 * workers as u64
+/// waker descriptors per worker, stdio and some slack, and the admin
+/// listener with its connections when there is one.
+pub fn nofile_overhead(workers: usize, admin: bool) -> u64 {
+    let admin = if admin {
+        1 + admin::ADMIN_MAX_CONNECTIONS as u64
+    } else {
+        0
+    };
+    64 + 3 * workers as u64 + admin
 }

@@ -1,11 +1,14 @@
 //! What requests and messages mean: the relay's [`Handler`].
 //!
-//! Plain HTTP (`/healthz`, `/metrics`, `POST /publish/{room}`), the
-//! upgrade routes (`/echo`, `/rooms/{name}`), and where a message goes
-//! (back to its sender, or into its room's batch). A `Router` is built for
+//! Plain HTTP (`/healthz`, `/readyz`, `/metrics`, `POST /publish/{room}`,
+//! the server API), the upgrade routes (`/echo`, `/rooms/{name}`,
+//! `/connection/websocket`), and where a message goes (back to its sender,
+//! or into its room's batch). With an admin listener, each listener serves
+//! its share of the routes (`admin.rs`) and answers 404 to the others. A `Router` is built for
 //! one connection's read from the worker's parts; the connection's
 //! attachment travels with it and is stored back afterwards.
 
+use super::admin::{readiness, Listener, RouteGroup};
 use super::admission::{IpKey, Refusal};
 use super::api_backend::ApiBackend;
 use super::client::Exec;
@@ -43,6 +46,8 @@ pub struct Router<'a> {
     pub shutting_down: bool,
     /// Replies of a protocol client's frame (reused buffer).
     pub replies: &'a mut Vec<u8>,
+    /// The listener the connection came in on.
+    pub listener: Listener,
 }
 
 fn answer(bytes: Vec<u8>, keep_alive: bool) -> Response {
@@ -53,7 +58,21 @@ fn refuse(reason: RejectReason) -> Response {
     answer(reason.response(), false)
 }
 
+/// The answer of the admin listener to a WebSocket route.
+const NOT_ON_ADMIN: &str = "not found: WebSocket routes are served on the public listener only\n";
+
 impl Router<'_> {
+    /// Whether this connection's listener serves `group`.
+    fn serves(&self, group: RouteGroup) -> bool {
+        self.shared.routes.serves(self.listener, group)
+    }
+
+    /// A 404 for a route this listener does not serve.
+    fn not_here(&self, keep_alive: bool) -> Response {
+        self.metrics.rejection(RejectReason::NotFound).inc();
+        answer(http::text(404, "not found\n", keep_alive), keep_alive)
+    }
+
     fn render_metrics(&self) -> String {
         let workers: Vec<&WorkerMetrics> = self.shared.metrics.iter().map(|m| m.as_ref()).collect();
         let depths = self.shared.mesh.depths();
@@ -98,7 +117,25 @@ impl Router<'_> {
         // A body we do not read ends the connection after the answer.
         let keep_alive = http::wants_keep_alive(req) && !self.shutting_down && !has_body;
         let metrics_on = self.shared.config.metrics;
+        let group = match req.path.as_str() {
+            "/healthz" | "/readyz" => Some(RouteGroup::Health),
+            "/metrics" => Some(RouteGroup::Metrics),
+            _ => None,
+        };
+        if group.is_some_and(|g| !self.serves(g)) {
+            return self.not_here(keep_alive);
+        }
         match (req.method.as_str(), req.path.as_str()) {
+            ("GET" | "HEAD", "/readyz") => {
+                let c = &self.shared.config;
+                let (status, body) = readiness(
+                    self.shutting_down,
+                    self.shared.admission.open(),
+                    c.max_connections,
+                );
+                let keep_alive = keep_alive && status == 200;
+                answer(http::text(status, body, keep_alive), keep_alive)
+            }
             ("GET" | "HEAD", "/healthz") => {
                 if self.shutting_down {
                     answer(http::text(503, "shutting down\n", false), false)
@@ -117,7 +154,9 @@ impl Router<'_> {
                 );
                 answer(bytes, keep_alive)
             }
-            (_, "/healthz") | (_, "/metrics") if metrics_on || req.path == "/healthz" => {
+            (_, "/healthz" | "/readyz") | (_, "/metrics")
+                if metrics_on || req.path != "/metrics" =>
+            {
                 let bytes = http_response(
                     405,
                     "Allow: GET, HEAD\r\n",
@@ -126,6 +165,10 @@ impl Router<'_> {
                     keep_alive,
                 );
                 answer(bytes, keep_alive)
+            }
+            (_, path) if http::is_ws_path(path) && self.listener == Listener::Admin => {
+                self.metrics.rejection(RejectReason::NotFound).inc();
+                answer(http::text(404, NOT_ON_ADMIN, keep_alive), keep_alive)
             }
             (_, path) if http::is_ws_path(path) => {
                 self.metrics.rejection(RejectReason::UpgradeRequired).inc();
@@ -333,14 +376,23 @@ fn strip_body(req: &HttpRequest, mut r: Response) -> Response {
 impl Handler for Router<'_> {
     fn on_request_head(&mut self, req: &HttpRequest) -> HeadVerdict {
         if let Some(method) = api_method(&req.path) {
+            if !self.serves(RouteGroup::Api) {
+                // A body we do not read ends the connection after the answer.
+                return HeadVerdict::Answer(strip_body(req, self.not_here(false)));
+            }
             return self.api_head(req, method);
         }
-        if let Some(r) = self.demo(req) {
-            return HeadVerdict::Answer(strip_body(req, r));
+        if self.shared.routes.websockets(self.listener) {
+            if let Some(r) = self.demo(req) {
+                return HeadVerdict::Answer(strip_body(req, r));
+            }
         }
         if !req.path.starts_with("/publish/") {
             let r = self.serve(req);
             return HeadVerdict::Answer(strip_body(req, r));
+        }
+        if !self.serves(RouteGroup::Publish) {
+            return HeadVerdict::Answer(strip_body(req, self.not_here(false)));
         }
         let c = &self.shared.config;
         match http::check_publish(
@@ -381,6 +433,10 @@ impl Handler for Router<'_> {
     }
 
     fn on_upgrade(&mut self, req: &UpgradeRequest) -> Result<Vec<u8>, Response> {
+        if !self.shared.routes.websockets(self.listener) {
+            self.metrics.rejection(RejectReason::NotFound).inc();
+            return Err(answer(http::text(404, NOT_ON_ADMIN, false), false));
+        }
         if self.shutting_down {
             self.metrics.rejection(RejectReason::Unavailable).inc();
             return Err(refuse(RejectReason::Unavailable));

@@ -603,7 +603,18 @@ fn descriptor_exhaustion_backs_off_keeps_serving_and_recovers() {
     );
 
     // Still serving the connection it has.
-    echo_once(&mut a, "during");
+    a.send_text("during");
+    match a.read_frame(Duration::from_secs(5)) {
+        Read_::Frame(f) => assert_eq!(
+            (f.opcode, f.payload.as_slice()),
+            (OpCode::Text, &b"during"[..])
+        ),
+        other => panic!(
+            "no echo while out of descriptors ({other:?}); relay exited: {:?}; its log:\n{}",
+            relay.0.try_wait(),
+            log.lock().unwrap()
+        ),
+    }
 
     // Free the descriptors: a new WebSocket gets in again (the queued
     // connections the relay still has to accept and drop come first).

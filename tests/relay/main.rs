@@ -4,6 +4,8 @@
 //! - `echo`: `/echo` payloads, fragmentation, control frames, close
 //!   handshake, protocol violations;
 //! - `rooms`: fan-out across workers, roles, echo_self, ordering, churn;
+//! - `admin`: the private admin listener (route split, probes while full,
+//!   readiness through shutdown);
 //! - `admission`: origins, connection / per-IP / room caps;
 //! - `publish`: `POST /publish/{room}`;
 //! - `metrics`: `/healthz`, `/metrics`;
@@ -26,6 +28,7 @@
 
 mod support;
 
+mod admin;
 mod admission;
 mod bounds;
 mod config;

@@ -357,3 +357,30 @@ fn without_proxy_protocol_a_proxy_header_is_bad_http() {
     h.shutdown();
     h.join();
 }
+
+#[test]
+fn the_admin_listener_needs_no_proxy_header() {
+    // Public side behind a PROXY-protocol balancer; probes and scrapes on
+    // the admin listener, which never reads a header (nor forwarding
+    // headers: its connections are not counted per client).
+    let h = start(Config {
+        admin_listen: Some("127.0.0.1:0".parse().unwrap()),
+        ..proxied(&["10.0.0.0/8"], true)
+    });
+    let admin = h.admin_addr().expect("admin listener");
+    let (resp, _) = http_exchange(h.local_addr(), &upgrade_request("/echo", ""), WAIT);
+    assert_eq!(status_of(&resp), 403, "{resp}");
+    let m = scrape(admin);
+    assert_eq!(
+        m.get(
+            "wsrelay_proxy_protocol_refusals_total",
+            &[("reason", "untrusted_peer")]
+        ),
+        Some(1.0)
+    );
+    for path in ["/healthz", "/readyz"] {
+        assert_eq!(http_get(admin, path).status, 200, "{path}");
+    }
+    h.shutdown();
+    h.join();
+}

@@ -591,6 +591,17 @@ fn server_api_publishes_and_reads() {
     assert_eq!(r["result"]["responses"].as_array().unwrap().len(), 2, "{r}");
     assert_eq!(sub.next_pub("news")["data"], 2);
     assert_eq!(sub.next_pub("chat:api")["offset"], 2);
+    // skip_history: delivered live, no offset, not kept.
+    let (_, r) = api(
+        addr,
+        "publish",
+        "api-secret",
+        &json!({"channel": "chat:api", "data": "live", "skip_history": true}),
+    );
+    assert_eq!(r["result"], json!({}), "{r}");
+    let p = sub.next_pub("chat:api");
+    assert_eq!(p["data"], "live");
+    assert!(p.get("offset").is_none(), "{p}");
     // History returns the data as published.
     let (_, r) = api(
         addr,
@@ -599,6 +610,7 @@ fn server_api_publishes_and_reads() {
         &json!({"channel": "chat:api", "limit": 10}),
     );
     let pubs = r["result"]["publications"].as_array().unwrap();
+    assert_eq!(pubs.len(), 2, "the skipped one is not kept: {r}");
     assert_eq!(pubs[0]["data"], json!({"x": 1}), "{r}");
     assert_eq!(pubs[1]["offset"], 2);
     // Presence, channels, info.
@@ -761,4 +773,65 @@ fn overflow_reordering_is_recovered_never_skipped() {
     }
     sub.assert_no_pub();
     eprintln!("resubscribed {resubscribed} times");
+}
+
+/// A protocol subscriber that stops reading is disconnected with 3008
+/// "slow" even where raw members' policy is to drop messages: a pub/sub
+/// client never loses publications silently. What it had received is a
+/// gap-free prefix.
+#[test]
+fn a_stalled_protocol_subscriber_is_disconnected_with_3008() {
+    use socket2::{Domain, Socket, Type};
+    let mut c = config();
+    c.max_outbound_bytes = 64 << 10;
+    c.slow_consumer = wsrelay::config::SlowConsumerPolicy::Drop;
+    c.close_timeout = Duration::from_secs(10);
+    let h = start(c);
+    let addr = h.local_addr();
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    s.set_recv_buffer_size(4096).unwrap();
+    s.connect(&addr.into()).unwrap();
+    let mut slow = Client {
+        ws: ws_over(s.into(), addr, "/connection/websocket"),
+        next_id: 1,
+        pushes: VecDeque::new(),
+        replies: VecDeque::new(),
+    };
+    slow.call(json!({"connect": {}}));
+    slow.subscribe("chat:flood", json!({}));
+    let mut publisher = ws_connect(addr, "/rooms/chat:flood?role=pub");
+    let text = "x".repeat(1000);
+    let mut sent = 0u64;
+    while sum(&h, |m| m.slow_consumer_closes.get()) == 0 {
+        for _ in 0..64 {
+            sent += 1;
+            publisher
+                .send(Message::text(format!(
+                    "{{\"n\":{sent},\"pad\":\"{text}\"}}"
+                )))
+                .unwrap();
+        }
+        assert!(sent < 100_000, "never judged slow");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // The subscriber reads again: publications 1.. in order, then 3008.
+    let mut next = 1u64;
+    let code = loop {
+        match ws_read(&mut slow.ws, Duration::from_secs(10)) {
+            Some(Message::Text(t)) => {
+                for line in t.as_str().split('\n') {
+                    let v: Value = serde_json::from_str(line).unwrap();
+                    if let Some(n) = v["push"]["pub"]["data"]["n"].as_u64() {
+                        assert_eq!(n, next, "gap in what the slow subscriber got");
+                        next += 1;
+                    }
+                }
+            }
+            Some(Message::Close(Some(f))) => break u16::from(f.code),
+            Some(_) => {}
+            None => panic!("no close after {next} publications"),
+        }
+    };
+    assert_eq!(code, 3008);
+    assert!(next <= sent);
 }

@@ -49,7 +49,10 @@ fn alt() -> Config {
         rate_limit_policy: RateLimitPolicy::Close,
         publish_token: "env-secret".into(),
         metrics: true,
+        admin_listen: Some("127.0.0.1:7001".parse().unwrap()),
+        public_routes: vec!["metrics".into(), "api".into()],
         log_level: "warn".into(),
+        log_format: "text".into(),
         token_hmac_secret_key: "hmac-alt".into(),
         token_rsa_public_key: "rsa-alt.pem".into(),
         token_ecdsa_public_key: "ec-alt.pem".into(),
@@ -126,7 +129,10 @@ fn third() -> Config {
         rate_limit_policy: RateLimitPolicy::Drop,
         publish_token: "flag-secret".into(),
         metrics: false,
+        admin_listen: Some("127.0.0.2:6001".parse().unwrap()),
+        public_routes: vec!["publish".into()],
         log_level: "error".into(),
+        log_format: "json".into(),
         token_hmac_secret_key: "hmac-third".into(),
         token_rsa_public_key: "rsa-third.pem".into(),
         token_ecdsa_public_key: "ec-third.pem".into(),
@@ -442,6 +448,16 @@ fn cross_key_errors_name_both_keys() {
         "rate_limit_burst",
         "rate_limit_messages",
     );
+    check(
+        &|c| c.public_routes = vec!["health".into()],
+        "public_routes",
+        "admin_listen",
+    );
+    check(
+        &|c| c.admin_listen = Some(c.listen),
+        "admin_listen",
+        "listen",
+    );
     // Allowed: equal frame and message limits, a byte limit of exactly one
     // max-size message, and a pong wait longer than the ping interval
     // (one ping is outstanding at a time, so nothing piles up).
@@ -457,6 +473,60 @@ fn cross_key_errors_name_both_keys() {
         e.contains("a 2MiB frame could never be accepted into a message of at most 1MiB"),
         "{e}"
     );
+}
+
+#[test]
+fn admin_listener_and_log_format_keys() {
+    // Empty = no admin listener, from every source.
+    assert_eq!(run(&["--admin-listen", ""]).unwrap().admin_listen, None);
+    let c = run(&[
+        "--admin-listen",
+        "127.0.0.1:9002",
+        "--public-routes",
+        "health,api",
+        "--log-format",
+        "json",
+    ])
+    .unwrap();
+    assert_eq!(c.admin_listen, Some("127.0.0.1:9002".parse().unwrap()));
+    assert_eq!(c.public_routes, ["health", "api"]);
+    assert_eq!(c.log_format, "json");
+    let e = err(&["--admin-listen", "localhost:9002"]);
+    assert!(
+        e.contains("invalid socket address \"localhost:9002\""),
+        "{e}"
+    );
+    let e = err(&[
+        "--admin-listen",
+        "127.0.0.1:9002",
+        "--public-routes",
+        "health,websocket",
+    ]);
+    assert!(
+        e.contains("key \"public_routes\": unknown route group \"websocket\" (expected any of health, metrics, publish, api; WebSocket routes always stay public)"),
+        "{e}"
+    );
+    let e = err(&[
+        "--admin-listen",
+        "127.0.0.1:9002",
+        "--public-routes",
+        "api,api",
+    ]);
+    assert!(e.contains("\"api\" is listed twice"), "{e}");
+    let e = err(&["--log-format", "logfmt"]);
+    assert!(
+        e.contains(
+            "key \"log_format\": invalid log format \"logfmt\" (expected one of text, json)"
+        ),
+        "{e}"
+    );
+    // Port 0 on both is allowed (the kernel picks two ports).
+    let c = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        admin_listen: Some("127.0.0.1:0".parse().unwrap()),
+        ..Config::default()
+    };
+    c.validate().unwrap();
 }
 
 #[test]

@@ -117,25 +117,7 @@ impl LocalRooms {
         opts: &ChannelOptions,
         data: &[u8],
     ) -> StreamPosition {
-        let kind = if std::str::from_utf8(data).is_ok() {
-            MessageKind::Text
-        } else {
-            MessageKind::Binary
-        };
-        let header = encode_header(true, kind.opcode(), data.len(), None);
-        let mut bytes = Vec::with_capacity(header.as_bytes().len() + data.len());
-        bytes.extend_from_slice(header.as_bytes());
-        let start = bytes.len();
-        bytes.extend_from_slice(data);
-        let frames = [BatchFrame {
-            head: 0,
-            start,
-            end: bytes.len(),
-            publisher: usize::MAX,
-            kind: ItemKind::Raw,
-            info: None,
-        }];
-        let raw = SharedFrame::from_vec(bytes);
+        let (frames, raw) = single_item(data);
         sequence(
             seq,
             port,
@@ -146,6 +128,32 @@ impl LocalRooms {
             Some(raw),
             SelfPart::All,
         )
+    }
+
+    /// Publishes one message into a channel with history *without* keeping
+    /// it (the server API's `skip_history`): no offset, delivered to every
+    /// worker with members, this one included, through the inboxes.
+    pub fn publish_unkept(
+        &self,
+        seq: &Sequencer<'_>,
+        port: &mut MeshPort,
+        directory: &RoomDirectory,
+        channel: &str,
+        data: &[u8],
+    ) {
+        let Some(shared) = directory.get(channel) else {
+            return;
+        };
+        let (frames, raw) = single_item(data);
+        let push = (shared.subscribers() > 0)
+            .then(|| Arc::new(encode_push(channel, &frames, raw.as_bytes(), &[], None)));
+        let msg = WorkerMsg::Batch(RoomBatch {
+            room: shared.clone(),
+            frame: Some(raw),
+            messages: 1,
+            push,
+        });
+        port.send(seq.mesh, shared.worker_mask(), &msg, 1, seq.metrics);
     }
 
     /// Delivers a batch from another worker (or, for channels with
@@ -320,6 +328,30 @@ fn deliver_without_own(
         .table
         .deliver(member, |s| s.send_copy(others.clone()), out.metrics);
     (d, count)
+}
+
+/// A batch of one server-side publication: its item and its raw frame
+/// (text when the data is UTF-8, binary otherwise).
+fn single_item(data: &[u8]) -> ([BatchFrame; 1], SharedFrame) {
+    let kind = if std::str::from_utf8(data).is_ok() {
+        MessageKind::Text
+    } else {
+        MessageKind::Binary
+    };
+    let header = encode_header(true, kind.opcode(), data.len(), None);
+    let mut bytes = Vec::with_capacity(header.as_bytes().len() + data.len());
+    bytes.extend_from_slice(header.as_bytes());
+    let start = bytes.len();
+    bytes.extend_from_slice(data);
+    let frames = [BatchFrame {
+        head: 0,
+        start,
+        end: bytes.len(),
+        publisher: usize::MAX,
+        kind: ItemKind::Raw,
+        info: None,
+    }];
+    (frames, SharedFrame::from_vec(bytes))
 }
 
 /// The worker's parts a sequenced publication needs.

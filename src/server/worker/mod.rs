@@ -14,7 +14,8 @@
 //! workers we sent to.
 
 use super::accept::{Accepted, Acceptor, ACCEPT_BATCH, LISTENER};
-use super::admission::Refusal;
+use super::admin::{Listener, ADMIN_LISTENER, ADMIN_MAX_CONNECTIONS};
+use super::admission::{IpKey, Refusal};
 use super::buffer_pool::BufferPool;
 use super::client::{Client, Exec};
 use super::client_deadlines::ClientDeadlines;
@@ -57,6 +58,12 @@ pub struct Worker {
     metrics: Arc<WorkerMetrics>,
     ctx: Arc<SessionContext>,
     acceptor: Acceptor,
+    /// The admin listener (worker 0, with `admin_listen`).
+    admin: Option<Acceptor>,
+    /// Slab keys of the connections from the admin listener (at most
+    /// `ADMIN_MAX_CONNECTIONS`; kept here, not in `Connection`, which
+    /// stays small for the many public ones).
+    admin_keys: Vec<usize>,
     table: ConnTable,
     pool: BufferPool,
     rooms: LocalRooms,
@@ -85,10 +92,15 @@ impl Worker {
         id: usize,
         poll: Poll,
         listener: TcpListener,
+        admin: Option<TcpListener>,
         shared: Arc<Shared>,
         rx: Receiver<WorkerMsg>,
     ) -> io::Result<Worker> {
-        let acceptor = Acceptor::new(listener, poll.registry())?;
+        let acceptor = Acceptor::new(listener, poll.registry(), LISTENER)?;
+        let admin = match admin {
+            Some(l) => Some(Acceptor::new(l, poll.registry(), ADMIN_LISTENER)?),
+            None => None,
+        };
         let c = &shared.config;
         let workers = shared.mesh.len();
         let reserve = (c.max_connections / workers.max(1)).saturating_mul(5) / 4 + 1024;
@@ -106,6 +118,8 @@ impl Worker {
                 .then(|| c.proxy_header_timeout.as_millis().min(u128::from(u32::MAX)) as u64),
             metrics,
             acceptor,
+            admin,
+            admin_keys: Vec::new(),
             table: ConnTable::new(reserve),
             pool: BufferPool::new(c.read_buffer_bytes, c.buffer_pool_size),
             rooms: LocalRooms::new(id, c.max_outbound_bytes, c.echo_self),
@@ -154,6 +168,7 @@ impl Worker {
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept(),
+                    ADMIN_LISTENER => self.accept_admin(),
                     WAKER => {}
                     token => {
                         let Some(key) = self.table.by_token(token) else {
@@ -179,6 +194,12 @@ impl Worker {
                 self.accept();
             }
             self.acceptor.sweep_refused(self.now);
+            if self.admin.as_ref().is_some_and(|a| a.wants_retry(self.now)) {
+                self.accept_admin();
+            }
+            if let Some(admin) = &mut self.admin {
+                admin.sweep_refused(self.now);
+            }
             self.write_dirty();
             self.port.send_wakes(&self.shared.mesh);
         }
@@ -215,6 +236,7 @@ impl Worker {
         for t in [
             self.table.next_due_in(self.now),
             self.acceptor.retry_in(self.now),
+            self.admin.as_ref().and_then(|a| a.retry_in(self.now)),
         ]
         .into_iter()
         .flatten()
@@ -256,6 +278,58 @@ impl Worker {
         self.acceptor.batch_full();
     }
 
+    /// Accepts on the admin listener: connections that admission does not
+    /// count (probes are answered while the public side is full), bounded
+    /// by [`ADMIN_MAX_CONNECTIONS`].
+    fn accept_admin(&mut self) {
+        self.tick_clock();
+        let Some(admin) = &mut self.admin else {
+            return;
+        };
+        if !admin.begin(self.now) {
+            return;
+        }
+        for _ in 0..ACCEPT_BATCH {
+            let Some(admin) = &mut self.admin else {
+                return;
+            };
+            match admin.accept(self.now) {
+                Accepted::Conn(socket, _) if self.admin_keys.len() >= ADMIN_MAX_CONNECTIONS => {
+                    let answer = crate::protocol::response::http_response(
+                        503,
+                        "Retry-After: 1\r\n",
+                        "text/plain; charset=utf-8",
+                        b"too many admin connections\n",
+                        false,
+                    );
+                    admin.refuse(socket, &answer, self.now);
+                }
+                Accepted::Conn(socket, addr) => {
+                    // The key is never released: admission does not count
+                    // admin connections.
+                    let peer = IpKey::new(addr.ip(), 128);
+                    // Never a PROXY header nor forwarding headers here.
+                    let session = Session::new(self.ctx.clone(), self.now);
+                    if let Some(key) = self.register(socket, peer, session) {
+                        self.admin_keys.push(key);
+                    }
+                }
+                Accepted::None => return,
+                Accepted::Exhausted(warning) => {
+                    if let Some(e) = warning {
+                        log::warn!(
+                            "admin listener: accept failed: {e}; pausing admin accepts briefly"
+                        );
+                    }
+                    return;
+                }
+            }
+        }
+        if let Some(admin) = &mut self.admin {
+            admin.batch_full();
+        }
+    }
+
     fn add_connection(&mut self, socket: TcpStream, addr: SocketAddr) {
         self.metrics.connections_accepted.inc();
         let ip = addr.ip();
@@ -292,16 +366,27 @@ impl Worker {
                 return self.acceptor.refuse(socket, &reason.response(), self.now);
             }
         };
+        let session = if via_proxy {
+            Session::via_proxy(self.ctx.clone(), self.now, ip, self.proxy_header_ms)
+        } else {
+            Session::new(self.ctx.clone(), self.now)
+        };
+        if self.register(socket, peer, session).is_none() {
+            self.shared.admission.release(peer);
+        }
+    }
+
+    /// Sets a new connection up (socket options, slab slot, poll
+    /// registration, session): its slab key, or `None` if it could not be,
+    /// and was dropped.
+    fn register(&mut self, socket: TcpStream, peer: IpKey, session: Session) -> Option<usize> {
         let _ = socket.set_nodelay(true);
         if self.send_buffer_bytes > 0 {
             // Caps what the kernel holds for a peer that stopped reading,
             // so slow-consumer detection follows the configuration.
             let _ = socket2::SockRef::from(&socket).set_send_buffer_size(self.send_buffer_bytes);
         }
-        let Some((_, generation, token)) = self.table.next_slot() else {
-            self.shared.admission.release(peer);
-            return;
-        };
+        let (_, generation, token) = self.table.next_slot()?;
         let mut transport = Transport::Plain(socket);
         if self
             .poll
@@ -309,16 +394,12 @@ impl Worker {
             .register(&mut transport, token, Interest::READABLE)
             .is_err()
         {
-            self.shared.admission.release(peer);
-            return;
+            return None;
         }
-        let session = if via_proxy {
-            Session::via_proxy(self.ctx.clone(), self.now, ip, self.proxy_header_ms)
-        } else {
-            Session::new(self.ctx.clone(), self.now)
-        };
-        self.table
-            .insert(Connection::new(transport, session, generation, peer));
+        Some(
+            self.table
+                .insert(Connection::new(transport, session, generation, peer)),
+        )
     }
 
     // ----- reading -----------------------------------------------------------
@@ -334,6 +415,7 @@ impl Worker {
             metrics,
             ctx,
             replies,
+            admin_keys,
             ..
         } = self;
         let Some(conn) = table.get_mut(key) else {
@@ -366,6 +448,11 @@ impl Worker {
             peer: conn.peer,
             upgraded: false,
             replies,
+            listener: if admin_keys.contains(&key) {
+                Listener::Admin
+            } else {
+                Listener::Public
+            },
             // The flag, not this worker's deadline: a request read between
             // the flag and this worker's next loop top is answered as
             // shutting down too.
@@ -559,7 +646,11 @@ impl Worker {
                 Attachment::Echo => {}
             }
         }
-        self.shared.admission.release(conn.peer);
+        if let Some(i) = self.admin_keys.iter().position(|&k| k == key) {
+            self.admin_keys.swap_remove(i);
+        } else {
+            self.shared.admission.release(conn.peer);
+        }
         conn.close(self.poll.registry(), &mut self.pool, graceful);
     }
 
