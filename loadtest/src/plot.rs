@@ -122,7 +122,7 @@ impl LogScale {
     /// Position of `v` on the axis: 0.0 at the bottom, 1.0 at the top; `None`
     /// for a value that cannot be drawn on a log axis (zero: no data).
     fn pos(&self, v: f64) -> Option<f64> {
-        if !(v > 0.0) || v.is_nan() {
+        if v.is_nan() || v <= 0.0 {
             return None;
         }
         let f = (v.log10() - self.lo as f64) / (self.hi - self.lo) as f64;
@@ -256,6 +256,14 @@ fn runs(pts: &[(f64, Option<f64>)]) -> Vec<Vec<(f64, f64)>> {
     out
 }
 
+/// A line of the latency panel: name, colour, dash pattern, value.
+type LatencyLine = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&PlotPoint) -> f64,
+);
+
 /// The latency panel: log axis, p50-p99 band, p50, p99 and max lines.
 fn latency_panel(svg: &mut String, top: f64, tmax: f64, points: &[PlotPoint]) {
     let (x0, x1) = (LEFT, W - RIGHT);
@@ -330,7 +338,7 @@ fn latency_panel(svg: &mut String, top: f64, tmax: f64, points: &[PlotPoint]) {
             d.trim_end()
         );
     }
-    let lines: [(&str, &str, &str, fn(&PlotPoint) -> f64); 3] = [
+    let lines: [LatencyLine; 3] = [
         ("max", "#7f7f7f", "4 3", |p| p.max_us),
         ("p99", "#d62728", "", |p| p.p99_us),
         ("p50", "#ff7f0e", "", |p| p.p50_us),
