@@ -9,8 +9,9 @@
 #   loadtest/abuse.sh [--port N] [--out DIR] [--quick] [--no-lock] [--rounds N] [--steady-secs N]
 #
 #   --quick          small counts, for development (about 2.5 min)
-#   --no-lock        do not wait for /tmp/wsrelay-bench.lock or another soak, nor hold
-#                    /tmp/wsrelay-abuse.lock (see docs/reliability.md)
+#   --no-lock        do not wait for wsrelay-bench.lock or another soak, nor hold
+#                    wsrelay-abuse.lock (both in $WSRELAY_LOCK_DIR, default the
+#                    system's /tmp; see docs/reliability.md)
 #   --rounds N       abuse rounds, one after the other (default 3)
 #   --steady-secs N  duration of the steady fan-out (default 180, quick 120);
 #                    it must outlast every round plus 12 s of settling
@@ -34,8 +35,8 @@ LOCK=1
 STEADY_SECS=""
 EXTRA=()
 ROUNDS=3                   # the same abuse again and again: a new RSS high in the last round = leak
-BENCH_LOCK=/tmp/wsrelay-bench.lock
-ABUSE_LOCK=/tmp/wsrelay-abuse.lock
+BENCH_LOCK=${WSRELAY_LOCK_DIR:-/tmp}/wsrelay-bench.lock
+ABUSE_LOCK=${WSRELAY_LOCK_DIR:-/tmp}/wsrelay-abuse.lock
 
 while [ $# -gt 0 ]; do
     case "$1" in

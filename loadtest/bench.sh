@@ -27,14 +27,15 @@
 # Output (--out DIR, default target/bench/<date>): json/<scenario>__<server>__<run>.json (the generator's
 # --json), runs.tsv (one line per run), summary.tsv and summary.json (medians), summary.md (the table).
 # Each scenario is run --runs times (default 3); servers are interleaved within each run.
-# While measuring, /tmp/wsrelay-bench.lock exists (other heavy jobs wait for it to disappear).
+# While measuring, the lock file wsrelay-bench.lock exists in $WSRELAY_LOCK_DIR (default: the
+# system's /tmp, shared by every user and checkout; loadtest/abuse.sh waits for it to disappear).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 GEN=${WSRELAY_LOAD:-$ROOT/target/release/wsrelay-load}
 RELAY=${WSRELAY_BIN:-$ROOT/target/release/wsrelay}
 PEERS=${PEERS_DIR:-$ROOT/../peers-build}
-LOCK=/tmp/wsrelay-bench.lock
+LOCK=${WSRELAY_LOCK_DIR:-/tmp}/wsrelay-bench.lock
 
 RUNS=3
 DURATION=5            # seconds of measured load per run (after warm-up)

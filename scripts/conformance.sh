@@ -5,11 +5,14 @@
 #                          [--no-build] [OUTDIR]
 #
 # Builds the relay (cargo build --release), starts it on a free loopback port with
-# limits large enough for the 16 MiB messages of cases 9.*, and runs the shared
-# harness ../shared/conformance/autobahn.sh (relative to the repository root) against
-# it. The harness installs its pinned runner from PyPI on first use (kosoku by
-# default; --wstest: the original autobahntestsuite via setup-wstest.sh) and prints a
-# summary whose last line is "N passed, M failed". The relay is always stopped on exit.
+# limits large enough for the 16 MiB messages of cases 9.*, and runs the Autobahn
+# harness scripts/autobahn/autobahn.sh against it. The harness installs the runner
+# pinned in scripts/autobahn/requirements-*.txt on first use (kosoku from PyPI by
+# default; --wstest: the original Python 2.7 autobahntestsuite, set up from Debian
+# packages and PyPI by scripts/autobahn/setup-wstest.sh) and prints a summary whose
+# last line is "N passed, M failed". The relay is always stopped on exit.
+# Nothing outside the repository is needed besides python3 (and, for --wstest,
+# apt-get, dpkg-deb and gcc); see scripts/autobahn/README.md.
 #
 # Options:
 #   --full         cases 1.*-10.* (default; no 12.*/13.* permessage-deflate)
@@ -24,11 +27,12 @@
 # Environment:
 #   WSRELAY_CONFORMANCE_SERVER_CMD  replaces the server command (run with bash -c;
 #       every "{port}" is replaced by the chosen port); no cargo build is done then.
-#       Example, against the tokio-tungstenite reference peer:
-#         WSRELAY_CONFORMANCE_SERVER_CMD='../peers-build/tokio-tungstenite/target/release/tt-peer --port {port}'
+#       Example, against a reference peer built as in docs/peers.md:
+#         WSRELAY_CONFORMANCE_SERVER_CMD='PEER_DIR/tokio-tungstenite/target/release/tt-peer --port {port}'
 #   WSRELAY_CONFORMANCE_PATH     URL path under test (default /echo)
 #   WSRELAY_CONFORMANCE_START_TIMEOUT  seconds to wait for the port to accept (default 30)
-#   WSRELAY_SHARED_DIR           the shared directory (default <repo>/../shared)
+#   WSRELAY_SHARED_DIR           if set, use the harness in $WSRELAY_SHARED_DIR/conformance/
+#       (an external copy of the same harness) instead of scripts/autobahn/
 #   AUTOBAHN_TIMEOUT             runner time limit in seconds (default here 900)
 #   AUTOBAHN_VENV, AUTOBAHN_PARALLEL, ...  passed through to the harness (see its README)
 #
@@ -68,12 +72,12 @@ if [[ -z "$outdir" ]]; then
 fi
 ((wstest)) && harness_args+=(--wstest)
 
-shared="${WSRELAY_SHARED_DIR:-$root/../shared}"
-harness="$shared/conformance/autobahn.sh"
-if [[ ! -d "$shared" ]]; then
-  die 2 "the shared directory $(realpath -m -- "$shared") does not exist: it must sit beside the repository (../shared, as in CI) and hold conformance/autobahn.sh; or set WSRELAY_SHARED_DIR"
+harness="$root/scripts/autobahn/autobahn.sh"
+if [[ -n "${WSRELAY_SHARED_DIR:-}" ]]; then
+  harness="$WSRELAY_SHARED_DIR/conformance/autobahn.sh"
+  say "using the harness from WSRELAY_SHARED_DIR: $harness"
 fi
-[[ -x "$harness" ]] || die 2 "$harness is missing or not executable (expected the shared Autobahn harness)"
+[[ -x "$harness" ]] || die 2 "$harness is missing or not executable"
 command -v python3 >/dev/null || die 2 "python3 is required (free port selection and the Autobahn runner)"
 
 cd "$root"

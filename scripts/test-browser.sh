@@ -61,7 +61,7 @@ fi
 if [[ -n "${RELAY:-}" ]]; then
   relay="$RELAY"
 else
-  relay="$root/target/release/wsrelay"
+  relay="$(cd "$root" && realpath -m -- "${CARGO_TARGET_DIR:-target}")/release/wsrelay"
   if [[ "$build" -eq 1 ]]; then
     say "cargo build --release"
     (cd "$root" && cargo build --release --bin wsrelay) || die "cargo build failed"

@@ -18,7 +18,7 @@ cargo test --workspace
 
 echo "=== test: release build for the SDK and browser tests"
 cargo build --release --bin wsrelay
-bin="$PWD/target/release/wsrelay"
+bin="$(realpath -m -- "${CARGO_TARGET_DIR:-$PWD/target}")/release/wsrelay"
 
 echo "=== test: centrifuge-js SDK (tests/sdk)"
 WSRELAY_BIN="$bin" scripts/test-sdk.sh

@@ -84,7 +84,9 @@ fn main() -> ExitCode {
                     t: s.t_s,
                     sent_per_s: s.sent as f64 / dur,
                     recv_per_s: s.received as f64 / dur,
+                    p50_us: s.p50_us,
                     p99_us: s.p99_us,
+                    max_us: s.max_us,
                 }
             })
             .collect();

@@ -380,25 +380,76 @@ impl Progress {
                 / (now.saturating_sub(self.last_cpu.0)).max(1) as f64;
             self.last_cpu = (now, cpu);
             let phase = if start >= self.send_end {
-                " after"
+                Phase::After
             } else if start < self.t0 + self.warmup_ns {
-                " warm"
+                Phase::Warmup
             } else {
-                ""
+                Phase::Measured
             };
             eprintln!(
-                "[{:>4}s{phase}] conns {} open {} failed {} lost | sent {}/s recv {}/s | p99 {} | cpu {:.0}%",
-                i + 1,
-                shared.sum(|w| &w.open_now),
-                shared.sum(|w| &w.failed),
-                shared.sum(|w| &w.lost_conns),
-                si(a.sent as f64 / dur),
-                si(a.recv as f64 / dur),
-                p99,
-                cpu_pct
+                "{}",
+                progress_line(&ProgressLine {
+                    second: i + 1,
+                    phase,
+                    open: shared.sum(|w| &w.open_now),
+                    failed: shared.sum(|w| &w.failed),
+                    lost: shared.sum(|w| &w.lost_conns),
+                    sent_per_s: a.sent as f64 / dur,
+                    recv_per_s: a.recv as f64 / dur,
+                    p99,
+                    cpu_pct,
+                })
             );
         }
     }
+}
+
+/// Which part of the run a progress line's second belongs to.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Phase {
+    /// Warm-up: not counted in the summary.
+    Warmup,
+    /// The measured window.
+    Measured,
+    /// After sending stopped: drain and close.
+    After,
+}
+
+/// One progress line's figures: connection counts are totals at the end of
+/// the second, rates, latency and CPU cover that second alone.
+struct ProgressLine {
+    second: usize,
+    phase: Phase,
+    open: u64,
+    failed: u64,
+    lost: u64,
+    sent_per_s: f64,
+    recv_per_s: f64,
+    /// p99 latency already formatted, "-" when nothing was received.
+    p99: String,
+    cpu_pct: f64,
+}
+
+/// `[   3s] conns: 5 open, 0 failed, 0 lost (totals) | this second: sent 500.0k msg/s,
+/// recv 2.0M msg/s, p99 1.23ms, cpu 41% of a core`, with "warm-up" or "drain"
+/// after the second outside the measured window.
+fn progress_line(l: &ProgressLine) -> String {
+    let phase = match l.phase {
+        Phase::Warmup => " warm-up",
+        Phase::Measured => "",
+        Phase::After => " drain",
+    };
+    format!(
+        "[{:>4}s{phase}] conns: {} open, {} failed, {} lost (totals) | this second: sent {} msg/s, recv {} msg/s, p99 {}, cpu {:.0}% of a core",
+        l.second,
+        l.open,
+        l.failed,
+        l.lost,
+        si(l.sent_per_s),
+        si(l.recv_per_s),
+        l.p99,
+        l.cpu_pct
+    )
 }
 
 pub fn execute(
@@ -444,7 +495,7 @@ pub fn execute(
         if now >= next_line && !common.quiet {
             next_line += SEC;
             eprintln!(
-                "[connect] {} of {} open, {} failed",
+                "[connect] conns: {} of {} open, {} failed (totals)",
                 shared.sum(|w| &w.open_now),
                 setup.planned,
                 shared.sum(|w| &w.failed)
@@ -912,4 +963,45 @@ fn pubsub_report(
         });
     }
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_line_names_units_and_what_is_a_total() {
+        let mut l = ProgressLine {
+            second: 3,
+            phase: Phase::Measured,
+            open: 5,
+            failed: 1,
+            lost: 2,
+            sent_per_s: 500_000.0,
+            recv_per_s: 2_000_000.0,
+            p99: us(1230.0),
+            cpu_pct: 41.4,
+        };
+        let line = progress_line(&l);
+        assert!(
+            line.starts_with(
+                "[   3s] conns: 5 open, 1 failed, 2 lost (totals) | this second: sent "
+            ),
+            "{line}"
+        );
+        assert!(line.contains(" msg/s, recv "), "{line}");
+        assert!(
+            line.ends_with(&format!("p99 {}, cpu 41% of a core", us(1230.0))),
+            "{line}"
+        );
+        l.phase = Phase::Warmup;
+        assert!(progress_line(&l).starts_with("[   3s warm-up] "));
+        l.phase = Phase::After;
+        l.p99 = "-".into();
+        let line = progress_line(&l);
+        assert!(
+            line.starts_with("[   3s drain] ") && line.contains("p99 -,"),
+            "{line}"
+        );
+    }
 }
