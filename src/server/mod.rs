@@ -26,6 +26,7 @@ pub mod router;
 pub mod session;
 pub mod table;
 pub mod timer;
+pub mod tls;
 pub mod transport;
 pub mod worker;
 

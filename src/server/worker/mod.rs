@@ -621,7 +621,7 @@ impl Worker {
             Some(Finish::Graceful) => return self.remove(key, true),
             None => {}
         }
-        if conn.session.has_output() && !conn.awaits_writable() && !conn.dirty {
+        if conn.has_output() && !conn.awaits_writable() && !conn.dirty {
             self.table.mark_dirty(key);
         }
         self.table.sync_timer(key);
