@@ -79,6 +79,12 @@ impl Transport {
         matches!(self, Transport::Plain(_))
     }
 
+    /// Whether this is a TLS connection whose handshake did not complete
+    /// (still running, or failed).
+    pub fn in_tls_handshake(&self) -> bool {
+        matches!(self, Transport::Tls(t) if t.tls.is_handshaking())
+    }
+
     /// Whether the TLS handshake is complete (always, for plain TCP).
     pub fn handshake_done(&self) -> bool {
         match self {
