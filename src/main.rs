@@ -86,7 +86,8 @@ fn check_nofile(config: &Config) {
 }
 
 /// Waits for SIGINT/SIGTERM (first: graceful shutdown; second: exit at
-/// once) and prints the stats line every `stats_interval`.
+/// once), reloads the TLS certificate on SIGHUP, and prints the stats line
+/// every `stats_interval`.
 fn run_until_stopped(handle: server::ServerHandle, config: &Config) {
     let (mut rx, tx) = match UnixStream::pair() {
         Ok(p) => p,
@@ -103,6 +104,21 @@ fn run_until_stopped(handle: server::ServerHandle, config: &Config) {
             eprintln!("cannot install signal handler: {e}");
             std::process::exit(1);
         }
+    }
+    // SIGHUP has a pipe of its own: the byte does not say which signal.
+    let (hup_rx, hup_tx) = match UnixStream::pair() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("cannot create signal pipe: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = hup_rx
+        .set_nonblocking(true)
+        .and_then(|()| signal_hook::low_level::pipe::register(signal_hook::consts::SIGHUP, hup_tx))
+    {
+        eprintln!("cannot install SIGHUP handler: {e}");
+        std::process::exit(1);
     }
     let stats_every = config.stats_interval;
     let mut last = (Instant::now(), handle.totals(), handle.rooms_open());
@@ -132,6 +148,18 @@ fn run_until_stopped(handle: server::ServerHandle, config: &Config) {
                 handle.shutdown();
             }
             _ => {}
+        }
+        let mut hup = [0u8; 16];
+        if matches!((&hup_rx).read(&mut hup), Ok(n) if n > 0) {
+            while matches!((&hup_rx).read(&mut hup), Ok(n) if n > 0) {}
+            match handle.reload_tls() {
+                Ok(true) => log::info!(
+                    "SIGHUP: TLS certificate reloaded from {} (new handshakes; open connections keep theirs)",
+                    config.tls_cert
+                ),
+                Ok(false) => log::info!("SIGHUP: no tls_listen, nothing to reload"),
+                Err(e) => log::error!("SIGHUP: TLS reload failed, keeping the previous certificate: {e}"),
+            }
         }
         if stopping && handle.is_finished() {
             break;

@@ -94,6 +94,8 @@ pub struct ServerHandle {
     local_addr: SocketAddr,
     admin_addr: Option<SocketAddr>,
     tls_addr: Option<SocketAddr>,
+    /// The TLS certificate new handshakes present (`SIGHUP` reloads it).
+    tls_certs: Option<Arc<tls::Certificates>>,
     reuseport: bool,
 }
 
@@ -111,6 +113,16 @@ impl ServerHandle {
     /// The TLS listener's bound address, when `tls_listen` is set.
     pub fn tls_addr(&self) -> Option<SocketAddr> {
         self.tls_addr
+    }
+
+    /// Reads `tls_cert` / `tls_key` again for new TLS handshakes (open
+    /// connections keep theirs). `Ok(false)`: no TLS listener. On error the
+    /// previous certificate stays in use.
+    pub fn reload_tls(&self) -> Result<bool, String> {
+        match &self.tls_certs {
+            Some(c) => c.reload().map(|()| true),
+            None => Ok(false),
+        }
     }
 
     /// Whether every worker has its own `SO_REUSEPORT` listener.
@@ -274,9 +286,11 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
     let mut tls_listeners: Vec<Option<(TcpListener, Arc<rustls::ServerConfig>)>> =
         (0..workers).map(|_| None).collect();
     let mut tls_addr = None;
+    let mut tls_certs = None;
     if let Some(addr) = config.tls_listen {
-        let tls_config =
+        let (tls_config, certs) =
             tls::server_config(&config.tls_cert, &config.tls_key).map_err(StartError::Config)?;
+        tls_certs = Some(certs);
         if addr.port() != 0 {
             probe_exclusive(addr).map_err(|error| StartError::Bind { addr, error })?;
         }
@@ -362,6 +376,7 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
         local_addr,
         admin_addr,
         tls_addr,
+        tls_certs,
         reuseport,
     })
 }

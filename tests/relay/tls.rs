@@ -71,9 +71,10 @@ fn tls_config(p: &Pki) -> Config {
     }
 }
 
-fn client_config(p: &Pki) -> Arc<rustls::ClientConfig> {
+/// A client trusting `ca` only, with its own session (ticket) store.
+fn client_config(ca: &rustls::pki_types::CertificateDer<'static>) -> Arc<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
-    roots.add(p.ca.clone()).unwrap();
+    roots.add(ca.clone()).unwrap();
     let mut c = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::aws_lc_rs::default_provider(),
     ))
@@ -126,7 +127,7 @@ fn metric(addr: SocketAddr, name: &str) -> u64 {
 fn echo_over_tls(alg: &'static SignatureAlgorithm) {
     let p = pki(alg);
     let h = start(tls_config(&p));
-    let client = client_config(&p);
+    let client = client_config(&p.ca);
     let mut ws = wss_connect(tls_addr(&h), &client, "/echo");
     assert_eq!(
         ws.get_ref().conn.alpn_protocol(),
@@ -164,7 +165,7 @@ fn wss_echo_with_an_rsa_chain() {
 fn rooms_mix_tls_and_plain_members() {
     let p = pki(&rcgen::PKCS_ECDSA_P256_SHA256);
     let h = start(tls_config(&p));
-    let client = client_config(&p);
+    let client = client_config(&p.ca);
     let mut a = wss_connect(tls_addr(&h), &client, "/rooms/x");
     let mut b = wss_connect(tls_addr(&h), &client, "/rooms/x");
     let mut c = ws_connect(h.local_addr(), "/rooms/x");
@@ -185,7 +186,7 @@ fn rooms_mix_tls_and_plain_members() {
 fn a_second_connection_resumes_its_session() {
     let p = pki(&rcgen::PKCS_ECDSA_P256_SHA256);
     let h = start(tls_config(&p));
-    let client = client_config(&p);
+    let client = client_config(&p.ca);
     let mut first = wss_connect(tls_addr(&h), &client, "/echo");
     // TLS 1.3 tickets arrive after the handshake: let the client read them.
     first.send(Message::text("x")).unwrap();
@@ -210,7 +211,7 @@ fn garbage_instead_of_a_client_hello_is_closed_and_counted() {
         workers: 1,
         ..tls_config(&p)
     });
-    let client = client_config(&p);
+    let client = client_config(&p.ca);
     let mut bystander = wss_connect(tls_addr(&h), &client, "/echo");
     assert_eq!(
         metric(h.local_addr(), "wsrelay_tls_handshake_failures_total"),
@@ -259,4 +260,49 @@ fn a_missing_key_file_fails_start_up_with_its_path() {
         .expect("start fails")
         .to_string();
     assert!(e.contains("tls_key") && e.contains("nope.pem"), "{e}");
+}
+
+#[test]
+fn a_reloaded_certificate_serves_new_handshakes_and_open_connections_stay() {
+    let old = pki(&rcgen::PKCS_ECDSA_P256_SHA256);
+    let h = start(tls_config(&old));
+    let old_client = client_config(&old.ca);
+    let mut open: Vec<Wss> = (0..8)
+        .map(|_| wss_connect(tls_addr(&h), &old_client, "/echo"))
+        .collect();
+
+    // A broken file is refused and the old certificate stays.
+    let fresh = pki(&rcgen::PKCS_ED25519);
+    std::fs::write(&old.key, b"not a key").unwrap();
+    let e = h.reload_tls().expect_err("a broken key is refused");
+    assert!(e.contains("tls_key"), "{e}");
+    let mut still_old = wss_connect(tls_addr(&h), &old_client, "/echo");
+    still_old.send(Message::text("old")).unwrap();
+    assert_eq!(wss_expect_data(&mut still_old), Message::text("old"));
+
+    // The new certificate and key replace the files; reload.
+    std::fs::copy(&fresh.cert, &old.cert).unwrap();
+    std::fs::copy(&fresh.key, &old.key).unwrap();
+    assert_eq!(h.reload_tls(), Ok(true));
+
+    // New full handshakes present the new certificate: a client trusting
+    // only the old CA (and holding no ticket: a resumption would not see
+    // a certificate at all) fails, one trusting the new CA connects.
+    let new_client = client_config(&fresh.ca);
+    let mut n = wss_connect(tls_addr(&h), &new_client, "/echo");
+    n.send(Message::text("new")).unwrap();
+    assert_eq!(wss_expect_data(&mut n), Message::text("new"));
+    let sock = TcpStream::connect(tls_addr(&h)).unwrap();
+    sock.set_read_timeout(Some(WAIT)).unwrap();
+    let conn =
+        rustls::ClientConnection::new(client_config(&old.ca), "localhost".try_into().unwrap())
+            .unwrap();
+    let stream = rustls::StreamOwned::new(conn, sock);
+    assert!(tungstenite::client("wss://localhost/echo", stream).is_err());
+
+    // Every connection opened before the reload still works.
+    for (i, ws) in open.iter_mut().enumerate() {
+        ws.send(Message::text(format!("m{i}"))).unwrap();
+        assert_eq!(wss_expect_data(ws), Message::text(format!("m{i}")));
+    }
 }
