@@ -20,11 +20,11 @@ type Wss = tungstenite::WebSocket<rustls::StreamOwned<rustls::ClientConnection, 
 
 /// PEM files of a leaf certificate for `localhost` (chain: leaf, CA) and
 /// its key, in a fresh temporary directory, and the CA a client trusts.
-struct Pki {
-    dir: PathBuf,
-    cert: PathBuf,
-    key: PathBuf,
-    ca: rustls::pki_types::CertificateDer<'static>,
+pub(crate) struct Pki {
+    pub dir: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: rustls::pki_types::CertificateDer<'static>,
 }
 
 impl Drop for Pki {
@@ -33,7 +33,7 @@ impl Drop for Pki {
     }
 }
 
-fn pki(alg: &'static SignatureAlgorithm) -> Pki {
+pub(crate) fn pki(alg: &'static SignatureAlgorithm) -> Pki {
     static N: AtomicUsize = AtomicUsize::new(0);
     let dir = std::env::temp_dir().join(format!(
         "wsrelay-tls-{}-{}",
