@@ -161,9 +161,6 @@ impl Connection {
             let space = buf.len() - end;
             match self.transport.read(&mut buf[end..]) {
                 Ok(0) => {
-                    if self.transport.in_tls_handshake() {
-                        ctx.metrics.tls_handshake_failures.inc();
-                    }
                     self.session.handle_eof();
                     break ReadOutcome::Closed;
                 }
@@ -180,10 +177,6 @@ impl Connection {
                     io::ErrorKind::WouldBlock => break ReadOutcome::Drained,
                     io::ErrorKind::Interrupted => {}
                     _ => {
-                        if self.transport.in_tls_handshake() {
-                            // Counted, never logged per connection.
-                            ctx.metrics.tls_handshake_failures.inc();
-                        }
                         self.session.handle_eof();
                         break ReadOutcome::Closed;
                     }

@@ -306,3 +306,31 @@ fn a_reloaded_certificate_serves_new_handshakes_and_open_connections_stay() {
         assert_eq!(wss_expect_data(ws), Message::text(format!("m{i}")));
     }
 }
+
+#[test]
+fn a_silent_tls_client_meets_the_handshake_deadline_and_is_counted() {
+    let p = pki(&rcgen::PKCS_ECDSA_P256_SHA256);
+    let h = start(Config {
+        handshake_timeout: std::time::Duration::from_secs(1),
+        ..tls_config(&p)
+    });
+    let mut raw = TcpStream::connect(tls_addr(&h)).unwrap();
+    raw.set_read_timeout(Some(WAIT)).unwrap();
+    // Nothing sent: no ClientHello. The deadline closes it, without a
+    // plaintext HTTP answer.
+    let mut got = Vec::new();
+    let mut buf = [0u8; 256];
+    loop {
+        match raw.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!("not closed: {e}"),
+        }
+    }
+    assert!(!got.starts_with(b"HTTP/"), "{got:?}");
+    assert!(eventually(WAIT, || metric(
+        h.local_addr(),
+        "wsrelay_tls_handshake_failures_total"
+    ) == 1));
+}

@@ -715,6 +715,11 @@ impl Worker {
             return;
         };
         let mut conn = conn;
+        if conn.transport.in_tls_handshake() {
+            // Whatever ended it (bad records, a client alert, EOF, the
+            // handshake deadline): counted, never logged per connection.
+            self.metrics.tls_handshake_failures.inc();
+        }
         if let Some(attachment) = conn.attachment.take() {
             self.metrics.connections_open.sub(1);
             self.shared.ws_connections.fetch_sub(1, Ordering::AcqRel);
