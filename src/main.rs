@@ -30,6 +30,9 @@ fn main() {
     init_logging(&config);
     check_nofile(&config);
 
+    // Before the listeners open: a signal sent as soon as the relay
+    // answers must find its handler (SIGHUP's default action kills).
+    let signals = install_signals();
     let handle = match server::start(config.clone()) {
         Ok(h) => h,
         Err(e) => {
@@ -45,7 +48,7 @@ fn main() {
         reuseport: handle.reuseport(),
     };
     log::info!("{}", logs::startup_line(&started, &config));
-    run_until_stopped(handle, &config);
+    run_until_stopped(handle, &config, signals);
 }
 
 /// `env_logger` with the configured level (`RUST_LOG` overrides it) and
@@ -85,10 +88,15 @@ fn check_nofile(config: &Config) {
     }
 }
 
-/// Waits for SIGINT/SIGTERM (first: graceful shutdown; second: exit at
-/// once) and prints the stats line every `stats_interval`.
-fn run_until_stopped(handle: server::ServerHandle, config: &Config) {
-    let (mut rx, tx) = match UnixStream::pair() {
+/// The read ends of the signal pipes: SIGINT/SIGTERM, and SIGHUP (a pipe
+/// of its own: the byte does not say which signal).
+struct Signals {
+    stop: UnixStream,
+    hup: UnixStream,
+}
+
+fn install_signals() -> Signals {
+    let (rx, tx) = match UnixStream::pair() {
         Ok(p) => p,
         Err(e) => {
             eprintln!("cannot create signal pipe: {e}");
@@ -104,6 +112,34 @@ fn run_until_stopped(handle: server::ServerHandle, config: &Config) {
             std::process::exit(1);
         }
     }
+    let (hup_rx, hup_tx) = match UnixStream::pair() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("cannot create signal pipe: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = hup_rx
+        .set_nonblocking(true)
+        .and_then(|()| signal_hook::low_level::pipe::register(signal_hook::consts::SIGHUP, hup_tx))
+    {
+        eprintln!("cannot install SIGHUP handler: {e}");
+        std::process::exit(1);
+    }
+    Signals {
+        stop: rx,
+        hup: hup_rx,
+    }
+}
+
+/// Waits for SIGINT/SIGTERM (first: graceful shutdown; second: exit at
+/// once), reloads the TLS certificate on SIGHUP, and prints the stats line
+/// every `stats_interval`.
+fn run_until_stopped(handle: server::ServerHandle, config: &Config, signals: Signals) {
+    let Signals {
+        stop: mut rx,
+        hup: hup_rx,
+    } = signals;
     let stats_every = config.stats_interval;
     let mut last = (Instant::now(), handle.totals(), handle.rooms_open());
     let mut next_stats = Instant::now() + stats_every;
@@ -132,6 +168,18 @@ fn run_until_stopped(handle: server::ServerHandle, config: &Config) {
                 handle.shutdown();
             }
             _ => {}
+        }
+        let mut hup = [0u8; 16];
+        if matches!((&hup_rx).read(&mut hup), Ok(n) if n > 0) {
+            while matches!((&hup_rx).read(&mut hup), Ok(n) if n > 0) {}
+            match handle.reload_tls() {
+                Ok(true) => log::info!(
+                    "SIGHUP: TLS certificate reloaded from {} (new handshakes; open connections keep theirs)",
+                    config.tls_cert
+                ),
+                Ok(false) => log::info!("SIGHUP: no tls_listen, nothing to reload"),
+                Err(e) => log::error!("SIGHUP: TLS reload failed, keeping the previous certificate: {e}"),
+            }
         }
         if stopping && handle.is_finished() {
             break;

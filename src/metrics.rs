@@ -62,6 +62,10 @@ pub struct WorkerMetrics {
     pub connections_accepted: Counter,
     /// WebSocket upgrades completed.
     pub upgrades: Counter,
+    /// TLS connections that ended before the handshake completed (not a
+    /// ClientHello, no shared version or cipher, a client alert, EOF, the
+    /// handshake deadline).
+    pub tls_handshake_failures: Counter,
     pub handshake_rejections: [Counter; RejectReason::ALL.len()],
     pub messages_in: Counter,
     pub bytes_in: Counter,
@@ -383,10 +387,11 @@ pub fn render_prometheus(workers: &[&WorkerMetrics], gauges: &Gauges<'_>) -> Str
         &'static str,
         fn(&WorkerMetrics) -> &Counter,
     );
-    let simple: [Family; 15] = [
+    let simple: [Family; 16] = [
         ("wsrelay_connections_open", "gauge", "WebSocket connections open now.", |w| &w.connections_open),
         ("wsrelay_connections_accepted_total", "counter", "TCP connections accepted on the public listener.", |w| &w.connections_accepted),
         ("wsrelay_upgrades_total", "counter", "WebSocket upgrades completed.", |w| &w.upgrades),
+        ("wsrelay_tls_handshake_failures_total", "counter", "TLS connections closed before their TLS handshake completed (bad ClientHello, no common parameters, client alert, EOF, handshake_timeout).", |w| &w.tls_handshake_failures),
         ("wsrelay_messages_in_total", "counter", "Data messages received from clients.", |w| &w.messages_in),
         ("wsrelay_bytes_in_total", "counter", "Bytes read from sockets.", |w| &w.bytes_in),
         ("wsrelay_messages_out_total", "counter", "Data messages queued to clients.", |w| &w.messages_out),

@@ -196,6 +196,12 @@ config_keys! {
         "Serve GET /metrics";
     admin_listen: Option<SocketAddr> as OptAddr = None, Any,
         "Private admin listener (e.g. 127.0.0.1:9002) for /metrics, /healthz, /readyz, POST /publish and the server API; never WebSockets; empty = one listener serves everything";
+    tls_listen: Option<SocketAddr> as OptAddr = None, Any,
+        "TLS listener (wss://, e.g. 0.0.0.0:443) beside `listen`, serving the same routes; needs tls_cert and tls_key; empty = no TLS";
+    tls_cert: String as Text = String::new(), Any,
+        "With tls_listen: path of the PEM certificate chain (leaf first, then intermediates)";
+    tls_key: String as Text = String::new(), Any,
+        "With tls_listen: path of the PEM private key of tls_cert (RSA, ECDSA or Ed25519; PKCS#8, PKCS#1 or SEC1)";
     public_routes: Vec<String> as List = Vec::new(), Rule(check_public_routes, "any of `health`, `metrics`, `publish`, `api`"),
         "With admin_listen: HTTP routes the public listener keeps besides the WebSocket routes (comma-separated); the others answer 404 there";
     log_level: String as Level = "info".to_string(), Rule(check_log_level, "`error`, `warn`, `info`, `debug`, `trace`"),

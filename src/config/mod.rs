@@ -358,6 +358,24 @@ impl Config {
                 "has no effect without admin_listen (one listener then serves every route); set admin_listen or remove public_routes",
             ));
         }
+        if self.tls_listen.is_some() {
+            for (key, v) in [("tls_cert", &self.tls_cert), ("tls_key", &self.tls_key)] {
+                if v.is_empty() {
+                    return Err(ConfigError::keys(
+                        "tls_listen",
+                        key,
+                        format!("is set but {key} is empty; give the PEM file paths of the certificate chain and its key"),
+                    ));
+                }
+            }
+            if self.tls_listen == Some(self.listen) && self.listen.port() != 0 {
+                return Err(ConfigError::keys(
+                    "tls_listen",
+                    "listen",
+                    format!("both are {}; the TLS listener needs an address of its own (e.g. 0.0.0.0:443)", self.listen),
+                ));
+            }
+        }
         if self.rate_limit_burst != 0 && self.rate_limit_messages == 0 {
             return Err(ConfigError::keys(
                 "rate_limit_burst",

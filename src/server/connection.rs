@@ -171,7 +171,7 @@ impl Connection {
                     // A short read emptied the socket: with edge-triggered
                     // polling the next arrival raises a new event, so the
                     // read that would only return WouldBlock is skipped.
-                    drained = n < space && !read_closed;
+                    drained = n < space && !read_closed && self.transport.short_read_drains();
                 }
                 Err(e) => match e.kind() {
                     io::ErrorKind::WouldBlock => break ReadOutcome::Drained,
@@ -212,16 +212,28 @@ impl Connection {
     /// Writes queued output. Returns whether everything was written; on a
     /// socket error the session is told the peer is gone.
     pub fn flush(&mut self, metrics: &WorkerMetrics) -> bool {
+        // TLS records the transport holds (handshake answers, encrypted
+        // output the socket refused) leave before more output.
+        if self.transport.push().is_err() {
+            self.session.handle_eof();
+            return false;
+        }
         match self.session.write_to(&mut self.transport) {
             Ok((flush, n)) => {
                 metrics.bytes_out.add(n as u64);
-                flush == Flush::Done
+                flush == Flush::Done && !self.transport.wants_write()
             }
             Err(_) => {
                 self.session.handle_eof();
                 false
             }
         }
+    }
+
+    /// Whether anything waits to be written: the session's queue, or TLS
+    /// records held by the transport.
+    pub fn has_output(&self) -> bool {
+        self.session.has_output() || self.transport.wants_write()
     }
 
     /// Whether output waits for the socket to become writable (the event
@@ -233,7 +245,7 @@ impl Connection {
     /// After a flush: registers WRITABLE interest while output waits, and
     /// drops it once everything was written.
     pub fn update_interest(&mut self, registry: &Registry, token: Token) {
-        let want = self.session.has_output();
+        let want = self.has_output();
         if want != self.writable {
             self.writable = want;
             let interest = if want {

@@ -26,6 +26,7 @@ pub mod router;
 pub mod session;
 pub mod table;
 pub mod timer;
+pub mod tls;
 pub mod transport;
 pub mod worker;
 
@@ -92,6 +93,9 @@ pub struct ServerHandle {
     threads: Vec<JoinHandle<()>>,
     local_addr: SocketAddr,
     admin_addr: Option<SocketAddr>,
+    tls_addr: Option<SocketAddr>,
+    /// The TLS certificate new handshakes present (`SIGHUP` reloads it).
+    tls_certs: Option<Arc<tls::Certificates>>,
     reuseport: bool,
 }
 
@@ -104,6 +108,21 @@ impl ServerHandle {
     /// The admin listener's bound address, when `admin_listen` is set.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin_addr
+    }
+
+    /// The TLS listener's bound address, when `tls_listen` is set.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_addr
+    }
+
+    /// Reads `tls_cert` / `tls_key` again for new TLS handshakes (open
+    /// connections keep theirs). `Ok(false)`: no TLS listener. On error the
+    /// previous certificate stays in use.
+    pub fn reload_tls(&self) -> Result<bool, String> {
+        match &self.tls_certs {
+            Some(c) => c.reload().map(|()| true),
+            None => Ok(false),
+        }
     }
 
     /// Whether every worker has its own `SO_REUSEPORT` listener.
@@ -261,6 +280,33 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
         None => None,
     };
 
+    // The TLS listener: like the public one, one SO_REUSEPORT socket per
+    // worker; without SO_REUSEPORT, worker 0 alone accepts TLS (a TLS
+    // connection then still runs on worker 0 only).
+    let mut tls_listeners: Vec<Option<(TcpListener, Arc<rustls::ServerConfig>)>> =
+        (0..workers).map(|_| None).collect();
+    let mut tls_addr = None;
+    let mut tls_certs = None;
+    if let Some(addr) = config.tls_listen {
+        let (tls_config, certs) =
+            tls::server_config(&config.tls_cert, &config.tls_key).map_err(StartError::Config)?;
+        tls_certs = Some(certs);
+        if addr.port() != 0 {
+            probe_exclusive(addr).map_err(|error| StartError::Bind { addr, error })?;
+        }
+        let first = bind(addr, reuseport).map_err(|error| StartError::Bind { addr, error })?;
+        let bound = first.local_addr().map_err(StartError::Io)?;
+        tls_addr = Some(bound);
+        tls_listeners[0] = Some((first, tls_config.clone()));
+        if reuseport {
+            for slot in tls_listeners.iter_mut().skip(1) {
+                let l =
+                    bind(bound, true).map_err(|error| StartError::Bind { addr: bound, error })?;
+                *slot = Some((l, tls_config.clone()));
+            }
+        }
+    }
+
     let mut polls = Vec::with_capacity(workers);
     let mut wakers = Vec::with_capacity(workers);
     for _ in 0..workers {
@@ -296,9 +342,15 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
         Vec::new()
     };
     let mut threads = Vec::with_capacity(workers);
-    for (i, ((poll, listener), rx)) in polls.into_iter().zip(listeners).zip(receivers).enumerate() {
+    for (i, (((poll, listener), rx), tls)) in polls
+        .into_iter()
+        .zip(listeners)
+        .zip(receivers)
+        .zip(tls_listeners)
+        .enumerate()
+    {
         let admin = if i == 0 { admin_listener.take() } else { None };
-        let worker = worker::Worker::new(i, poll, listener, admin, shared.clone(), rx)
+        let worker = worker::Worker::new(i, poll, listener, admin, tls, shared.clone(), rx)
             .map_err(StartError::Io)?;
         let core = if cores.is_empty() {
             None
@@ -323,6 +375,8 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
         threads,
         local_addr,
         admin_addr,
+        tls_addr,
+        tls_certs,
         reuseport,
     })
 }

@@ -473,3 +473,55 @@ fn expect_bind_refused(addr: SocketAddr) -> String {
     );
     err
 }
+
+fn sighup(child: &Child) {
+    // SAFETY: kill(2) on the pid of a child we spawned and have not reaped.
+    let rc = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGHUP) };
+    assert_eq!(rc, 0);
+}
+
+/// SIGHUP reloads the TLS certificate (or says there is none) and never
+/// stops the relay; SIGTERM still does.
+#[test]
+fn binary_sighup_reloads_tls_and_keeps_serving() {
+    let p = crate::tls::pki(&rcgen::PKCS_ECDSA_P256_SHA256);
+    let (cert, key) = (p.cert.to_str().unwrap(), p.key.to_str().unwrap());
+    for tls in [false, true] {
+        let extra: &[&str] = if tls {
+            &[
+                "--tls-listen",
+                "127.0.0.1:0",
+                "--tls-cert",
+                cert,
+                "--tls-key",
+                key,
+            ]
+        } else {
+            &[]
+        };
+        let (mut child, addr) = spawn_relay(extra);
+        sighup(&child);
+        // Still serving after the signal. SIGHUP's default action would
+        // kill the process; the pause only gives that time to happen, so
+        // a slow machine can make this check miss, never fail wrongly.
+        std::thread::sleep(Duration::from_millis(300));
+        let mut ws = ws_connect(addr, "/echo");
+        ws.send(Message::Text("after hup".into())).unwrap();
+        assert_eq!(ws_expect_data(&mut ws), Message::Text("after hup".into()));
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "SIGHUP stopped the relay"
+        );
+        drop(ws);
+        sigterm(&child);
+        let status = wait_exit(&mut child, Duration::from_secs(10));
+        let err = stderr_of(&mut child);
+        assert_eq!(status.code(), Some(0), "{err}");
+        let expected = if tls {
+            "SIGHUP: TLS certificate reloaded"
+        } else {
+            "SIGHUP: no tls_listen, nothing to reload"
+        };
+        assert!(err.contains(expected), "{err}");
+    }
+}

@@ -20,6 +20,9 @@
 //!   truncated, garbage, slow), per-IP limits on the forwarded client;
 //! - `startup`: the binary starts as one plain process (a piped config is
 //!   read once, the process keeps its name).
+//! - `tls`: `tls_listen` (wss:// with run-time certificates: ECDSA,
+//!   Ed25519 and RSA chains, ALPN, resumption, rooms mixing TLS and plain
+//!   members, garbage instead of a ClientHello).
 //!
 //! Helpers live in `support`. Per-connection deadlines and rate-limit
 //! timing (heartbeats, handshake deadline, keep-alive idling, close
@@ -42,3 +45,4 @@ mod publish;
 mod pubsub;
 mod rooms;
 mod startup;
+mod tls;

@@ -51,6 +51,9 @@ fn alt() -> Config {
         metrics: true,
         admin_listen: Some("127.0.0.1:7001".parse().unwrap()),
         public_routes: vec!["metrics".into(), "api".into()],
+        tls_listen: Some("127.0.0.1:7443".parse().unwrap()),
+        tls_cert: "/alt/chain.pem".into(),
+        tls_key: "/alt/key.pem".into(),
         log_level: "warn".into(),
         log_format: "text".into(),
         token_hmac_secret_key: "hmac-alt".into(),
@@ -131,6 +134,9 @@ fn third() -> Config {
         metrics: false,
         admin_listen: Some("127.0.0.2:6001".parse().unwrap()),
         public_routes: vec!["publish".into()],
+        tls_listen: Some("127.0.0.2:6443".parse().unwrap()),
+        tls_cert: "/third/chain.pem".into(),
+        tls_key: "/third/key.pem".into(),
         log_level: "error".into(),
         log_format: "json".into(),
         token_hmac_secret_key: "hmac-third".into(),
@@ -456,6 +462,28 @@ fn cross_key_errors_name_both_keys() {
     check(
         &|c| c.admin_listen = Some(c.listen),
         "admin_listen",
+        "listen",
+    );
+    check(
+        &|c| c.tls_listen = Some("127.0.0.1:9443".parse().unwrap()),
+        "tls_listen",
+        "tls_cert",
+    );
+    check(
+        &|c| {
+            c.tls_listen = Some("127.0.0.1:9443".parse().unwrap());
+            c.tls_cert = "chain.pem".into();
+        },
+        "tls_listen",
+        "tls_key",
+    );
+    check(
+        &|c| {
+            c.tls_listen = Some(c.listen);
+            c.tls_cert = "chain.pem".into();
+            c.tls_key = "key.pem".into();
+        },
+        "tls_listen",
         "listen",
     );
     // Allowed: equal frame and message limits, a byte limit of exactly one

@@ -47,6 +47,8 @@ use std::time::{Duration, Instant};
 mod pubsub;
 
 pub const WAKER: Token = Token(usize::MAX - 2);
+/// The TLS listener (`tls_listen`).
+pub const TLS_LISTENER: Token = Token(usize::MAX - 4);
 
 /// Capacity the worker's reusable lists keep after a burst.
 const SCRATCH_KEEP: usize = 64;
@@ -60,6 +62,9 @@ pub struct Worker {
     acceptor: Acceptor,
     /// The admin listener (worker 0, with `admin_listen`).
     admin: Option<Acceptor>,
+    /// The TLS listener (with `tls_listen`) and the configuration each of
+    /// its connections starts from.
+    tls: Option<(Acceptor, Arc<rustls::ServerConfig>)>,
     /// Slab keys of the connections from the admin listener (at most
     /// `ADMIN_MAX_CONNECTIONS`; kept here, not in `Connection`, which
     /// stays small for the many public ones).
@@ -93,12 +98,17 @@ impl Worker {
         poll: Poll,
         listener: TcpListener,
         admin: Option<TcpListener>,
+        tls: Option<(TcpListener, Arc<rustls::ServerConfig>)>,
         shared: Arc<Shared>,
         rx: Receiver<WorkerMsg>,
     ) -> io::Result<Worker> {
         let acceptor = Acceptor::new(listener, poll.registry(), LISTENER)?;
         let admin = match admin {
             Some(l) => Some(Acceptor::new(l, poll.registry(), ADMIN_LISTENER)?),
+            None => None,
+        };
+        let tls = match tls {
+            Some((l, config)) => Some((Acceptor::new(l, poll.registry(), TLS_LISTENER)?, config)),
             None => None,
         };
         let c = &shared.config;
@@ -119,6 +129,7 @@ impl Worker {
             metrics,
             acceptor,
             admin,
+            tls,
             admin_keys: Vec::new(),
             table: ConnTable::new(reserve),
             pool: BufferPool::new(c.read_buffer_bytes, c.buffer_pool_size),
@@ -169,6 +180,7 @@ impl Worker {
                 match event.token() {
                     LISTENER => self.accept(),
                     ADMIN_LISTENER => self.accept_admin(),
+                    TLS_LISTENER => self.accept_tls(),
                     WAKER => {}
                     token => {
                         let Some(key) = self.table.by_token(token) else {
@@ -196,6 +208,13 @@ impl Worker {
             self.acceptor.sweep_refused(self.now);
             if self.admin.as_ref().is_some_and(|a| a.wants_retry(self.now)) {
                 self.accept_admin();
+            }
+            if self
+                .tls
+                .as_ref()
+                .is_some_and(|(a, _)| a.wants_retry(self.now))
+            {
+                self.accept_tls();
             }
             if let Some(admin) = &mut self.admin {
                 admin.sweep_refused(self.now);
@@ -237,6 +256,7 @@ impl Worker {
             self.table.next_due_in(self.now),
             self.acceptor.retry_in(self.now),
             self.admin.as_ref().and_then(|a| a.retry_in(self.now)),
+            self.tls.as_ref().and_then(|(a, _)| a.retry_in(self.now)),
         ]
         .into_iter()
         .flatten()
@@ -261,7 +281,7 @@ impl Worker {
         }
         for _ in 0..ACCEPT_BATCH {
             match self.acceptor.accept(self.now) {
-                Accepted::Conn(socket, addr) => self.add_connection(socket, addr),
+                Accepted::Conn(socket, addr) => self.add_connection(socket, addr, false),
                 Accepted::None => return,
                 Accepted::Exhausted(warning) => {
                     if let Some(e) = warning {
@@ -276,6 +296,38 @@ impl Worker {
             }
         }
         self.acceptor.batch_full();
+    }
+
+    /// Accepts on the TLS listener: as [`Worker::accept`], each connection
+    /// starting a TLS handshake.
+    fn accept_tls(&mut self) {
+        self.tick_clock();
+        let now = self.now;
+        if !self.tls.as_mut().is_some_and(|(a, _)| a.begin(now)) {
+            return;
+        }
+        for _ in 0..ACCEPT_BATCH {
+            let Some((tls, _)) = &mut self.tls else {
+                return;
+            };
+            match tls.accept(self.now) {
+                Accepted::Conn(socket, addr) => self.add_connection(socket, addr, true),
+                Accepted::None => return,
+                Accepted::Exhausted(warning) => {
+                    if let Some(e) = warning {
+                        log::warn!(
+                            "worker {}: TLS accept failed: {e} ({} connections on this worker); pausing TLS accepts briefly (raise RLIMIT_NOFILE or lower max_connections)",
+                            self.id,
+                            self.table.len()
+                        );
+                    }
+                    return;
+                }
+            }
+        }
+        if let Some((tls, _)) = &mut self.tls {
+            tls.batch_full();
+        }
     }
 
     /// Accepts on the admin listener: connections that admission does not
@@ -310,7 +362,7 @@ impl Worker {
                     let peer = IpKey::new(addr.ip(), 128);
                     // Never a PROXY header nor forwarding headers here.
                     let session = Session::new(self.ctx.clone(), self.now);
-                    if let Some(key) = self.register(socket, peer, session) {
+                    if let Some(key) = self.register(socket, peer, session, None) {
                         self.admin_keys.push(key);
                     }
                 }
@@ -330,7 +382,10 @@ impl Worker {
         }
     }
 
-    fn add_connection(&mut self, socket: TcpStream, addr: SocketAddr) {
+    /// Admits a connection from the public (`tls`: the TLS) listener.
+    /// Refusals over TLS close the socket: the answer would be plaintext
+    /// to a peer expecting a ServerHello.
+    fn add_connection(&mut self, socket: TcpStream, addr: SocketAddr, tls: bool) {
         self.metrics.connections_accepted.inc();
         let ip = addr.ip();
         // A trusted proxy's connection is counted per IP once it says who
@@ -348,6 +403,9 @@ impl Worker {
                 b"this listener accepts PROXY protocol connections from trusted proxies only\n",
                 false,
             );
+            if tls {
+                return;
+            }
             return self.acceptor.refuse(socket, &answer, self.now);
         }
         let admitted = if via_proxy {
@@ -363,6 +421,9 @@ impl Worker {
                     Refusal::PerIp => RejectReason::TooManyPerIp,
                 };
                 self.metrics.rejection(reason).inc();
+                if tls {
+                    return;
+                }
                 return self.acceptor.refuse(socket, &reason.response(), self.now);
             }
         };
@@ -371,7 +432,18 @@ impl Worker {
         } else {
             Session::new(self.ctx.clone(), self.now)
         };
-        if self.register(socket, peer, session).is_none() {
+        let tls = match (tls, &self.tls) {
+            (false, _) | (true, None) => None,
+            (true, Some((_, config))) => match rustls::ServerConnection::new(config.clone()) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    log::debug!("worker {}: TLS connection not started: {e}", self.id);
+                    self.shared.admission.release(peer);
+                    return;
+                }
+            },
+        };
+        if self.register(socket, peer, session, tls).is_none() {
             self.shared.admission.release(peer);
         }
     }
@@ -379,7 +451,13 @@ impl Worker {
     /// Sets a new connection up (socket options, slab slot, poll
     /// registration, session): its slab key, or `None` if it could not be,
     /// and was dropped.
-    fn register(&mut self, socket: TcpStream, peer: IpKey, session: Session) -> Option<usize> {
+    fn register(
+        &mut self,
+        socket: TcpStream,
+        peer: IpKey,
+        session: Session,
+        tls: Option<rustls::ServerConnection>,
+    ) -> Option<usize> {
         let _ = socket.set_nodelay(true);
         if self.send_buffer_bytes > 0 {
             // Caps what the kernel holds for a peer that stopped reading,
@@ -387,7 +465,10 @@ impl Worker {
             let _ = socket2::SockRef::from(&socket).set_send_buffer_size(self.send_buffer_bytes);
         }
         let (_, generation, token) = self.table.next_slot()?;
-        let mut transport = Transport::Plain(socket);
+        let mut transport = match tls {
+            Some(tls) => Transport::tls(tls, socket),
+            None => Transport::Plain(socket),
+        };
         if self
             .poll
             .registry()
@@ -621,7 +702,7 @@ impl Worker {
             Some(Finish::Graceful) => return self.remove(key, true),
             None => {}
         }
-        if conn.session.has_output() && !conn.awaits_writable() && !conn.dirty {
+        if conn.has_output() && !conn.awaits_writable() && !conn.dirty {
             self.table.mark_dirty(key);
         }
         self.table.sync_timer(key);
@@ -634,6 +715,11 @@ impl Worker {
             return;
         };
         let mut conn = conn;
+        if conn.transport.in_tls_handshake() {
+            // Whatever ended it (bad records, a client alert, EOF, the
+            // handshake deadline): counted, never logged per connection.
+            self.metrics.tls_handshake_failures.inc();
+        }
         if let Some(attachment) = conn.attachment.take() {
             self.metrics.connections_open.sub(1);
             self.shared.ws_connections.fetch_sub(1, Ordering::AcqRel);
@@ -692,6 +778,9 @@ impl Worker {
         self.shutdown_deadline =
             Some(self.now + self.shared.config.shutdown_timeout.as_millis() as u64);
         self.acceptor.close(self.poll.registry());
+        if let Some((tls, _)) = &mut self.tls {
+            tls.close(self.poll.registry());
+        }
         for key in self.table.keys() {
             if let Some(conn) = self.table.get_mut(key) {
                 // Idle keep-alive HTTP connections stay until the

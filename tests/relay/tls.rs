@@ -1,0 +1,336 @@
+//! `tls_listen`: wss:// beside ws://. Certificates are generated at run
+//! time with rcgen (a CA and a leaf it signs; nothing secret in the
+//! repository): echo and rooms over TLS for ECDSA, Ed25519 and RSA keys
+//! with a chain, ALPN `http/1.1`, resumption by ticket, and a client that
+//! sends garbage instead of a ClientHello (closed, counted, nobody else
+//! disturbed).
+
+use crate::support::*;
+use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, SignatureAlgorithm};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use tungstenite::Message;
+use wsrelay::config::Config;
+use wsrelay::server::ServerHandle;
+
+type Wss = tungstenite::WebSocket<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>;
+
+/// PEM files of a leaf certificate for `localhost` (chain: leaf, CA) and
+/// its key, in a fresh temporary directory, and the CA a client trusts.
+pub(crate) struct Pki {
+    pub dir: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: rustls::pki_types::CertificateDer<'static>,
+}
+
+impl Drop for Pki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub(crate) fn pki(alg: &'static SignatureAlgorithm) -> Pki {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "wsrelay-tls-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca_key = KeyPair::generate_for(alg).unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate_for(alg).unwrap();
+    let leaf = CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&key, &ca, &ca_key)
+        .unwrap();
+    let cert_path = dir.join("chain.pem");
+    let key_path = dir.join("key.pem");
+    std::fs::write(&cert_path, format!("{}{}", leaf.pem(), ca.pem())).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    Pki {
+        dir,
+        cert: cert_path,
+        key: key_path,
+        ca: ca.der().clone(),
+    }
+}
+
+fn tls_config(p: &Pki) -> Config {
+    Config {
+        tls_listen: Some("127.0.0.1:0".parse().unwrap()),
+        tls_cert: p.cert.to_str().unwrap().into(),
+        tls_key: p.key.to_str().unwrap().into(),
+        ..test_config()
+    }
+}
+
+/// A client trusting `ca` only, with its own session (ticket) store.
+fn client_config(ca: &rustls::pki_types::CertificateDer<'static>) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.clone()).unwrap();
+    let mut c = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    c.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(c)
+}
+
+fn tls_addr(h: &ServerHandle) -> SocketAddr {
+    h.tls_addr().expect("TLS listener bound")
+}
+
+/// A tungstenite client over rustls on `path` (wss://).
+fn wss_connect(addr: SocketAddr, client: &Arc<rustls::ClientConfig>, path: &str) -> Wss {
+    let sock = TcpStream::connect(addr).unwrap();
+    sock.set_read_timeout(Some(WAIT)).unwrap();
+    let conn =
+        rustls::ClientConnection::new(client.clone(), "localhost".try_into().unwrap()).unwrap();
+    let stream = rustls::StreamOwned::new(conn, sock);
+    let (ws, resp) = tungstenite::client(format!("wss://localhost{path}"), stream)
+        .unwrap_or_else(|e| panic!("wss handshake on {path} failed: {e}"));
+    assert_eq!(resp.status().as_u16(), 101);
+    ws
+}
+
+fn wss_expect_data(ws: &mut Wss) -> Message {
+    loop {
+        match ws.read().expect("a message") {
+            m @ (Message::Text(_) | Message::Binary(_)) => return m,
+            _ => continue,
+        }
+    }
+}
+
+/// The sum of a metric over its lines in `/metrics`.
+fn metric(addr: SocketAddr, name: &str) -> u64 {
+    let text = http_raw(
+        addr,
+        b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+fn echo_over_tls(alg: &'static SignatureAlgorithm) {
+    let p = pki(alg);
+    let h = start(tls_config(&p));
+    let client = client_config(&p.ca);
+    let mut ws = wss_connect(tls_addr(&h), &client, "/echo");
+    assert_eq!(
+        ws.get_ref().conn.alpn_protocol(),
+        Some(&b"http/1.1"[..]),
+        "ALPN"
+    );
+    ws.send(Message::text("over tls")).unwrap();
+    assert_eq!(wss_expect_data(&mut ws), Message::text("over tls"));
+    // Larger than one TLS record and rustls' send buffer limit.
+    let big: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    ws.send(Message::binary(big.clone())).unwrap();
+    assert_eq!(wss_expect_data(&mut ws), Message::binary(big));
+    // The plain listener still serves ws://.
+    let mut plain = ws_connect(h.local_addr(), "/echo");
+    plain.send(Message::text("plain")).unwrap();
+    assert_eq!(ws_expect_data(&mut plain), Message::text("plain"));
+}
+
+#[test]
+fn wss_echo_with_an_ecdsa_chain() {
+    echo_over_tls(&rcgen::PKCS_ECDSA_P256_SHA256);
+}
+
+#[test]
+fn wss_echo_with_an_ed25519_chain() {
+    echo_over_tls(&rcgen::PKCS_ED25519);
+}
+
+#[test]
+fn wss_echo_with_an_rsa_chain() {
+    echo_over_tls(&rcgen::PKCS_RSA_SHA256);
+}
+
+#[test]
+fn rooms_mix_tls_and_plain_members() {
+    let p = pki(&rcgen::PKCS_ECDSA_P256_SHA256);
+    let h = start(tls_config(&p));
+    let client = client_config(&p.ca);
+    let mut a = wss_connect(tls_addr(&h), &client, "/rooms/x");
+    let mut b = wss_connect(tls_addr(&h), &client, "/rooms/x");
+    let mut c = ws_connect(h.local_addr(), "/rooms/x");
+    // Everyone joined before the message is sent.
+    assert!(eventually(WAIT, || metric(
+        h.local_addr(),
+        "wsrelay_connections_open"
+    ) == 3));
+    a.send(Message::text("hello room")).unwrap();
+    assert_eq!(wss_expect_data(&mut b), Message::text("hello room"));
+    assert_eq!(ws_expect_data(&mut c), Message::text("hello room"));
+    c.send(Message::text("from plain")).unwrap();
+    assert_eq!(wss_expect_data(&mut a), Message::text("from plain"));
+    assert_eq!(wss_expect_data(&mut b), Message::text("from plain"));
+}
+
+#[test]
+fn a_second_connection_resumes_its_session() {
+    let p = pki(&rcgen::PKCS_ECDSA_P256_SHA256);
+    let h = start(tls_config(&p));
+    let client = client_config(&p.ca);
+    let mut first = wss_connect(tls_addr(&h), &client, "/echo");
+    // TLS 1.3 tickets arrive after the handshake: let the client read them.
+    first.send(Message::text("x")).unwrap();
+    assert_eq!(wss_expect_data(&mut first), Message::text("x"));
+    assert_eq!(
+        first.get_ref().conn.handshake_kind(),
+        Some(rustls::HandshakeKind::Full)
+    );
+    let mut second = wss_connect(tls_addr(&h), &client, "/echo");
+    second.send(Message::text("y")).unwrap();
+    assert_eq!(wss_expect_data(&mut second), Message::text("y"));
+    assert_eq!(
+        second.get_ref().conn.handshake_kind(),
+        Some(rustls::HandshakeKind::Resumed)
+    );
+}
+
+#[test]
+fn garbage_instead_of_a_client_hello_is_closed_and_counted() {
+    let p = pki(&rcgen::PKCS_ECDSA_P256_SHA256);
+    let h = start(Config {
+        workers: 1,
+        ..tls_config(&p)
+    });
+    let client = client_config(&p.ca);
+    let mut bystander = wss_connect(tls_addr(&h), &client, "/echo");
+    assert_eq!(
+        metric(h.local_addr(), "wsrelay_tls_handshake_failures_total"),
+        0
+    );
+
+    let mut raw = TcpStream::connect(tls_addr(&h)).unwrap();
+    raw.set_read_timeout(Some(WAIT)).unwrap();
+    raw.write_all(b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    // An alert at most, then the end: never an HTTP answer.
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        match raw.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!("no close: {e}"),
+        }
+    }
+    assert!(got.len() <= 7, "more than one alert: {got:?}");
+    if !got.is_empty() {
+        assert_eq!(got[0], 0x15, "a TLS alert record");
+    }
+    assert!(eventually(WAIT, || metric(
+        h.local_addr(),
+        "wsrelay_tls_handshake_failures_total"
+    ) == 1));
+
+    // The bystander is undisturbed; the next handshake works.
+    bystander.send(Message::text("still here")).unwrap();
+    assert_eq!(wss_expect_data(&mut bystander), Message::text("still here"));
+    let mut next = wss_connect(tls_addr(&h), &client, "/echo");
+    next.send(Message::text("next")).unwrap();
+    assert_eq!(wss_expect_data(&mut next), Message::text("next"));
+}
+
+#[test]
+fn a_missing_key_file_fails_start_up_with_its_path() {
+    let p = pki(&rcgen::PKCS_ECDSA_P256_SHA256);
+    let mut c = tls_config(&p);
+    c.tls_key = p.dir.join("nope.pem").to_str().unwrap().into();
+    let e = wsrelay::server::start(c)
+        .err()
+        .expect("start fails")
+        .to_string();
+    assert!(e.contains("tls_key") && e.contains("nope.pem"), "{e}");
+}
+
+#[test]
+fn a_reloaded_certificate_serves_new_handshakes_and_open_connections_stay() {
+    let old = pki(&rcgen::PKCS_ECDSA_P256_SHA256);
+    let h = start(tls_config(&old));
+    let old_client = client_config(&old.ca);
+    let mut open: Vec<Wss> = (0..8)
+        .map(|_| wss_connect(tls_addr(&h), &old_client, "/echo"))
+        .collect();
+
+    // A broken file is refused and the old certificate stays.
+    let fresh = pki(&rcgen::PKCS_ED25519);
+    std::fs::write(&old.key, b"not a key").unwrap();
+    let e = h.reload_tls().expect_err("a broken key is refused");
+    assert!(e.contains("tls_key"), "{e}");
+    let mut still_old = wss_connect(tls_addr(&h), &old_client, "/echo");
+    still_old.send(Message::text("old")).unwrap();
+    assert_eq!(wss_expect_data(&mut still_old), Message::text("old"));
+
+    // The new certificate and key replace the files; reload.
+    std::fs::copy(&fresh.cert, &old.cert).unwrap();
+    std::fs::copy(&fresh.key, &old.key).unwrap();
+    assert_eq!(h.reload_tls(), Ok(true));
+
+    // New full handshakes present the new certificate: a client trusting
+    // only the old CA (and holding no ticket: a resumption would not see
+    // a certificate at all) fails, one trusting the new CA connects.
+    let new_client = client_config(&fresh.ca);
+    let mut n = wss_connect(tls_addr(&h), &new_client, "/echo");
+    n.send(Message::text("new")).unwrap();
+    assert_eq!(wss_expect_data(&mut n), Message::text("new"));
+    let sock = TcpStream::connect(tls_addr(&h)).unwrap();
+    sock.set_read_timeout(Some(WAIT)).unwrap();
+    let conn =
+        rustls::ClientConnection::new(client_config(&old.ca), "localhost".try_into().unwrap())
+            .unwrap();
+    let stream = rustls::StreamOwned::new(conn, sock);
+    assert!(tungstenite::client("wss://localhost/echo", stream).is_err());
+
+    // Every connection opened before the reload still works.
+    for (i, ws) in open.iter_mut().enumerate() {
+        ws.send(Message::text(format!("m{i}"))).unwrap();
+        assert_eq!(wss_expect_data(ws), Message::text(format!("m{i}")));
+    }
+}
+
+#[test]
+fn a_silent_tls_client_meets_the_handshake_deadline_and_is_counted() {
+    let p = pki(&rcgen::PKCS_ECDSA_P256_SHA256);
+    let h = start(Config {
+        handshake_timeout: std::time::Duration::from_secs(1),
+        ..tls_config(&p)
+    });
+    let mut raw = TcpStream::connect(tls_addr(&h)).unwrap();
+    raw.set_read_timeout(Some(WAIT)).unwrap();
+    // Nothing sent: no ClientHello. The deadline closes it, without a
+    // plaintext HTTP answer.
+    let mut got = Vec::new();
+    let mut buf = [0u8; 256];
+    loop {
+        match raw.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!("not closed: {e}"),
+        }
+    }
+    assert!(!got.starts_with(b"HTTP/"), "{got:?}");
+    assert!(eventually(WAIT, || metric(
+        h.local_addr(),
+        "wsrelay_tls_handshake_failures_total"
+    ) == 1));
+}
