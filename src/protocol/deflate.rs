@@ -383,5 +383,117 @@ impl Inflater {
     }
 }
 
+/// Raw-deflate compression of outgoing messages with no context takeover
+/// (each message from an empty window, as `server_no_context_takeover`
+/// promises), so one compressed copy serves every compressing recipient.
+/// One per worker is enough.
+pub struct Deflater {
+    c: flate2::Compress,
+}
+
+impl std::fmt::Debug for Deflater {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Deflater")
+    }
+}
+
+impl Deflater {
+    /// `level` 1..=9 (clamped); `window_bits` as negotiated (9..=15,
+    /// clamped: see [`MIN_SERVER_WINDOW_BITS`]).
+    pub fn new(level: u32, window_bits: u8) -> Self {
+        let bits = window_bits.clamp(MIN_SERVER_WINDOW_BITS, MAX_WINDOW_BITS);
+        Deflater {
+            c: flate2::Compress::new_with_window_bits(
+                flate2::Compression::new(level.clamp(1, 9)),
+                false,
+                bits,
+            ),
+        }
+    }
+
+    /// Compresses one message into `out` (appended) as its frame payload:
+    /// sync-flushed and without the `00 00 ff ff` tail (§7.2.1). `false`
+    /// when compression would not make it smaller (then `out` is left as it
+    /// was and the message should go uncompressed; RSV1 is per message).
+    pub fn compress(&mut self, data: &[u8], out: &mut Vec<u8>) -> bool {
+        self.c.reset();
+        let start = out.len();
+        // Worst case of deflate is a few bytes per 16 KiB block; stop as
+        // soon as the output is no smaller than the input.
+        let budget = data.len() + 4;
+        out.reserve(budget.min(data.len() / 2 + 64));
+        let mut input = data;
+        loop {
+            if out.len() - start >= budget {
+                out.truncate(start);
+                return false;
+            }
+            if out.len() == out.capacity() {
+                out.reserve((out.len() - start).max(64));
+            }
+            let before_in = self.c.total_in();
+            if self
+                .c
+                .compress_vec(input, out, flate2::FlushCompress::Sync)
+                .is_err()
+            {
+                out.truncate(start);
+                return false;
+            }
+            input = &input[(self.c.total_in() - before_in) as usize..];
+            // Done once all input is in and the flush fit in the space
+            // given (zlib stops short only when the output is full; a
+            // repeated flush with nothing new writes nothing).
+            if input.is_empty() && out.len() < out.capacity() {
+                break;
+            }
+        }
+        if !out[start..].ends_with(&TAIL) || out.len() - start - TAIL.len() >= data.len() {
+            out.truncate(start);
+            return false;
+        }
+        out.truncate(out.len() - TAIL.len());
+        true
+    }
+}
+
+/// Re-encodes a batch of complete server frames (as shared with
+/// uncompressed recipients) for recipients that negotiated deflate: each
+/// single-frame text or binary message of at least `min_bytes` is
+/// compressed (RSV1 set); other frames, and messages compression would not
+/// shrink, are copied as they are. `None` if the bytes are not whole
+/// unmasked frames (a caller bug; send the plain batch).
+pub fn compress_frames(
+    frames: &[u8],
+    deflater: &mut Deflater,
+    min_bytes: usize,
+) -> Option<Vec<u8>> {
+    use super::frame::{encode_header, FrameDecoder, OpCode, Role};
+    let dec = FrameDecoder::new(Role::Client, usize::MAX >> 2);
+    let mut out = Vec::with_capacity(frames.len() / 2 + 16);
+    let mut payload = Vec::new();
+    let mut pos = 0;
+    while pos < frames.len() {
+        let h = dec.decode_header(&frames[pos..]).ok()??;
+        let end = pos
+            .checked_add(h.header_len)?
+            .checked_add(usize::try_from(h.payload_len).ok()?)?;
+        let body = frames.get(pos + h.header_len..end)?;
+        let data = matches!(h.opcode, OpCode::Text | OpCode::Binary);
+        payload.clear();
+        if h.fin && data && body.len() >= min_bytes && deflater.compress(body, &mut payload) {
+            let header = encode_header(true, h.opcode, payload.len(), None);
+            let hb = header.as_bytes();
+            out.push(hb[0] | 0x40);
+            out.extend_from_slice(&hb[1..]);
+            out.extend_from_slice(&payload);
+        } else {
+            out.extend_from_slice(&frames[pos..end]);
+        }
+        pos = end;
+    }
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests;

@@ -227,3 +227,118 @@ fn window_bits_values() {
         assert_eq!(window_bits(v), None, "{v:?}");
     }
 }
+
+// ----- sending ---------------------------------------------------------------
+
+use crate::protocol::frame::{encode_frame, FrameDecoder, OpCode, Role};
+
+/// What a client does with a received compressed payload.
+fn client_inflate(z: &[u8]) -> Vec<u8> {
+    let mut inf = Inflater::new();
+    let mut out = Vec::new();
+    inf.inflate(z, &mut out, 1 << 30).unwrap();
+    inf.finish(&mut out, 1 << 30).unwrap();
+    out
+}
+
+#[test]
+fn deflater_compresses_each_message_alone() {
+    let mut d = Deflater::new(1, 15);
+    let msg = b"{\"channel\":\"news\",\"data\":{\"text\":\"hello hello hello hello\"}}".repeat(20);
+    let mut a = Vec::new();
+    assert!(d.compress(&msg, &mut a));
+    assert!(a.len() < msg.len() / 4, "{}", a.len());
+    // No context taken over: the same message compresses the same way,
+    // and each inflates with a fresh inflater.
+    let mut b = Vec::new();
+    assert!(d.compress(&msg, &mut b));
+    assert_eq!(a, b);
+    assert_eq!(client_inflate(&a), msg);
+    // Large, and every level and window.
+    let big: Vec<u8> = (0..300_000u32)
+        .flat_map(|i| (i % 1000).to_le_bytes())
+        .collect();
+    for (level, bits) in [(1, 15), (6, 12), (9, 9)] {
+        let mut d = Deflater::new(level, bits);
+        let mut z = Vec::new();
+        assert!(d.compress(&big, &mut z));
+        assert_eq!(client_inflate(&z), big);
+    }
+}
+
+#[test]
+fn deflater_declines_what_does_not_shrink() {
+    let mut d = Deflater::new(1, 15);
+    // xorshift64: incompressible.
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let noise: Vec<u8> = (0..10_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 32) as u8
+        })
+        .collect();
+    let mut out = b"keep".to_vec();
+    assert!(!d.compress(&noise, &mut out));
+    assert_eq!(out, b"keep");
+    assert!(!d.compress(b"", &mut out));
+    assert!(!d.compress(b"a", &mut out));
+    assert_eq!(out, b"keep");
+}
+
+#[test]
+fn compress_frames_reencodes_a_batch() {
+    let json = b"{\"a\":\"hello hello hello hello hello\"}".repeat(10);
+    let mut batch = Vec::new();
+    encode_frame(true, OpCode::Text, &json, &mut batch);
+    encode_frame(true, OpCode::Binary, b"tiny", &mut batch);
+    encode_frame(true, OpCode::Binary, &json, &mut batch);
+    encode_frame(false, OpCode::Text, &json, &mut batch);
+    encode_frame(true, OpCode::Continuation, b"x", &mut batch);
+    let mut d = Deflater::new(1, 15);
+    let z = compress_frames(&batch, &mut d, 64).unwrap();
+    assert!(z.len() < batch.len() / 2);
+    // Decode it as a client that negotiated deflate.
+    let dec = FrameDecoder::new(Role::Client, 1 << 20).with_allowed_rsv(0x4);
+    let mut bytes = z.clone();
+    let mut pos = 0;
+    let mut seen = Vec::new();
+    while pos < bytes.len() {
+        let f = dec.decode(&mut bytes[pos..]).unwrap().unwrap();
+        let p = bytes[pos + f.payload.start..pos + f.payload.end].to_vec();
+        let rsv1 = f.header.rsv & 0x4 != 0;
+        let data = if rsv1 { client_inflate(&p) } else { p };
+        seen.push((f.header.opcode, f.header.fin, rsv1, data));
+        pos += f.consumed;
+    }
+    assert_eq!(
+        seen,
+        vec![
+            (OpCode::Text, true, true, json.clone()),
+            (OpCode::Binary, true, false, b"tiny".to_vec()),
+            (OpCode::Binary, true, true, json.clone()),
+            (OpCode::Text, false, false, json.clone()),
+            (OpCode::Continuation, true, false, b"x".to_vec()),
+        ]
+    );
+    // Not whole frames: None.
+    assert_eq!(compress_frames(&batch[..batch.len() - 1], &mut d, 64), None);
+    assert_eq!(compress_frames(&[0x81], &mut d, 64), None);
+    assert_eq!(compress_frames(&[], &mut d, 64), Some(Vec::new()));
+}
+
+#[test]
+fn deflater_output_at_any_buffer_boundary() {
+    // Whatever capacity the output starts with (the flush may end exactly
+    // at it), the result is the same and complete.
+    let msg = b"abcabcabc hello world hello world 0123456789".repeat(40);
+    let mut d = Deflater::new(1, 15);
+    let mut reference = Vec::new();
+    assert!(d.compress(&msg, &mut reference));
+    for cap in 0..reference.len() + 8 {
+        let mut out = Vec::with_capacity(cap);
+        assert!(d.compress(&msg, &mut out), "{cap}");
+        assert_eq!(out, reference, "{cap}");
+    }
+}
