@@ -44,6 +44,10 @@ pub struct DeflateSettings {
     /// Answer `client_no_context_takeover` even when the client did not
     /// offer it (lets one inflater per worker serve all connections).
     pub client_no_context_takeover: bool,
+    /// Deflate level of what we send (1..=9).
+    pub level: u32,
+    /// Messages shorter than this are sent uncompressed.
+    pub min_bytes: usize,
 }
 
 impl Default for DeflateSettings {
@@ -51,6 +55,8 @@ impl Default for DeflateSettings {
         DeflateSettings {
             server_window_bits: MAX_WINDOW_BITS,
             client_no_context_takeover: true,
+            level: 1,
+            min_bytes: 64,
         }
     }
 }

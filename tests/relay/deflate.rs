@@ -37,10 +37,14 @@ fn frames(op: OpCode, z: &[u8], parts: usize) -> Vec<u8> {
 
 /// Connects to /echo offering deflate; returns the stream and the 101 head.
 fn connect(addr: std::net::SocketAddr) -> (TcpStream, String) {
+    connect_to(addr, "/echo")
+}
+
+fn connect_to(addr: std::net::SocketAddr, path: &str) -> (TcpStream, String) {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     s.write_all(&upgrade_request(
-        "/echo",
+        path,
         "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n",
     ))
     .unwrap();
@@ -131,4 +135,79 @@ fn compression_off_answers_no_extension() {
     let (_s, head) = connect(h.local_addr());
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     assert!(!head.contains("Sec-WebSocket-Extensions"), "{head}");
+}
+
+/// Reads one message as a deflate client: RSV1 payloads inflated.
+fn read_message(s: &mut TcpStream, buf: &mut Vec<u8>) -> (bool, Vec<u8>) {
+    let dec = FrameDecoder::new(Role::Client, 64 << 20).with_allowed_rsv(0x4);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(f) = dec.decode(buf).unwrap() {
+            let payload = buf[f.payload.clone()].to_vec();
+            let rsv1 = f.header.rsv & 0x4 != 0;
+            buf.drain(..f.consumed);
+            let data = if rsv1 {
+                let mut inf = wsrelay::protocol::deflate::Inflater::new();
+                let mut out = Vec::new();
+                inf.inflate(&payload, &mut out, 64 << 20).unwrap();
+                inf.finish(&mut out, 64 << 20).unwrap();
+                out
+            } else {
+                payload
+            };
+            return (rsv1, data);
+        }
+        assert!(Instant::now() < deadline, "no frame");
+        let mut tmp = [0u8; 65536];
+        let n = s.read(&mut tmp).unwrap();
+        assert!(n > 0, "eof");
+        buf.extend_from_slice(&tmp[..n]);
+    }
+}
+
+#[test]
+fn mixed_compressed_and_plain_room_members_receive_identical_messages() {
+    let h = start(Config {
+        compression_min_bytes: 100,
+        ..config()
+    });
+    let addr = h.local_addr();
+    // Compressing members on both workers, plain ones too.
+    // Until each worker has at least two compressing members (the
+    // compressed batch is made once per worker and shared).
+    let mut zs: Vec<(TcpStream, Vec<u8>)> = Vec::new();
+    let mut per_worker = [0usize; 2];
+    for _ in 0..64 {
+        if per_worker.iter().all(|&n| n >= 2) {
+            break;
+        }
+        let (s, w) = on_which_worker(&h, || connect_to(addr, "/rooms/mixed").0);
+        per_worker[w] += 1;
+        zs.push((s, Vec::new()));
+    }
+    assert!(per_worker.iter().all(|&n| n >= 2), "{per_worker:?}");
+    let mut plain: Vec<Ws> = (0..4).map(|_| ws_connect(addr, "/rooms/mixed")).collect();
+    let mut publisher = ws_connect(addr, "/rooms/mixed");
+    let long = "{\"text\":\"a chatty json message, a chatty json message\"}".repeat(10);
+    let messages = [long.clone(), "short".to_string(), long + "!"];
+    for m in &messages {
+        publisher
+            .send(tungstenite::Message::Text(m.clone()))
+            .unwrap();
+    }
+    for (s, buf) in &mut zs {
+        for (i, m) in messages.iter().enumerate() {
+            let (rsv1, data) = read_message(s, buf);
+            assert_eq!(rsv1, i != 1, "short messages go uncompressed");
+            assert_eq!(data, m.as_bytes());
+        }
+    }
+    for ws in &mut plain {
+        for m in &messages {
+            match ws_expect_data(ws) {
+                tungstenite::Message::Text(t) => assert_eq!(&t, m),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
 }

@@ -8,6 +8,7 @@ fn neg_with(offers: &str, bits: u8, force_cnct: bool) -> Option<String> {
     let s = DeflateSettings {
         server_window_bits: bits,
         client_no_context_takeover: force_cnct,
+        ..DeflateSettings::default()
     };
     negotiate(offers, &s).map(|n| n.response_value())
 }
@@ -64,6 +65,7 @@ fn client_no_context_takeover_only_when_offered_if_not_forced() {
         &DeflateSettings {
             server_window_bits: 15,
             client_no_context_takeover: false,
+            ..DeflateSettings::default()
         },
     )
     .unwrap();

@@ -81,7 +81,11 @@ impl SessionConfig {
             },
             rate_policy: c.rate_limit_policy,
             slow_consumer: c.slow_consumer,
-            deflate: c.compression.then(DeflateSettings::default),
+            deflate: c.compression.then(|| DeflateSettings {
+                level: c.compression_level,
+                min_bytes: c.compression_min_bytes,
+                ..DeflateSettings::default()
+            }),
         }
     }
 }
@@ -463,6 +467,30 @@ impl Session {
     /// Queues a broadcast (one or more frames, shared by reference).
     pub fn send_shared(&mut self, frame: &SharedFrame) -> Delivery {
         self.send(|out, limit| out.try_push_shared(frame, limit))
+    }
+
+    /// Queues a broadcast batch: the plain frames, or for a connection
+    /// that negotiated permessage-deflate the compressed re-encoding,
+    /// made once per batch and kept in `compressed` for the next
+    /// recipients (`Some(None)`: it could not be made; plain is sent).
+    /// At most two encodings per batch.
+    pub fn send_batch(
+        &mut self,
+        plain: &SharedFrame,
+        compressed: &mut Option<Option<SharedFrame>>,
+    ) -> Delivery {
+        let settings = match (&self.phase, self.ctx.config.deflate) {
+            (Phase::Open(o), Some(s)) if o.deflates() => s,
+            _ => return self.send_shared(plain),
+        };
+        let z = compressed.get_or_insert_with(|| open::compress_batch(plain, &settings));
+        match z {
+            Some(z) => {
+                let z = z.clone();
+                self.send_shared(&z)
+            }
+            None => self.send_shared(plain),
+        }
     }
 
     /// Queues a copy of the encoded frames `parts` yields.

@@ -5,7 +5,8 @@ use super::super::rate_limit::RateLimiter;
 use super::{Phase, Session, SessionConfig, Verdict};
 use crate::config::RateLimitPolicy;
 use crate::metrics::close_code_index;
-use crate::protocol::deflate::{Inflater, Negotiated};
+use crate::protocol::deflate::{compress_frames, DeflateSettings, Deflater, Inflater, Negotiated};
+use crate::protocol::SharedFrame;
 use crate::protocol::{
     CloseAction, CloseCode, CloseHandshake, ControlFrame, Event, Inflate, MessageAssembler,
     ProtocolError,
@@ -18,6 +19,21 @@ thread_local! {
     /// single-frame message at a time (the assembler gives a message
     /// compressed across fragments an inflater of its own).
     static SHARED_INFLATER: RefCell<Inflater> = RefCell::new(Inflater::new());
+    /// The worker's deflater (and its level), made on first use.
+    static SHARED_DEFLATER: RefCell<Option<(u32, Deflater)>> = const { RefCell::new(None) };
+}
+
+/// The compressed re-encoding of a broadcast batch (made once per batch
+/// with the worker's deflater); `None` if the bytes are not whole frames.
+pub(super) fn compress_batch(plain: &SharedFrame, s: &DeflateSettings) -> Option<SharedFrame> {
+    SHARED_DEFLATER.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        if cell.as_ref().is_none_or(|(level, _)| *level != s.level) {
+            *cell = Some((s.level, Deflater::new(s.level, s.server_window_bits)));
+        }
+        let (_, d) = cell.as_mut()?;
+        compress_frames(plain.as_bytes(), d, s.min_bytes).map(SharedFrame::from_vec)
+    })
 }
 
 /// State of an upgraded connection.
@@ -48,6 +64,11 @@ impl OpenPhase {
             awaiting_pong: false,
             deflate: deflate.is_some_and(|n| n.client_no_context_takeover),
         }
+    }
+
+    /// Whether permessage-deflate was negotiated.
+    pub(super) fn deflates(&self) -> bool {
+        self.deflate
     }
 
     /// Lets go of a finished fragmented message's buffer.

@@ -911,3 +911,23 @@ fn deflate_bomb_is_closed_with_1009() {
     assert_eq!(frames[0].0, OpCode::Close);
     assert_eq!(frames[0].1[..2], 1009u16.to_be_bytes());
 }
+
+#[test]
+fn a_batch_is_compressed_once_and_shared_by_compressing_sessions() {
+    let (mut a, _) = open_deflate(deflate_config());
+    let (mut b, _) = open_deflate(deflate_config());
+    let mut plain = Harness::open(deflate_config(), 1);
+    let json = b"{\"data\":\"hello hello hello hello hello hello\"}".repeat(10);
+    let frame = SharedFrame::encode(OpCode::Text, &json);
+    let mut z = None;
+    for t in [&mut a, &mut b, &mut plain] {
+        assert_eq!(t.s.send_batch(&frame, &mut z), Delivery::Queued);
+    }
+    let made = z.clone().flatten().expect("compressed once");
+    let wire_a = a.output();
+    assert_eq!(wire_a, made.as_bytes());
+    assert_eq!(b.output(), made.as_bytes());
+    assert_eq!(wire_a[0], 0x80 | 0x40 | 0x1, "FIN, RSV1, text");
+    assert!(wire_a.len() < frame.len() / 2);
+    assert_eq!(plain.output(), frame.as_bytes());
+}
