@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Autobahn|Testsuite (RFC 6455) conformance run for wsrelay.
 #
-#   scripts/conformance.sh [--wstest] [--quick|--full] [--cases LIST] [--allow FILE]
+#   scripts/conformance.sh [--wstest] [--quick|--full|--compression] [--cases LIST] [--allow FILE]
 #                          [--no-build] [OUTDIR]
 #
 # Builds the relay (cargo build --release), starts it on a free loopback port with
@@ -17,6 +17,7 @@
 # Options:
 #   --full         cases 1.*-10.* (default; no 12.*/13.* permessage-deflate)
 #   --quick        cases 1.*-8.*, 10.* (skips the 9.* limits/performance cases)
+#   --compression  cases 12.*, 13.* (permessage-deflate), relay run with compression on
 #   --cases LIST   exactly these case ids/globs, comma separated ("6.4.*,7.1.5")
 #   --allow FILE   case ids/globs allowed to fail (passed to the harness)
 #   --wstest       original Python 2 autobahntestsuite instead of kosoku
@@ -54,7 +55,7 @@ harness_args=()
 outdir=""
 while [[ $# -gt 0 ]]; do
   case "$1" in
-    --quick|--full) profile="$1"; shift ;;
+    --quick|--full|--compression) profile="$1"; shift ;;
     --wstest) wstest=1; shift ;;
     --no-build) build=0; shift ;;
     --cases) harness_args+=(--cases "${2:?--cases needs a value}"); shift 2 ;;
@@ -138,6 +139,9 @@ trap 'stop_harness; stop_server' EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM HUP
 
+compression_flag=""
+[[ "$profile" == "--compression" ]] && compression_flag="--compression=on"
+
 # start_server PORT: starts the server in the background, sets server_pid.
 start_server() {
   local port="$1"
@@ -147,7 +151,7 @@ start_server() {
   else
     "$bin" --listen "127.0.0.1:$port" \
       --max-frame-bytes 16MiB --max-message-bytes 16MiB \
-      --workers 1 --stats-interval 0 >"$server_log" 2>&1 </dev/null &
+      --workers 1 --stats-interval 0 $compression_flag >"$server_log" 2>&1 </dev/null &
   fi
   server_pid=$!
   set +m

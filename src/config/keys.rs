@@ -148,6 +148,12 @@ config_keys! {
         "Max message size; beyond -> close 1009 (POST /publish body -> 413)";
     max_outbound_bytes: usize as Size = MIB, Range(1, GIB),
         "Memory a connection's outbound queue may hold (buffers + entries); an empty queue always takes one message; beyond -> slow_consumer policy";
+    compression: bool as Flag = false, Any,
+        "permessage-deflate (RFC 7692) for clients that offer it: on or off";
+    compression_level: u32 as Count<u32> = 1, Range(1, 9),
+        "Deflate level for outgoing messages (1 = fastest, 9 = smallest)";
+    compression_min_bytes: usize as Size = 64, Range(0, GIB),
+        "Outgoing messages shorter than this are sent uncompressed";
     slow_consumer: SlowConsumerPolicy as Policy<SlowConsumerPolicy> = SlowConsumerPolicy::Close, Any,
         "When the outbound queue is full: close the connection, or drop the message for it";
     fanout_queue_len: usize as Count<usize> = 4096, Range(1, 1 << 20),

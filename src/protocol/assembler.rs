@@ -10,6 +10,7 @@
 //! copy); only fragmented messages are gathered into an internal buffer.
 
 use super::close::CloseCode;
+use super::deflate::Inflater;
 use super::error::ProtocolError;
 use super::frame::{FrameHeader, OpCode};
 use super::utf8::Utf8Validator;
@@ -49,6 +50,18 @@ pub enum Event<'a> {
     },
 }
 
+/// How a permessage-deflate connection's compressed messages (RSV1) are
+/// inflated, passed with each frame.
+#[derive(Debug)]
+pub struct Inflate<'i> {
+    /// The worker's shared inflater, or the connection's own when the
+    /// client takes its context over.
+    pub inflater: &'i mut Inflater,
+    /// The client keeps its compression context between messages: the
+    /// inflater is the connection's own and is not reset after a message.
+    pub context_takeover: bool,
+}
+
 /// Per-connection message reassembly state.
 ///
 /// Kept to two words while no fragmented message is in progress (the
@@ -68,6 +81,49 @@ struct Gather {
     kind: Option<MessageKind>,
     buffer: Vec<u8>,
     utf8: Utf8Validator,
+    /// The message in progress is compressed.
+    inflating: bool,
+    /// Inflater of a compressed fragmented message on a connection
+    /// without context takeover (the shared one may serve other
+    /// connections between fragments); kept for the next one.
+    own: Option<Box<Inflater>>,
+}
+
+impl Gather {
+    fn new() -> Box<Gather> {
+        Box::new(Gather {
+            kind: None,
+            buffer: Vec::new(),
+            utf8: Utf8Validator::new(),
+            inflating: false,
+            own: None,
+        })
+    }
+}
+
+/// Inflates one frame of a compressed message into `buffer` (bounded by
+/// `limit`), checking text as it grows.
+fn inflate_frame(
+    inf: &mut Inflater,
+    payload: &[u8],
+    fin: bool,
+    buffer: &mut Vec<u8>,
+    limit: usize,
+    utf8: Option<&mut Utf8Validator>,
+) -> Result<(), ProtocolError> {
+    let before = buffer.len();
+    inf.inflate(payload, buffer, limit)?;
+    if fin {
+        inf.finish(buffer, limit)?;
+    }
+    if let Some(u) = utf8 {
+        u.feed(&buffer[before..])
+            .map_err(|_| ProtocolError::InvalidUtf8)?;
+        if fin {
+            u.finish().map_err(|_| ProtocolError::InvalidUtf8)?;
+        }
+    }
+    Ok(())
 }
 
 impl MessageAssembler {
@@ -99,12 +155,43 @@ impl MessageAssembler {
         }
     }
 
-    /// Processes one decoded frame whose payload is already unmasked.
+    /// Processes one decoded frame whose payload is already unmasked, on a
+    /// connection without compression.
     pub fn on_frame<'a>(
         &'a mut self,
         header: &FrameHeader,
         payload: &'a [u8],
     ) -> Result<Event<'a>, ProtocolError> {
+        self.on_frame_with(header, payload, None)
+    }
+
+    /// Processes one decoded frame; `inflate` is given on connections that
+    /// negotiated permessage-deflate (RSV1 marks a compressed message).
+    pub fn on_frame_with<'a>(
+        &'a mut self,
+        header: &FrameHeader,
+        payload: &'a [u8],
+        inflate: Option<Inflate<'_>>,
+    ) -> Result<Event<'a>, ProtocolError> {
+        if header.rsv & 0x4 != 0 {
+            let Some(inflate) = inflate else {
+                return Err(ProtocolError::ReservedBits);
+            };
+            return match header.opcode {
+                OpCode::Text | OpCode::Binary => self.compressed_start(header, payload, inflate),
+                _ => Err(ProtocolError::CompressedFrameFlag),
+            };
+        }
+        if header.opcode == OpCode::Continuation
+            && self
+                .gather
+                .as_ref()
+                .is_some_and(|g| g.kind.is_some() && g.inflating)
+        {
+            // A compressed message always comes with its inflater.
+            let inflate = inflate.ok_or(ProtocolError::BadCompressedData)?;
+            return self.compressed_continue(header, payload, inflate);
+        }
         match header.opcode {
             OpCode::Ping => Ok(Event::Ping(payload)),
             OpCode::Pong => Ok(Event::Pong(payload)),
@@ -130,14 +217,9 @@ impl MessageAssembler {
                         data: payload,
                     });
                 }
-                let g = self.gather.get_or_insert_with(|| {
-                    Box::new(Gather {
-                        kind: None,
-                        buffer: Vec::new(),
-                        utf8: Utf8Validator::new(),
-                    })
-                });
+                let g = self.gather.get_or_insert_with(Gather::new);
                 g.utf8.reset();
+                g.inflating = false;
                 if kind == MessageKind::Text && g.utf8.feed(payload).is_err() {
                     return Err(ProtocolError::InvalidUtf8);
                 }
@@ -174,6 +256,96 @@ impl MessageAssembler {
                     Ok(Event::Fragment)
                 }
             }
+        }
+    }
+}
+
+impl MessageAssembler {
+    /// First frame of a compressed message (RSV1).
+    fn compressed_start<'a>(
+        &'a mut self,
+        header: &FrameHeader,
+        payload: &[u8],
+        inflate: Inflate<'_>,
+    ) -> Result<Event<'a>, ProtocolError> {
+        if self.in_message() {
+            return Err(ProtocolError::ExpectedContinuation);
+        }
+        let kind = if header.opcode == OpCode::Text {
+            MessageKind::Text
+        } else {
+            MessageKind::Binary
+        };
+        let limit = self.max_message_bytes;
+        let g = self.gather.get_or_insert_with(Gather::new);
+        g.utf8.reset();
+        g.buffer.clear();
+        let utf8 = (kind == MessageKind::Text).then_some(&mut g.utf8);
+        let takeover = inflate.context_takeover;
+        let inf: &mut Inflater = if header.fin || takeover {
+            inflate.inflater
+        } else {
+            // Fragmented without takeover: the shared inflater may serve
+            // other connections before the next fragment.
+            let own = g.own.get_or_insert_with(|| Box::new(Inflater::new()));
+            own.reset();
+            own
+        };
+        let r = inflate_frame(inf, payload, header.fin, &mut g.buffer, limit, utf8);
+        if (header.fin || r.is_err()) && (!takeover || inf.ended() || r.is_err()) {
+            inf.reset();
+        }
+        r?;
+        if header.fin {
+            g.kind = None;
+            g.inflating = false;
+            return Ok(Event::Message {
+                kind,
+                data: &g.buffer,
+            });
+        }
+        g.kind = Some(kind);
+        g.inflating = true;
+        Ok(Event::Fragment)
+    }
+
+    /// A continuation of a compressed message (RSV1 clear, §6.1).
+    fn compressed_continue<'a>(
+        &'a mut self,
+        header: &FrameHeader,
+        payload: &[u8],
+        inflate: Inflate<'_>,
+    ) -> Result<Event<'a>, ProtocolError> {
+        let limit = self.max_message_bytes;
+        let g = match self.gather.as_mut() {
+            Some(g) => g,
+            None => return Err(ProtocolError::UnexpectedContinuation),
+        };
+        let kind = g.kind.ok_or(ProtocolError::UnexpectedContinuation)?;
+        let takeover = inflate.context_takeover;
+        let Gather {
+            buffer, utf8, own, ..
+        } = &mut **g;
+        let inf: &mut Inflater = if takeover {
+            inflate.inflater
+        } else {
+            own.as_deref_mut().ok_or(ProtocolError::BadCompressedData)?
+        };
+        let utf8 = (kind == MessageKind::Text).then_some(utf8);
+        let r = inflate_frame(inf, payload, header.fin, buffer, limit, utf8);
+        if (header.fin || r.is_err()) && (!takeover || inf.ended() || r.is_err()) {
+            inf.reset();
+        }
+        r?;
+        if header.fin {
+            g.kind = None;
+            g.inflating = false;
+            Ok(Event::Message {
+                kind,
+                data: &g.buffer,
+            })
+        } else {
+            Ok(Event::Fragment)
         }
     }
 }
@@ -390,5 +562,315 @@ mod tests {
         let e = parse_close(b"\x03\xe8\xff").unwrap_err();
         assert_eq!(e, ProtocolError::InvalidUtf8);
         assert_eq!(e.close_code(), CloseCode::INVALID_PAYLOAD);
+    }
+
+    // ----- permessage-deflate ---------------------------------------------
+
+    use crate::protocol::deflate::Inflater;
+    use flate2::{Compress, Compression, FlushCompress};
+
+    /// What a client sends: raw deflate, sync-flushed, tail stripped
+    /// (RFC 7692 §7.2.1), from a fresh context.
+    fn deflate(data: &[u8]) -> Vec<u8> {
+        let mut c = Compress::new(Compression::default(), false);
+        let mut out = Vec::with_capacity(data.len() + 64);
+        c.compress_vec(data, &mut out, FlushCompress::Sync).unwrap();
+        while out.len() == out.capacity() {
+            out.reserve(1024);
+            c.compress_vec(&[], &mut out, FlushCompress::Sync).unwrap();
+        }
+        assert!(out.ends_with(&[0, 0, 0xff, 0xff]));
+        out.truncate(out.len() - 4);
+        out
+    }
+
+    fn hz(fin: bool, rsv1: bool, opcode: OpCode, len: usize) -> FrameHeader {
+        FrameHeader {
+            rsv: if rsv1 { 0x4 } else { 0 },
+            ..h(fin, opcode, len)
+        }
+    }
+
+    fn feed_z<'a>(
+        a: &'a mut MessageAssembler,
+        inf: &mut Inflater,
+        fin: bool,
+        rsv1: bool,
+        op: OpCode,
+        p: &'a [u8],
+    ) -> Result<Event<'a>, ProtocolError> {
+        let inflate = Inflate {
+            inflater: inf,
+            context_takeover: false,
+        };
+        a.on_frame_with(&hz(fin, rsv1, op, p.len()), p, Some(inflate))
+    }
+
+    #[test]
+    fn compressed_single_frame_inflates_with_shared_inflater() {
+        let mut inf = Inflater::new();
+        let mut a = MessageAssembler::new(1000);
+        let mut b = MessageAssembler::new(1000);
+        let z = deflate(b"Hello, Hello, Hello, world");
+        for i in [0, 1, 0] {
+            let asm = if i == 0 { &mut a } else { &mut b };
+            let e = feed_z(asm, &mut inf, true, true, OpCode::Text, &z).unwrap();
+            assert_eq!(
+                e,
+                Event::Message {
+                    kind: MessageKind::Text,
+                    data: b"Hello, Hello, Hello, world"
+                }
+            );
+        }
+        // An uncompressed message on the same connection is passed through.
+        let e = feed_z(&mut a, &mut inf, true, false, OpCode::Binary, b"raw").unwrap();
+        assert_eq!(
+            e,
+            Event::Message {
+                kind: MessageKind::Binary,
+                data: b"raw"
+            }
+        );
+        // The empty message compresses to [0x00] (§7.2.3.6).
+        let e = feed_z(&mut a, &mut inf, true, true, OpCode::Binary, &[0x00]).unwrap();
+        assert_eq!(
+            e,
+            Event::Message {
+                kind: MessageKind::Binary,
+                data: b""
+            }
+        );
+    }
+
+    #[test]
+    fn message_compressed_across_fragments_while_shared_inflater_serves_others() {
+        let text: Vec<u8> = (0..5000u32)
+            .flat_map(|i| format!("{{\"n\":{i}}},").into_bytes())
+            .collect();
+        let z = deflate(&text);
+        let mut inf = Inflater::new();
+        let mut a = MessageAssembler::new(1 << 20);
+        let mut other = MessageAssembler::new(1 << 20);
+        let small = deflate(b"interleaved");
+        let chunks: Vec<&[u8]> = z.chunks(z.len() / 7 + 1).collect();
+        for (i, c) in chunks.iter().enumerate() {
+            let first = i == 0;
+            let fin = i + 1 == chunks.len();
+            let op = if first {
+                OpCode::Text
+            } else {
+                OpCode::Continuation
+            };
+            match feed_z(&mut a, &mut inf, fin, first, op, c).unwrap() {
+                Event::Fragment => assert!(!fin),
+                Event::Message { kind, data } => {
+                    assert!(fin);
+                    assert_eq!(kind, MessageKind::Text);
+                    assert_eq!(data, &text[..]);
+                }
+                e => panic!("{e:?}"),
+            }
+            // Another connection uses the shared inflater in between.
+            let e = feed_z(&mut other, &mut inf, true, true, OpCode::Text, &small).unwrap();
+            assert_eq!(
+                e,
+                Event::Message {
+                    kind: MessageKind::Text,
+                    data: b"interleaved"
+                }
+            );
+        }
+        // Empty fragments are fine too.
+        let mut parts = vec![&[][..]];
+        parts.extend(z.chunks(3));
+        parts.push(&[]);
+        let n = parts.len();
+        for (i, c) in parts.into_iter().enumerate() {
+            let op = if i == 0 {
+                OpCode::Text
+            } else {
+                OpCode::Continuation
+            };
+            let r = feed_z(&mut a, &mut inf, i + 1 == n, i == 0, op, c).unwrap();
+            if i + 1 == n {
+                assert!(matches!(r, Event::Message { data, .. } if data == &text[..]));
+            }
+        }
+    }
+
+    #[test]
+    fn decompression_bomb_is_1009_with_at_most_the_limit_inflated() {
+        let limit = 64 * 1024;
+        let bomb = deflate(&vec![0u8; 16 << 20]); // 16 MiB of zeros
+        assert!(bomb.len() < 64 * 1024, "{}", bomb.len());
+        let mut inf = Inflater::new();
+        let mut a = MessageAssembler::new(limit);
+        let e = feed_z(&mut a, &mut inf, true, true, OpCode::Binary, &bomb).unwrap_err();
+        assert_eq!(e, ProtocolError::MessageTooLarge);
+        assert_eq!(e.close_code(), CloseCode::MESSAGE_TOO_BIG);
+        assert!(a.gather.as_ref().unwrap().buffer.len() <= limit);
+        assert!(a.gather.as_ref().unwrap().buffer.capacity() <= limit);
+        // Across fragments, too: stopped in the fragment that crosses it.
+        let mut a = MessageAssembler::new(limit);
+        let mut failed = false;
+        for (i, c) in bomb.chunks(16).enumerate() {
+            let op = if i == 0 {
+                OpCode::Binary
+            } else {
+                OpCode::Continuation
+            };
+            match feed_z(&mut a, &mut inf, false, i == 0, op, c) {
+                Ok(Event::Fragment) => assert!(a.buffered_bytes() <= limit),
+                Err(e) => {
+                    assert_eq!(e, ProtocolError::MessageTooLarge);
+                    failed = true;
+                    break;
+                }
+                Ok(e) => panic!("{e:?}"),
+            }
+        }
+        assert!(failed);
+        assert!(a.gather.as_ref().unwrap().buffer.capacity() <= limit);
+        // Exactly the limit is fine; one byte more is not.
+        for (len, ok) in [(limit, true), (limit + 1, false)] {
+            let mut a = MessageAssembler::new(limit);
+            let z = deflate(&vec![b'a'; len]);
+            let r = feed_z(&mut a, &mut inf, true, true, OpCode::Text, &z);
+            assert_eq!(r.is_ok(), ok, "{len}");
+        }
+        // The shared inflater was reset: it still works.
+        let mut a = MessageAssembler::new(limit);
+        let z = deflate(b"ok");
+        assert!(feed_z(&mut a, &mut inf, true, true, OpCode::Text, &z).is_ok());
+    }
+
+    #[test]
+    fn rsv1_rules() {
+        let mut inf = Inflater::new();
+        let z = deflate(b"x");
+        // RSV1 without negotiation.
+        let mut a = MessageAssembler::new(100);
+        assert_eq!(
+            a.on_frame(&hz(true, true, OpCode::Text, z.len()), &z),
+            Err(ProtocolError::ReservedBits)
+        );
+        // RSV1 on control frames and continuations (§6.1).
+        for op in [OpCode::Ping, OpCode::Pong, OpCode::Close] {
+            let mut a = MessageAssembler::new(100);
+            let e = feed_z(&mut a, &mut inf, true, true, op, b"").unwrap_err();
+            assert_eq!(e, ProtocolError::CompressedFrameFlag);
+            assert_eq!(e.close_code(), CloseCode::PROTOCOL_ERROR);
+        }
+        let mut a = MessageAssembler::new(100);
+        let first = &z[..1];
+        assert_eq!(
+            feed_z(&mut a, &mut inf, false, true, OpCode::Text, first),
+            Ok(Event::Fragment)
+        );
+        assert_eq!(
+            feed_z(&mut a, &mut inf, true, true, OpCode::Continuation, &z[1..]),
+            Err(ProtocolError::CompressedFrameFlag)
+        );
+        // A compressed start while a plain fragmented message is open.
+        let mut a = MessageAssembler::new(100);
+        assert_eq!(
+            feed_z(&mut a, &mut inf, false, false, OpCode::Text, b"a"),
+            Ok(Event::Fragment)
+        );
+        assert_eq!(
+            feed_z(&mut a, &mut inf, true, true, OpCode::Text, &z),
+            Err(ProtocolError::ExpectedContinuation)
+        );
+        // Control frames in the middle of a compressed message pass.
+        let mut a = MessageAssembler::new(100);
+        feed_z(&mut a, &mut inf, false, true, OpCode::Text, &z[..1]).unwrap();
+        assert_eq!(
+            feed_z(&mut a, &mut inf, true, false, OpCode::Ping, b"p"),
+            Ok(Event::Ping(b"p"))
+        );
+        assert_eq!(
+            feed_z(&mut a, &mut inf, true, false, OpCode::Continuation, &z[1..]),
+            Ok(Event::Message {
+                kind: MessageKind::Text,
+                data: b"x"
+            })
+        );
+    }
+
+    #[test]
+    fn corrupt_data_and_bad_utf8_inside_compression() {
+        let mut inf = Inflater::new();
+        let mut a = MessageAssembler::new(100);
+        // Block type 3 is invalid.
+        let e = feed_z(&mut a, &mut inf, true, true, OpCode::Binary, &[0xff, 0xff]).unwrap_err();
+        assert_eq!(e, ProtocolError::BadCompressedData);
+        assert_eq!(e.close_code(), CloseCode::INVALID_PAYLOAD);
+        // Invalid UTF-8 that only appears once inflated.
+        let z = deflate(b"ok \xff\xfe");
+        let mut a = MessageAssembler::new(100);
+        assert_eq!(
+            feed_z(&mut a, &mut inf, true, true, OpCode::Text, &z),
+            Err(ProtocolError::InvalidUtf8)
+        );
+        // Data after a final block (BFINAL) is corrupt.
+        let mut c = Compress::new(Compression::default(), false);
+        let mut fin = Vec::with_capacity(64);
+        c.compress_vec(b"done", &mut fin, FlushCompress::Finish)
+            .unwrap();
+        let mut a = MessageAssembler::new(100);
+        assert_eq!(
+            feed_z(&mut a, &mut inf, true, true, OpCode::Text, &fin),
+            Ok(Event::Message {
+                kind: MessageKind::Text,
+                data: b"done"
+            })
+        );
+        let mut extra = fin.clone();
+        extra.extend_from_slice(&deflate(b"more"));
+        assert_eq!(
+            feed_z(&mut a, &mut inf, true, true, OpCode::Text, &extra),
+            Err(ProtocolError::BadCompressedData)
+        );
+        // And the shared inflater recovers for the next message.
+        let z = deflate(b"fine");
+        assert!(feed_z(&mut a, &mut inf, true, true, OpCode::Text, &z).is_ok());
+    }
+
+    #[test]
+    fn context_takeover_keeps_the_window_between_messages() {
+        // A client with context takeover: the second message refers back
+        // into the first one's window.
+        let mut c = Compress::new(Compression::default(), false);
+        let mut wire = Vec::new();
+        for m in [
+            &b"the same long sentence, again"[..],
+            b"the same long sentence, again",
+        ] {
+            let mut out = Vec::with_capacity(256);
+            c.compress_vec(m, &mut out, FlushCompress::Sync).unwrap();
+            out.truncate(out.len() - 4);
+            wire.push(out);
+        }
+        assert!(wire[1].len() < wire[0].len());
+        let mut own = Inflater::new();
+        let mut a = MessageAssembler::new(100);
+        for z in &wire {
+            let inflate = Inflate {
+                inflater: &mut own,
+                context_takeover: true,
+            };
+            let e = a
+                .on_frame_with(&hz(true, true, OpCode::Text, z.len()), z, Some(inflate))
+                .unwrap();
+            assert!(
+                matches!(e, Event::Message { data, .. } if data == b"the same long sentence, again")
+            );
+        }
+        // Without takeover the second message does not inflate alone.
+        let mut shared = Inflater::new();
+        let mut a = MessageAssembler::new(100);
+        feed_z(&mut a, &mut shared, true, true, OpCode::Text, &wire[0]).unwrap();
+        assert!(feed_z(&mut a, &mut shared, true, true, OpCode::Text, &wire[1]).is_err());
     }
 }

@@ -35,6 +35,10 @@ pub enum ProtocolError {
     MessageTooLarge,
     /// Text message or close reason that is not UTF-8 (§8.1).
     InvalidUtf8,
+    /// RSV1 (compressed) on a control or continuation frame (RFC 7692 §6.1).
+    CompressedFrameFlag,
+    /// A compressed message that does not inflate (RFC 7692 §6.2).
+    BadCompressedData,
 }
 
 impl ProtocolError {
@@ -44,7 +48,9 @@ impl ProtocolError {
             ProtocolError::FrameTooLarge | ProtocolError::MessageTooLarge => {
                 CloseCode::MESSAGE_TOO_BIG
             }
-            ProtocolError::InvalidUtf8 => CloseCode::INVALID_PAYLOAD,
+            ProtocolError::InvalidUtf8 | ProtocolError::BadCompressedData => {
+                CloseCode::INVALID_PAYLOAD
+            }
             _ => CloseCode::PROTOCOL_ERROR,
         }
     }
@@ -66,6 +72,8 @@ impl ProtocolError {
             ProtocolError::FrameTooLarge => "frame too large",
             ProtocolError::MessageTooLarge => "message too large",
             ProtocolError::InvalidUtf8 => "invalid utf-8",
+            ProtocolError::CompressedFrameFlag => "rsv1 on control or continuation frame",
+            ProtocolError::BadCompressedData => "invalid compressed data",
         }
     }
 }

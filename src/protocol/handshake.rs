@@ -12,6 +12,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
 use sha1::{Digest, Sha1};
 
+use super::deflate::{self, DeflateSettings, Negotiated};
 use super::response::{RejectReason, Rejection};
 
 /// The GUID of RFC 6455 §1.3.
@@ -48,8 +49,9 @@ pub struct UpgradeRequest {
     pub accept: String,
     /// Subprotocols the client offered, in its order.
     pub offered_protocols: Vec<String>,
-    /// Extensions the client offered (raw header values); none are
-    /// negotiated by this server.
+    /// Extensions the client offered, one list element each (split at
+    /// commas); permessage-deflate is negotiated from them
+    /// ([`UpgradeRequest::negotiate_deflate`]).
     pub offered_extensions: Vec<String>,
     /// Length of the request head; bytes after it belong to the frame
     /// decoder.
@@ -71,14 +73,40 @@ impl UpgradeRequest {
             .map(|s| s.as_str())
     }
 
+    /// permessage-deflate parameters for this connection, from the
+    /// client's offers (`None`: uncompressed).
+    pub fn negotiate_deflate(&self, settings: &DeflateSettings) -> Option<Negotiated> {
+        deflate::negotiate(&self.offered_extensions.join(","), settings)
+    }
+
     /// The `101 Switching Protocols` response.
     pub fn accept_response(&self, protocol: Option<&str>) -> Vec<u8> {
         accept_response(&self.accept, protocol)
+    }
+
+    /// The `101 Switching Protocols` response, with the negotiated
+    /// permessage-deflate parameters when there are some.
+    pub fn accept_response_with(
+        &self,
+        protocol: Option<&str>,
+        deflate: Option<&Negotiated>,
+    ) -> Vec<u8> {
+        accept_response_with(&self.accept, protocol, deflate)
     }
 }
 
 /// The `101 Switching Protocols` response for an accept value.
 pub fn accept_response(accept: &str, protocol: Option<&str>) -> Vec<u8> {
+    accept_response_with(accept, protocol, None)
+}
+
+/// The `101 Switching Protocols` response for an accept value, with a
+/// `Sec-WebSocket-Extensions` answer when deflate was negotiated.
+pub fn accept_response_with(
+    accept: &str,
+    protocol: Option<&str>,
+    deflate: Option<&Negotiated>,
+) -> Vec<u8> {
     let mut s = String::with_capacity(160);
     s.push_str("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ");
     s.push_str(accept);
@@ -86,6 +114,11 @@ pub fn accept_response(accept: &str, protocol: Option<&str>) -> Vec<u8> {
     if let Some(p) = protocol {
         s.push_str("Sec-WebSocket-Protocol: ");
         s.push_str(p);
+        s.push_str("\r\n");
+    }
+    if let Some(d) = deflate {
+        s.push_str("Sec-WebSocket-Extensions: ");
+        s.push_str(&d.response_value());
         s.push_str("\r\n");
     }
     s.push_str("\r\n");

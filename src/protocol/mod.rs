@@ -9,6 +9,7 @@
 pub mod assembler;
 pub mod client;
 pub mod close;
+pub mod deflate;
 pub mod error;
 pub mod forwarded;
 pub mod frame;
@@ -18,7 +19,7 @@ pub mod proxy;
 pub mod response;
 pub mod utf8;
 
-pub use assembler::{Event, MessageAssembler, MessageKind};
+pub use assembler::{Event, Inflate, MessageAssembler, MessageKind};
 pub use client::{
     encode_client_frame, ClientHandshake, ClientHandshakeError, ClientResponse, MaskRng,
 };

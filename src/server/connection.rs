@@ -149,7 +149,12 @@ impl Connection {
                 end = 0;
             } else if end == buf.len() {
                 // Full: make room for the rest of the frame at the front.
-                let needed = ctx.decoder.bytes_needed(&buf[start..end]).unwrap_or(0);
+                // The deflate decoder also sizes RSV1 frames (a frame the
+                // plain decoder refuses was already refused by the session).
+                let needed = ctx
+                    .deflate_decoder
+                    .bytes_needed(&buf[start..end])
+                    .unwrap_or(0);
                 if needed > buf.len() {
                     buf = pool.grow(buf, start, end, needed);
                 } else {
@@ -308,8 +313,9 @@ impl<H: Handler> Handler for WriteBeforeJudging<'_, H> {
     fn on_upgrade(
         &mut self,
         req: &crate::protocol::UpgradeRequest,
+        deflate: Option<&crate::protocol::deflate::Negotiated>,
     ) -> Result<Vec<u8>, super::session::Response> {
-        self.inner.on_upgrade(req)
+        self.inner.on_upgrade(req, deflate)
     }
 
     fn on_client(&mut self, client: std::net::IpAddr) -> Result<(), super::session::Response> {

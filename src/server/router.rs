@@ -432,7 +432,11 @@ impl Handler for Router<'_> {
         self.publish(req, room, body)
     }
 
-    fn on_upgrade(&mut self, req: &UpgradeRequest) -> Result<Vec<u8>, Response> {
+    fn on_upgrade(
+        &mut self,
+        req: &UpgradeRequest,
+        deflate: Option<&crate::protocol::deflate::Negotiated>,
+    ) -> Result<Vec<u8>, Response> {
         if !self.shared.routes.websockets(self.listener) {
             self.metrics.rejection(RejectReason::NotFound).inc();
             return Err(answer(http::text(404, NOT_ON_ADMIN, false), false));
@@ -505,7 +509,7 @@ impl Handler for Router<'_> {
         self.metrics.upgrades.inc();
         self.metrics.connections_open.inc();
         self.shared.ws_connections.fetch_add(1, Ordering::AcqRel);
-        Ok(req.accept_response(protocol))
+        Ok(req.accept_response_with(protocol, deflate))
     }
 
     fn on_client(&mut self, client: IpAddr) -> Result<(), Response> {

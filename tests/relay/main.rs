@@ -7,6 +7,7 @@
 //! - `admin`: the private admin listener (route split, probes while full,
 //!   readiness through shutdown);
 //! - `admission`: origins, connection / per-IP / room caps;
+//! - `deflate`: permessage-deflate (negotiation, compressed messages, bombs);
 //! - `publish`: `POST /publish/{room}`;
 //! - `metrics`: `/healthz`, `/metrics`;
 //! - `lifecycle`: graceful shutdown (in-process and the binary), start-up;
@@ -35,6 +36,7 @@ mod admin;
 mod admission;
 mod bounds;
 mod config;
+mod deflate;
 mod echo;
 mod handshake;
 mod lifecycle;

@@ -410,3 +410,24 @@ fn head_end_finds_the_first_empty_line() {
     assert_eq!(head_end(b"\n"), None);
     assert_eq!(head_end(b""), None);
 }
+
+#[test]
+fn deflate_is_negotiated_across_extension_header_lines() {
+    use crate::protocol::deflate::DeflateSettings;
+    let req = GOOD.replace(
+        "Sec-WebSocket-Version: 13\r\n",
+        "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Extensions: x-foo; a=\"b, c\", permessage-deflate; server_max_window_bits=8\r\nSec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n",
+    );
+    let u = upgrade(&req);
+    let n = u.negotiate_deflate(&DeflateSettings::default()).unwrap();
+    let resp = String::from_utf8(u.accept_response_with(None, Some(&n))).unwrap();
+    assert!(resp.contains(
+        "Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover; client_no_context_takeover\r\n"
+    ));
+    assert!(resp.ends_with("\r\n\r\n"));
+    // No offer: no header.
+    let u = upgrade(GOOD);
+    assert_eq!(u.negotiate_deflate(&DeflateSettings::default()), None);
+    let resp = String::from_utf8(u.accept_response_with(None, None)).unwrap();
+    assert!(!resp.contains("Sec-WebSocket-Extensions"));
+}

@@ -30,6 +30,7 @@ impl LocalRooms {
         if let Some(frame) = &raw {
             let filter =
                 !self.echo_self && room.batch.frames.iter().any(|f| f.publisher != usize::MAX);
+            let mut z = None;
             for &member in &room.receivers {
                 let own = filter && out.table.published_epoch(member) == Some(room.batch.epoch);
                 let (delivery, n) = if own {
@@ -37,7 +38,7 @@ impl LocalRooms {
                 } else {
                     let d = out
                         .table
-                        .deliver(member, |s| s.send_shared(frame), out.metrics);
+                        .deliver(member, |s| s.send_batch(frame, &mut z), out.metrics);
                     (d, publications)
                 };
                 note(delivery, member, n, out.metrics, &mut self.slow);
@@ -163,10 +164,11 @@ impl LocalRooms {
             return;
         };
         if let Some(frame) = &batch.frame {
+            let mut z = None;
             for &member in &room.receivers {
                 let d = out
                     .table
-                    .deliver(member, |s| s.send_shared(frame), out.metrics);
+                    .deliver(member, |s| s.send_batch(frame, &mut z), out.metrics);
                 note(d, member, batch.messages, out.metrics, &mut self.slow);
             }
         }

@@ -110,9 +110,18 @@ impl Session {
                             return input.len();
                         }
                     }
-                    return match h.on_upgrade(&req) {
+                    let deflate = self
+                        .ctx
+                        .config
+                        .deflate
+                        .and_then(|s| req.negotiate_deflate(&s))
+                        // Sessions keep no inflater of their own (see
+                        // `OpenPhase::deflate`): only answers that stop
+                        // the client's context takeover are used.
+                        .filter(|n| n.client_no_context_takeover);
+                    return match h.on_upgrade(&req, deflate.as_ref()) {
                         Ok(accept) => {
-                            self.open(accept, now);
+                            self.open(accept, deflate, now);
                             used
                         }
                         Err(refusal) => {
@@ -278,9 +287,14 @@ impl Session {
 
     /// Completes the upgrade: the `101` is queued and the WebSocket phase
     /// begins, with the heartbeat armed.
-    fn open(&mut self, accept: Vec<u8>, now: u64) {
+    fn open(
+        &mut self,
+        accept: Vec<u8>,
+        deflate: Option<crate::protocol::deflate::Negotiated>,
+        now: u64,
+    ) {
         self.out.push_http(accept);
-        self.phase = Phase::Open(OpenPhase::new(&self.ctx.config, now));
+        self.phase = Phase::Open(OpenPhase::new(&self.ctx.config, deflate, now));
         let interval = self.ctx.config.ping_interval_ms;
         self.deadline = if interval == 0 { 0 } else { now + interval };
     }

@@ -26,6 +26,7 @@ use super::outbound::{Flush, OutboundQueue};
 use super::rate_limit::RateLimits;
 use crate::config::{RateLimitPolicy, SlowConsumerPolicy};
 use crate::metrics::{close_code_index, ProxyRefusal, WorkerMetrics};
+use crate::protocol::deflate::{DeflateSettings, Negotiated};
 use crate::protocol::forwarded::TrustedProxies;
 use crate::protocol::{
     CloseAction, CloseCode, CloseState, ControlFrame, FrameDecoder, HandshakeLimits, HttpRequest,
@@ -53,6 +54,8 @@ pub struct SessionConfig {
     pub rate: RateLimits,
     pub rate_policy: RateLimitPolicy,
     pub slow_consumer: SlowConsumerPolicy,
+    /// permessage-deflate offered to clients (`compression = on`).
+    pub deflate: Option<DeflateSettings>,
 }
 
 impl SessionConfig {
@@ -78,6 +81,11 @@ impl SessionConfig {
             },
             rate_policy: c.rate_limit_policy,
             slow_consumer: c.slow_consumer,
+            deflate: c.compression.then(|| DeflateSettings {
+                level: c.compression_level,
+                min_bytes: c.compression_min_bytes,
+                ..DeflateSettings::default()
+            }),
         }
     }
 }
@@ -87,6 +95,9 @@ impl SessionConfig {
 pub struct SessionContext {
     pub config: SessionConfig,
     pub decoder: FrameDecoder,
+    /// The decoder of connections that negotiated permessage-deflate
+    /// (RSV1 allowed).
+    pub deflate_decoder: FrameDecoder,
     pub metrics: Arc<WorkerMetrics>,
     /// Whose `X-Forwarded-For` / `Forwarded` headers name the client.
     pub trusted: TrustedProxies,
@@ -104,6 +115,8 @@ impl SessionContext {
     ) -> Arc<SessionContext> {
         Arc::new(SessionContext {
             decoder: FrameDecoder::new(Role::Server, config.max_frame_bytes),
+            deflate_decoder: FrameDecoder::new(Role::Server, config.max_frame_bytes)
+                .with_allowed_rsv(0x4),
             config,
             metrics,
             trusted,
@@ -144,8 +157,14 @@ pub trait Handler {
     fn on_request_head(&mut self, req: &HttpRequest) -> HeadVerdict;
     /// A request whose body (of the length asked for) has arrived.
     fn on_request(&mut self, req: &HttpRequest, body: &[u8]) -> Response;
-    /// A valid upgrade request: `Ok` with the `101` answer, or a refusal.
-    fn on_upgrade(&mut self, req: &UpgradeRequest) -> Result<Vec<u8>, Response>;
+    /// A valid upgrade request: `Ok` with the `101` answer (carrying the
+    /// `deflate` parameters the session negotiated, if any: see
+    /// [`UpgradeRequest::accept_response_with`]), or a refusal.
+    fn on_upgrade(
+        &mut self,
+        req: &UpgradeRequest,
+        deflate: Option<&Negotiated>,
+    ) -> Result<Vec<u8>, Response>;
     /// The client of a connection from a trusted proxy became known (its
     /// PROXY header, or a request's `X-Forwarded-For` / `Forwarded`; the
     /// proxy itself when neither names one): before the request is handed
@@ -448,6 +467,30 @@ impl Session {
     /// Queues a broadcast (one or more frames, shared by reference).
     pub fn send_shared(&mut self, frame: &SharedFrame) -> Delivery {
         self.send(|out, limit| out.try_push_shared(frame, limit))
+    }
+
+    /// Queues a broadcast batch: the plain frames, or for a connection
+    /// that negotiated permessage-deflate the compressed re-encoding,
+    /// made once per batch and kept in `compressed` for the next
+    /// recipients (`Some(None)`: it could not be made; plain is sent).
+    /// At most two encodings per batch.
+    pub fn send_batch(
+        &mut self,
+        plain: &SharedFrame,
+        compressed: &mut Option<Option<SharedFrame>>,
+    ) -> Delivery {
+        let settings = match (&self.phase, self.ctx.config.deflate) {
+            (Phase::Open(o), Some(s)) if o.deflates() => s,
+            _ => return self.send_shared(plain),
+        };
+        let z = compressed.get_or_insert_with(|| open::compress_batch(plain, &settings));
+        match z {
+            Some(z) => {
+                let z = z.clone();
+                self.send_shared(&z)
+            }
+            None => self.send_shared(plain),
+        }
     }
 
     /// Queues a copy of the encoded frames `parts` yields.

@@ -5,9 +5,36 @@ use super::super::rate_limit::RateLimiter;
 use super::{Phase, Session, SessionConfig, Verdict};
 use crate::config::RateLimitPolicy;
 use crate::metrics::close_code_index;
+use crate::protocol::deflate::{compress_frames, DeflateSettings, Deflater, Inflater, Negotiated};
+use crate::protocol::SharedFrame;
 use crate::protocol::{
-    CloseAction, CloseCode, CloseHandshake, ControlFrame, Event, MessageAssembler, ProtocolError,
+    CloseAction, CloseCode, CloseHandshake, ControlFrame, Event, Inflate, MessageAssembler,
+    ProtocolError,
 };
+use std::cell::RefCell;
+
+thread_local! {
+    /// The worker's inflater (a worker is a thread): serves every
+    /// connection whose client does not take its context over, one
+    /// single-frame message at a time (the assembler gives a message
+    /// compressed across fragments an inflater of its own).
+    static SHARED_INFLATER: RefCell<Inflater> = RefCell::new(Inflater::new());
+    /// The worker's deflater (and its level), made on first use.
+    static SHARED_DEFLATER: RefCell<Option<(u32, Deflater)>> = const { RefCell::new(None) };
+}
+
+/// The compressed re-encoding of a broadcast batch (made once per batch
+/// with the worker's deflater); `None` if the bytes are not whole frames.
+pub(super) fn compress_batch(plain: &SharedFrame, s: &DeflateSettings) -> Option<SharedFrame> {
+    SHARED_DEFLATER.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        if cell.as_ref().is_none_or(|(level, _)| *level != s.level) {
+            *cell = Some((s.level, Deflater::new(s.level, s.server_window_bits)));
+        }
+        let (_, d) = cell.as_mut()?;
+        compress_frames(plain.as_bytes(), d, s.min_bytes).map(SharedFrame::from_vec)
+    })
+}
 
 /// State of an upgraded connection.
 pub struct OpenPhase {
@@ -18,10 +45,15 @@ pub struct OpenPhase {
     /// A heartbeat ping is unanswered; it was sent `pong_timeout` before
     /// the armed deadline (so the time need not be stored).
     pub(super) awaiting_pong: bool,
+    /// permessage-deflate negotiated (always with
+    /// `client_no_context_takeover`: messages inflate with the worker's
+    /// inflater, so a connection holds no inflate state between messages).
+    /// A flag, not a box: it fits in padding (`connection_stays_small`).
+    pub(super) deflate: bool,
 }
 
 impl OpenPhase {
-    pub(super) fn new(cfg: &SessionConfig, now: u64) -> OpenPhase {
+    pub(super) fn new(cfg: &SessionConfig, deflate: Option<Negotiated>, now: u64) -> OpenPhase {
         OpenPhase {
             assembler: MessageAssembler::new(cfg.max_message_bytes),
             close: CloseHandshake::new(),
@@ -30,7 +62,13 @@ impl OpenPhase {
                 .enabled()
                 .then(|| Box::new(RateLimiter::new(&cfg.rate, now))),
             awaiting_pong: false,
+            deflate: deflate.is_some_and(|n| n.client_no_context_takeover),
         }
+    }
+
+    /// Whether permessage-deflate was negotiated.
+    pub(super) fn deflates(&self) -> bool {
+        self.deflate
     }
 
     /// Lets go of a finished fragmented message's buffer.
@@ -64,7 +102,11 @@ impl Session {
                 self.ping_stalled = true;
                 break;
             }
-            let frame = match self.ctx.decoder.decode(&mut input[pos..]) {
+            let decoder = match &self.phase {
+                Phase::Open(o) if o.deflate => &self.ctx.deflate_decoder,
+                _ => &self.ctx.decoder,
+            };
+            let frame = match decoder.decode(&mut input[pos..]) {
                 Ok(Some(frame)) => frame,
                 Ok(None) => break,
                 Err(e) => {
@@ -103,7 +145,21 @@ impl Session {
         let Phase::Open(o) = phase else {
             return After::Stop;
         };
-        let event = match o.assembler.on_frame(header, payload) {
+        let result = match o.deflate {
+            false => o.assembler.on_frame(header, payload),
+            true => SHARED_INFLATER.with(|shared| {
+                let mut shared = shared.borrow_mut();
+                o.assembler.on_frame_with(
+                    header,
+                    payload,
+                    Some(Inflate {
+                        inflater: &mut shared,
+                        context_takeover: false,
+                    }),
+                )
+            }),
+        };
+        let event = match result {
             Ok(event) => event,
             Err(e) => {
                 self.fail(e, now);

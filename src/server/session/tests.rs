@@ -22,6 +22,7 @@ fn config() -> SessionConfig {
         rate: RateLimits::default(),
         rate_policy: RateLimitPolicy::Close,
         slow_consumer: SlowConsumerPolicy::Close,
+        deflate: None,
     }
 }
 
@@ -60,14 +61,18 @@ impl Handler for Echo {
         }
     }
 
-    fn on_upgrade(&mut self, req: &UpgradeRequest) -> Result<Vec<u8>, Response> {
+    fn on_upgrade(
+        &mut self,
+        req: &UpgradeRequest,
+        deflate: Option<&crate::protocol::deflate::Negotiated>,
+    ) -> Result<Vec<u8>, Response> {
         if self.refuse_upgrade {
             return Err(Response {
                 bytes: b"HTTP/1.1 403 Forbidden\r\n\r\n".to_vec(),
                 keep_alive: false,
             });
         }
-        Ok(req.accept_response(None))
+        Ok(req.accept_response_with(None, deflate))
     }
 
     fn on_client(&mut self, client: std::net::IpAddr) -> Result<(), Response> {
@@ -804,4 +809,125 @@ fn a_refused_client_gets_the_refusal_and_nothing_else() {
     assert!(t.output().starts_with(b"HTTP/1.1 429 "));
     assert!(!t.s.is_websocket());
     assert_eq!(t.s.poll_finish(), Some(Finish::Graceful));
+}
+
+// ----- permessage-deflate (receiving) -----------------------------------------
+
+const UPGRADE_DEFLATE: &[u8] = b"GET /echo HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\nSec-WebSocket-Version: 13\r\n\r\n";
+
+/// A compressed client frame: raw deflate, tail stripped, RSV1 on the
+/// first frame only.
+fn deflated_frames(op: OpCode, data: &[u8], parts: usize) -> Vec<u8> {
+    use flate2::{Compress, Compression, FlushCompress};
+    let mut c = Compress::new(Compression::default(), false);
+    let mut z = Vec::with_capacity(data.len() + 1024);
+    c.compress_vec(data, &mut z, FlushCompress::Sync).unwrap();
+    assert!(z.ends_with(&[0, 0, 0xff, 0xff]));
+    z.truncate(z.len() - 4);
+    let chunks: Vec<&[u8]> = z.chunks(z.len().div_ceil(parts).max(1)).collect();
+    let mut v = Vec::new();
+    for (i, chunk) in chunks.iter().enumerate() {
+        let start = v.len();
+        let op = if i == 0 { op } else { OpCode::Continuation };
+        encode_client_frame(i + 1 == chunks.len(), op, chunk, KEY, &mut v);
+        if i == 0 {
+            v[start] |= 0x40;
+        }
+    }
+    v
+}
+
+fn deflate_config() -> SessionConfig {
+    SessionConfig {
+        deflate: Some(crate::protocol::deflate::DeflateSettings::default()),
+        ..config()
+    }
+}
+
+fn open_deflate(cfg: SessionConfig) -> (Harness, String) {
+    let mut t = Harness::new(cfg, 1);
+    assert_eq!(t.input(UPGRADE_DEFLATE, 1), UPGRADE_DEFLATE.len());
+    assert!(t.s.is_websocket());
+    let head = String::from_utf8(t.output()).unwrap();
+    assert!(head.starts_with("HTTP/1.1 101"));
+    (t, head)
+}
+
+#[test]
+fn deflate_negotiated_and_compressed_messages_inflated() {
+    let (mut t, head) = open_deflate(deflate_config());
+    assert!(head.contains(
+        "Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover; client_no_context_takeover\r\n"
+    ));
+    let text = "{\"channel\":\"news\",\"data\":\"hello hello hello\"}".repeat(50);
+    let mut bytes = deflated_frames(OpCode::Text, text.as_bytes(), 1);
+    bytes.extend(deflated_frames(OpCode::Binary, text.as_bytes(), 4));
+    bytes.extend(frame(OpCode::Text, b"plain"));
+    assert_eq!(t.input(&bytes, 2), bytes.len());
+    assert_eq!(
+        t.h.messages,
+        vec![
+            text.as_bytes().to_vec(),
+            text.as_bytes().to_vec(),
+            b"plain".to_vec()
+        ]
+    );
+    // Replies go out uncompressed (allowed: RSV1 is per message).
+    let frames = t.frames();
+    assert_eq!(frames.len(), 3);
+    assert_eq!(frames[0], (OpCode::Text, text.as_bytes().to_vec()));
+}
+
+#[test]
+fn deflate_not_negotiated_rsv1_is_1002() {
+    // Compression off: no answer, RSV1 refused.
+    let (mut t, head) = open_deflate(config());
+    assert!(!head.contains("Sec-WebSocket-Extensions"));
+    let bytes = deflated_frames(OpCode::Text, b"hi", 1);
+    t.input(&bytes, 2);
+    assert!(t.h.messages.is_empty());
+    let frames = t.frames();
+    assert_eq!(frames[0].0, OpCode::Close);
+    assert_eq!(frames[0].1[..2], 1002u16.to_be_bytes());
+    // Compression on but not offered: the same.
+    let mut t = Harness::open(deflate_config(), 1);
+    t.input(&bytes, 2);
+    let frames = t.frames();
+    assert_eq!(frames[0].1[..2], 1002u16.to_be_bytes());
+}
+
+#[test]
+fn deflate_bomb_is_closed_with_1009() {
+    let cfg = SessionConfig {
+        max_message_bytes: 64 << 10,
+        ..deflate_config()
+    };
+    let (mut t, _) = open_deflate(cfg);
+    let bomb = deflated_frames(OpCode::Binary, &vec![0u8; 8 << 20], 1);
+    assert!(bomb.len() < 64 << 10);
+    t.input(&bomb, 2);
+    assert!(t.h.messages.is_empty());
+    let frames = t.frames();
+    assert_eq!(frames[0].0, OpCode::Close);
+    assert_eq!(frames[0].1[..2], 1009u16.to_be_bytes());
+}
+
+#[test]
+fn a_batch_is_compressed_once_and_shared_by_compressing_sessions() {
+    let (mut a, _) = open_deflate(deflate_config());
+    let (mut b, _) = open_deflate(deflate_config());
+    let mut plain = Harness::open(deflate_config(), 1);
+    let json = b"{\"data\":\"hello hello hello hello hello hello\"}".repeat(10);
+    let frame = SharedFrame::encode(OpCode::Text, &json);
+    let mut z = None;
+    for t in [&mut a, &mut b, &mut plain] {
+        assert_eq!(t.s.send_batch(&frame, &mut z), Delivery::Queued);
+    }
+    let made = z.clone().flatten().expect("compressed once");
+    let wire_a = a.output();
+    assert_eq!(wire_a, made.as_bytes());
+    assert_eq!(b.output(), made.as_bytes());
+    assert_eq!(wire_a[0], 0x80 | 0x40 | 0x1, "FIN, RSV1, text");
+    assert!(wire_a.len() < frame.len() / 2);
+    assert_eq!(plain.output(), frame.as_bytes());
 }

@@ -1,0 +1,213 @@
+//! permessage-deflate over real sockets (receiving side): negotiation in
+//! the 101, compressed messages from a raw client (one frame, several
+//! fragments, larger than the read buffer), the bomb answered with 1009.
+
+use crate::support::*;
+use flate2::{Compress, Compression, FlushCompress};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+use wsrelay::config::Config;
+use wsrelay::protocol::{encode_client_frame, FrameDecoder, OpCode, Role};
+
+/// Raw deflate of `data` from a fresh context, tail stripped (§7.2.1).
+fn deflate(data: &[u8]) -> Vec<u8> {
+    let mut c = Compress::new(Compression::default(), false);
+    let mut z = Vec::with_capacity(data.len() + data.len() / 8 + 1024);
+    c.compress_vec(data, &mut z, FlushCompress::Sync).unwrap();
+    assert!(z.ends_with(&[0, 0, 0xff, 0xff]));
+    z.truncate(z.len() - 4);
+    z
+}
+
+/// The compressed message as `parts` frames, RSV1 on the first.
+fn frames(op: OpCode, z: &[u8], parts: usize) -> Vec<u8> {
+    let chunks: Vec<&[u8]> = z.chunks(z.len().div_ceil(parts).max(1)).collect();
+    let mut v = Vec::new();
+    for (i, c) in chunks.iter().enumerate() {
+        let start = v.len();
+        let op = if i == 0 { op } else { OpCode::Continuation };
+        encode_client_frame(i + 1 == chunks.len(), op, c, [9, 8, 7, 6], &mut v);
+        if i == 0 {
+            v[start] |= 0x40;
+        }
+    }
+    v
+}
+
+/// Connects to /echo offering deflate; returns the stream and the 101 head.
+fn connect(addr: std::net::SocketAddr) -> (TcpStream, String) {
+    connect_to(addr, "/echo")
+}
+
+fn connect_to(addr: std::net::SocketAddr, path: &str) -> (TcpStream, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(&upgrade_request(
+        path,
+        "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n",
+    ))
+    .unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut b).unwrap(), 1, "101 head");
+        head.push(b[0]);
+    }
+    (s, String::from_utf8(head).unwrap())
+}
+
+/// Reads one server frame (opcode, payload).
+fn read_frame(s: &mut TcpStream, buf: &mut Vec<u8>) -> (OpCode, Vec<u8>) {
+    let dec = FrameDecoder::new(Role::Client, 64 << 20);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(f) = dec.decode(buf).unwrap() {
+            let out = (f.header.opcode, buf[f.payload.clone()].to_vec());
+            buf.drain(..f.consumed);
+            return out;
+        }
+        assert!(Instant::now() < deadline, "no frame");
+        let mut tmp = [0u8; 65536];
+        let n = s.read(&mut tmp).unwrap();
+        assert!(n > 0, "eof");
+        buf.extend_from_slice(&tmp[..n]);
+    }
+}
+
+fn config() -> Config {
+    Config {
+        compression: true,
+        read_buffer_bytes: 4 << 10,
+        ..test_config()
+    }
+}
+
+#[test]
+fn compressed_messages_are_inflated_in_one_frame_fragments_and_beyond_the_read_buffer() {
+    let h = start(config());
+    let (mut s, head) = connect(h.local_addr());
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(
+        head.contains("Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover; client_no_context_takeover\r\n"),
+        "{head}"
+    );
+    let json = "{\"room\":\"lobby\",\"text\":\"hello everyone\"}".repeat(100);
+    // Incompressible: the compressed frame is far larger than the 4 KiB
+    // read buffer, which must grow for it.
+    let noise: Vec<u8> = (0..200_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let mut buf = Vec::new();
+    for (op, data, parts) in [
+        (OpCode::Text, json.as_bytes(), 1),
+        (OpCode::Text, json.as_bytes(), 5),
+        (OpCode::Binary, &noise[..], 1),
+        (OpCode::Binary, &noise[..], 3),
+    ] {
+        let z = deflate(data);
+        s.write_all(&frames(op, &z, parts)).unwrap();
+        let (got_op, payload) = read_frame(&mut s, &mut buf);
+        assert_eq!(got_op, op);
+        assert!(payload == data, "{op:?} in {parts} frame(s)");
+    }
+}
+
+#[test]
+fn decompression_bomb_gets_1009() {
+    let h = start(Config {
+        max_message_bytes: 64 << 10,
+        ..config()
+    });
+    let (mut s, _) = connect(h.local_addr());
+    let bomb = deflate(&vec![0u8; 32 << 20]);
+    assert!(bomb.len() < 64 << 10, "{}", bomb.len());
+    s.write_all(&frames(OpCode::Binary, &bomb, 1)).unwrap();
+    let mut buf = Vec::new();
+    let (op, payload) = read_frame(&mut s, &mut buf);
+    assert_eq!(op, OpCode::Close);
+    assert_eq!(payload[..2], 1009u16.to_be_bytes());
+}
+
+#[test]
+fn compression_off_answers_no_extension() {
+    let h = start(test_config());
+    let (_s, head) = connect(h.local_addr());
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(!head.contains("Sec-WebSocket-Extensions"), "{head}");
+}
+
+/// Reads one message as a deflate client: RSV1 payloads inflated.
+fn read_message(s: &mut TcpStream, buf: &mut Vec<u8>) -> (bool, Vec<u8>) {
+    let dec = FrameDecoder::new(Role::Client, 64 << 20).with_allowed_rsv(0x4);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(f) = dec.decode(buf).unwrap() {
+            let payload = buf[f.payload.clone()].to_vec();
+            let rsv1 = f.header.rsv & 0x4 != 0;
+            buf.drain(..f.consumed);
+            let data = if rsv1 {
+                let mut inf = wsrelay::protocol::deflate::Inflater::new();
+                let mut out = Vec::new();
+                inf.inflate(&payload, &mut out, 64 << 20).unwrap();
+                inf.finish(&mut out, 64 << 20).unwrap();
+                out
+            } else {
+                payload
+            };
+            return (rsv1, data);
+        }
+        assert!(Instant::now() < deadline, "no frame");
+        let mut tmp = [0u8; 65536];
+        let n = s.read(&mut tmp).unwrap();
+        assert!(n > 0, "eof");
+        buf.extend_from_slice(&tmp[..n]);
+    }
+}
+
+#[test]
+fn mixed_compressed_and_plain_room_members_receive_identical_messages() {
+    let h = start(Config {
+        compression_min_bytes: 100,
+        ..config()
+    });
+    let addr = h.local_addr();
+    // Compressing members on both workers, plain ones too.
+    // Until each worker has at least two compressing members (the
+    // compressed batch is made once per worker and shared).
+    let mut zs: Vec<(TcpStream, Vec<u8>)> = Vec::new();
+    let mut per_worker = [0usize; 2];
+    for _ in 0..64 {
+        if per_worker.iter().all(|&n| n >= 2) {
+            break;
+        }
+        let (s, w) = on_which_worker(&h, || connect_to(addr, "/rooms/mixed").0);
+        per_worker[w] += 1;
+        zs.push((s, Vec::new()));
+    }
+    assert!(per_worker.iter().all(|&n| n >= 2), "{per_worker:?}");
+    let mut plain: Vec<Ws> = (0..4).map(|_| ws_connect(addr, "/rooms/mixed")).collect();
+    let mut publisher = ws_connect(addr, "/rooms/mixed");
+    let long = "{\"text\":\"a chatty json message, a chatty json message\"}".repeat(10);
+    let messages = [long.clone(), "short".to_string(), long + "!"];
+    for m in &messages {
+        publisher
+            .send(tungstenite::Message::Text(m.clone()))
+            .unwrap();
+    }
+    for (s, buf) in &mut zs {
+        for (i, m) in messages.iter().enumerate() {
+            let (rsv1, data) = read_message(s, buf);
+            assert_eq!(rsv1, i != 1, "short messages go uncompressed");
+            assert_eq!(data, m.as_bytes());
+        }
+    }
+    for ws in &mut plain {
+        for m in &messages {
+            match ws_expect_data(ws) {
+                tungstenite::Message::Text(t) => assert_eq!(&t, m),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+}
