@@ -630,3 +630,6 @@ fn raw_access(
     };
     Ok((Some(options), role))
 }
+
+#[cfg(test)]
+mod tests;

@@ -1225,6 +1225,8 @@ fn paused_publisher_is_not_closed_as_a_ping_timeout() {
 /// worker serving them fills the one-message queue to the other worker
 /// at once.
 #[test]
+/// The behaviour is tested deterministically (no sockets, a forced full queue):
+/// `server::router::tests::http_publish_into_a_blocked_destination_gets_503_with_retry_after`.
 #[ignore = "timing-dependent: needs the serving worker to outrun the destination's inbox drain; flaked under parallel test load (passes alone), run with --ignored"]
 fn http_publish_into_a_blocked_destination_gets_503_with_retry_after() {
     let h = start(backpressure_config());
