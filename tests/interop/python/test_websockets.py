@@ -19,7 +19,7 @@ import os
 import pytest
 from websockets.asyncio.client import connect as async_connect
 from websockets.exceptions import ConnectionClosedError
-from websockets.extensions.permessage_deflate import PerMessageDeflate
+from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory, PerMessageDeflate
 from websockets.sync.client import connect
 
 from conftest import TIMEOUT
@@ -258,3 +258,61 @@ def test_centrifugo_protocol_over_wss_with_deflate(relay, client_ssl):
             push = c.push()
             assert push["channel"] == channel
             assert push["pub"]["data"] == data
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_fragmented_compressed_message(relay, client_ssl, scheme):
+    """A message sent as fragments (websockets compresses it as one
+    message across its continuation frames, RSV1 on the first) echoes
+    whole."""
+    parts = [compressible_text(30_000), compressible_text(40_000), "end"]
+    with open_ws(relay, client_ssl, scheme, "/echo") as ws:
+        assert_deflate_negotiated(ws)
+        ws.send(iter(parts))
+        assert ws.recv(timeout=TIMEOUT) == "".join(parts)
+        ws.send(iter([p.encode() for p in parts]))
+        assert ws.recv(timeout=TIMEOUT) == "".join(parts).encode()
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_server_max_window_bits_below_15_is_declined_and_the_connection_opens(relay, client_ssl, scheme):
+    """docs/protocol.md: an offer with server_max_window_bits below 15 is
+    declined; the handshake still succeeds, without compression."""
+    factory = ClientPerMessageDeflateFactory(server_max_window_bits=10, client_max_window_bits=True)
+    url = relay.url(scheme, "/echo")
+    with connect(
+        url,
+        ssl=client_ssl if scheme == "wss" else None,
+        compression=None,
+        extensions=[factory],
+        open_timeout=TIMEOUT,
+        max_size=MIB,
+    ) as ws:
+        assert "Sec-WebSocket-Extensions" not in ws.response.headers
+        assert deflate_of(ws) is None
+        message = compressible_text(100_000)
+        ws.send(message)
+        assert ws.recv(timeout=TIMEOUT) == message
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_compressed_message_inflating_past_max_message_bytes_gets_1009(relay, client_ssl, scheme):
+    """A compressed message whose inflated size is one byte over
+    max_message_bytes (1 MiB) is refused with 1009 (it is small on the
+    wire); one of exactly 1 MiB passes (test_echo)."""
+    with open_ws(relay, client_ssl, scheme, "/echo") as ws:
+        assert_deflate_negotiated(ws)
+        ws.send("x" * (MIB + 1))
+        with pytest.raises(ConnectionClosedError) as e:
+            ws.recv(timeout=TIMEOUT)
+        assert e.value.rcvd is not None and e.value.rcvd.code == 1009, e.value
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_ping_is_answered_with_deflate(relay, client_ssl, scheme):
+    """Control frames stay uncompressed with deflate negotiated: a ping with
+    a payload gets its pong."""
+    with open_ws(relay, client_ssl, scheme, "/echo") as ws:
+        assert_deflate_negotiated(ws)
+        pong = ws.ping(b"are you there")
+        assert pong.wait(TIMEOUT), "no pong"
