@@ -178,14 +178,16 @@ for (const scheme of ['ws', 'wss']) {
       for (let i = 0; i < 5; i++) await echoRoundTrip(ws, text, false);
     });
 
-    it('clientMaxWindowBits: 10 is accepted (the relay inflates with a 15-bit window)', async () => {
-      const { ws, ext } = await open(scheme, '/echo', {
-        perMessageDeflate: { clientMaxWindowBits: 10, threshold: 0 },
+    for (const bits of [8, 10]) {
+      it(`clientMaxWindowBits: ${bits} is accepted (the relay inflates with a 15-bit window)`, async () => {
+        const { ws, ext } = await open(scheme, '/echo', {
+          perMessageDeflate: { clientMaxWindowBits: bits, threshold: 0 },
+        });
+        assert.equal(extParams(ext).name, 'permessage-deflate', ext);
+        assert.equal(extParams(ext).client_max_window_bits, undefined, `never answered: ${ext}`);
+        for (let i = 0; i < 3; i++) await echoRoundTrip(ws, compressibleText(200000), false);
       });
-      assert.equal(extParams(ext).name, 'permessage-deflate', ext);
-      assert.equal(extParams(ext).client_max_window_bits, undefined, `never answered: ${ext}`);
-      await echoRoundTrip(ws, compressibleText(200000), false);
-    });
+    }
 
     it('serverMaxWindowBits: 15 is accepted and answered', async () => {
       const { ws, ext } = await open(scheme, '/echo', { perMessageDeflate: { serverMaxWindowBits: 15 } });
@@ -219,6 +221,23 @@ for (const scheme of ['ws', 'wss']) {
       const m = await member.next('room message');
       assert.equal(m.data.toString(), text);
       assert.ok(rproxy.down() - downBefore >= text.length, 'received uncompressed');
+    });
+
+    // Known interop limitation (docs/protocol.md "Interop tests"): the relay
+    // always answers client_no_context_takeover (RFC 7692 §7.1.1.2 lets a
+    // server add it to any offer; it lets one inflater per worker serve every
+    // connection), and ws configured with clientNoContextTakeover: false
+    // refuses such an answer, so that client cannot connect at all while
+    // compression is on. Asserted as it is: if the relay starts honouring
+    // this client, this test fails and should assert the echo instead.
+    it('KNOWN LIMITATION: ws with clientNoContextTakeover: false refuses the relay\'s answer', async () => {
+      await assert.rejects(
+        open(scheme, '/echo', { perMessageDeflate: { clientNoContextTakeover: false } }),
+        /Invalid Sec-WebSocket-Extensions header/,
+      );
+      // The same client without deflate connects.
+      const { ws } = await open(scheme, '/echo', { perMessageDeflate: false });
+      await echoRoundTrip(ws, 'still fine', false);
     });
 
     it('room fan-out: a deflate member and a plain member receive identical messages, the first compressed', async () => {
