@@ -277,6 +277,30 @@ for (const scheme of ['ws', 'wss']) {
         `deflate member: ${zBytes} bytes for ${total} of messages (${compressible} of them compressible)`,
       );
     });
+
+    it('many members, many messages: 20 members (half deflate) each receive 200 messages in order', async () => {
+      const room = `/rooms/burst-${scheme}`;
+      const members = [];
+      for (let i = 0; i < 20; i++) {
+        members.push((await open(scheme, room, { perMessageDeflate: i % 2 === 0 })).ws);
+      }
+      const { ws: sender } = await open(scheme, room, { perMessageDeflate: true });
+      const messages = Array.from({ length: 200 }, (_, i) => `${i}:${compressibleText(10000 + 37 * i)}`);
+      // In windows of 20 (about 250 KB in flight per member, well under
+      // max_outbound_bytes), so a member that reads late on a busy machine is
+      // not a slow consumer; every wait is for the messages themselves.
+      for (let w = 0; w < messages.length; w += 20) {
+        const window = messages.slice(w, w + 20);
+        for (const m of window) await sender.sendAsync(m);
+        for (const [k, member] of members.entries()) {
+          for (const [j, m] of window.entries()) {
+            const got = await member.next(`member ${k}, message ${w + j}`);
+            assert.equal(got.isBinary, false);
+            assert.ok(got.data.equals(Buffer.from(m)), `member ${k}: message ${w + j} differs`);
+          }
+        }
+      }
+    });
   });
 }
 
