@@ -15,6 +15,8 @@ pub struct Started {
     pub addr: SocketAddr,
     /// The admin listener's bound address, if any.
     pub admin: Option<SocketAddr>,
+    /// The TLS listener's bound address, if any (`tls_listen`).
+    pub tls: Option<SocketAddr>,
     pub workers: usize,
     pub reuseport: bool,
 }
@@ -34,6 +36,16 @@ pub fn startup_line(s: &Started, c: &Config) -> String {
             "shared listener"
         },
     );
+    if let Some(tls) = s.tls {
+        line.push_str(&format!(" and wss://{tls}"));
+    }
+    if c.compression {
+        line.push_str(&format!(
+            "; permessage-deflate offered (level {}, from {})",
+            c.compression_level,
+            format_size(c.compression_min_bytes)
+        ));
+    }
     // The admin listener always serves /metrics; the public one without
     // an admin listener, or when `public_routes` keeps it.
     let metrics_at = s.admin.unwrap_or(s.addr);
@@ -187,6 +199,7 @@ mod tests {
             version: "9.9.9",
             addr: "127.0.0.1:9001".parse().unwrap(),
             admin: admin.map(|a| a.parse().unwrap()),
+            tls: None,
             workers: 2,
             reuseport: true,
         }
@@ -231,6 +244,30 @@ mod tests {
         let line = startup_line(&started(None), &c);
         assert!(line.contains("; metrics off;"), "{line}");
         assert!(line.contains("shutdown_timeout=30s"), "{line}");
+        assert!(
+            !line.contains("wss://") && !line.contains("deflate"),
+            "{line}"
+        );
+
+        let c = Config {
+            compression: true,
+            ..Config::default()
+        };
+        let s = Started {
+            tls: Some("127.0.0.1:9443".parse().unwrap()),
+            ..started(None)
+        };
+        let line = startup_line(&s, &c);
+        assert!(
+            line.starts_with(
+                "wsrelay 9.9.9 listening on ws://127.0.0.1:9001 (2 workers, SO_REUSEPORT) and wss://127.0.0.1:9443;"
+            ),
+            "{line}"
+        );
+        assert!(
+            line.contains("; permessage-deflate offered (level "),
+            "{line}"
+        );
     }
 
     #[test]

@@ -44,6 +44,7 @@ fn main() {
         version: env!("CARGO_PKG_VERSION"),
         addr: handle.local_addr(),
         admin: handle.admin_addr(),
+        tls: handle.tls_addr(),
         workers: handle.workers(),
         reuseport: handle.reuseport(),
     };
