@@ -383,7 +383,12 @@ impl BrokerPort {
         !self.pending_order.is_empty()
     }
 
-    fn submit(&mut self, channel: &str, kind: ReplyKind, cmd: Vec<u8>) -> Result<Token, BrokerError> {
+    fn submit(
+        &mut self,
+        channel: &str,
+        kind: ReplyKind,
+        cmd: Vec<u8>,
+    ) -> Result<Token, BrokerError> {
         let shard = self.shard(channel);
         if !self.shared.shards[shard].cmd_up.load(Ordering::SeqCst) {
             BrokerMetrics::inc(&self.shared.metrics.request_errors);
@@ -580,8 +585,7 @@ impl BrokerPort {
         let link = &self.shared.workers[self.worker];
         link.sleeping.store(true, Ordering::SeqCst);
         fence(Ordering::SeqCst);
-        if !self.events.is_empty() || !self.replies.is_empty() || !lock(&link.missed).is_empty()
-        {
+        if !self.events.is_empty() || !self.replies.is_empty() || !lock(&link.missed).is_empty() {
             link.sleeping.store(false, Ordering::SeqCst);
             return false;
         }
@@ -658,7 +662,8 @@ fn subscriber_loop(
                         BrokerMetrics::inc(&shared.metrics.reconnects);
                     }
                     connected_once = true;
-                    let _ = stream.set_write_timeout(Some(st.publish_timeout.max(Duration::from_secs(1))));
+                    let _ = stream
+                        .set_write_timeout(Some(st.publish_timeout.max(Duration::from_secs(1))));
                     let (dead_tx, dead_rx) = bounded(1);
                     match (stream.try_clone(), stream.try_clone()) {
                         (Ok(reader), Ok(closer)) => {
@@ -684,7 +689,9 @@ fn subscriber_loop(
                                 let (sh, stt) = (shared.clone(), state.clone());
                                 let spawned = std::thread::Builder::new()
                                     .name(format!("redis-sub-read-{shard}"))
-                                    .spawn(move || subscriber_reader(sh, stt, reader, parser, dead_tx));
+                                    .spawn(move || {
+                                        subscriber_reader(sh, stt, reader, parser, dead_tx)
+                                    });
                                 if spawned.is_err() {
                                     retry_at = Instant::now() + backoff.failed();
                                     continue;
@@ -726,8 +733,13 @@ fn subscriber_loop(
         if conn.is_none() {
             wake_at = Some(wake_at.map_or(retry_at, |t| t.min(retry_at)));
         }
-        let timeout = wake_at.map_or(Duration::from_secs(3600), |t| t.saturating_duration_since(now));
-        let dead = conn.as_ref().map(|(_, d)| d.clone()).unwrap_or_else(crossbeam_channel::never);
+        let timeout = wake_at.map_or(Duration::from_secs(3600), |t| {
+            t.saturating_duration_since(now)
+        });
+        let dead = conn
+            .as_ref()
+            .map(|(_, d)| d.clone())
+            .unwrap_or_else(crossbeam_channel::never);
         select! {
             recv(stop) -> _ => return,
             recv(interest) -> m => {
@@ -862,7 +874,9 @@ fn subscriber_reader(
                 }
                 BrokerMetrics::inc(&shared.metrics.messages_delivered);
                 let env = Arc::new(env);
-                deliver(&shared, mask, &channel, || BrokerEvent::Message(env.clone()));
+                deliver(&shared, mask, &channel, || {
+                    BrokerEvent::Message(env.clone())
+                });
             }
             b"subscribe" => {
                 let Some(channel) = channel_of(items.get(1)) else {
@@ -963,7 +977,9 @@ fn command_loop(shared: Arc<Shared>, shard: usize, outbox: Receiver<Request>, st
                         let (sh, pl) = (shared.clone(), pipeline.clone());
                         let spawned = std::thread::Builder::new()
                             .name(format!("redis-cmd-read-{shard}"))
-                            .spawn(move || command_reader(sh, pl, reader, parser, dead_tx, prog_tx));
+                            .spawn(move || {
+                                command_reader(sh, pl, reader, parser, dead_tx, prog_tx)
+                            });
                         if spawned.is_ok() {
                             lock(&me.sockets).push(closer);
                             shared.set_up(&me.cmd_up, true, &me.sub_up);
@@ -1011,9 +1027,17 @@ fn command_loop(shared: Arc<Shared>, shard: usize, outbox: Receiver<Request>, st
             (None, _) => Some(retry_at),
             (Some(_), d) => d,
         };
-        let timeout = wake_at.map_or(Duration::from_secs(3600), |t| t.saturating_duration_since(now));
-        let dead = conn.as_ref().map(|c| c.dead.clone()).unwrap_or_else(crossbeam_channel::never);
-        let progress = conn.as_ref().map(|c| c.progress.clone()).unwrap_or_else(crossbeam_channel::never);
+        let timeout = wake_at.map_or(Duration::from_secs(3600), |t| {
+            t.saturating_duration_since(now)
+        });
+        let dead = conn
+            .as_ref()
+            .map(|c| c.dead.clone())
+            .unwrap_or_else(crossbeam_channel::never);
+        let progress = conn
+            .as_ref()
+            .map(|c| c.progress.clone())
+            .unwrap_or_else(crossbeam_channel::never);
         // While the pipeline is full (Redis is not keeping up), new
         // requests fail with Overloaded at once instead of waiting.
         let take = outbox.clone();
@@ -1154,7 +1178,8 @@ fn parse_reply(kind: ReplyKind, v: Value) -> Result<Reply, BrokerError> {
             e.details().unwrap_or("")
         )));
     }
-    let bad = |v: &Value| BrokerError::Protocol(format!("{kind:?}: {v:?}").chars().take(200).collect());
+    let bad =
+        |v: &Value| BrokerError::Protocol(format!("{kind:?}: {v:?}").chars().take(200).collect());
     match kind {
         ReplyKind::Published => match v {
             Value::Int(_) => Ok(Reply::Published),
@@ -1186,7 +1211,8 @@ fn parse_reply(kind: ReplyKind, v: Value) -> Result<Reply, BrokerError> {
                     return Err(bad(&v));
                 };
                 publications.push(
-                    Envelope::decode(b).map_err(|e| BrokerError::Protocol(format!("history entry: {e}")))?,
+                    Envelope::decode(b)
+                        .map_err(|e| BrokerError::Protocol(format!("history entry: {e}")))?,
                 );
             }
             Ok(Reply::History(HistoryReply {

@@ -123,7 +123,12 @@ pub fn open(
         replies += 1;
     }
     for body in scripts {
-        out.extend_from_slice(&redis::cmd("SCRIPT").arg("LOAD").arg(*body).get_packed_command());
+        out.extend_from_slice(
+            &redis::cmd("SCRIPT")
+                .arg("LOAD")
+                .arg(*body)
+                .get_packed_command(),
+        );
         replies += 1;
     }
     // A PING last proves the server answers even with nothing else to say.

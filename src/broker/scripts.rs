@@ -111,7 +111,13 @@ return 1
 "#;
 
 /// The scripts, in `Script` index order.
-pub const ALL: [&str; 5] = [PUBLISH, HISTORY, PRESENCE_ADD, PRESENCE_GET, PRESENCE_REMOVE];
+pub const ALL: [&str; 5] = [
+    PUBLISH,
+    HISTORY,
+    PRESENCE_ADD,
+    PRESENCE_GET,
+    PRESENCE_REMOVE,
+];
 
 /// A script's index in [`ALL`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

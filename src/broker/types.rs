@@ -49,7 +49,10 @@ pub enum Reply {
     /// A publication without history went out (PUBLISH).
     Published,
     /// A publication with history got this position (and went out).
-    Position { offset: u64, epoch: String },
+    Position {
+        offset: u64,
+        epoch: String,
+    },
     History(HistoryReply),
     /// Presence entries of a channel (expired ones removed).
     Presence(Vec<PresenceEntry>),

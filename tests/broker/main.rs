@@ -44,13 +44,21 @@ fn publications_reach_other_nodes_in_order_and_never_come_back() {
     }
     let redis = RedisServer::start();
     let (mut a, mut b) = two_nodes(&redis);
-    assert!(!b.subscribe("room"), "a first subscription is no resubscription");
+    assert!(
+        !b.subscribe("room"),
+        "a first subscription is no resubscription"
+    );
     a.subscribe("room");
     for i in 0..200u32 {
         let env = a.envelope("room", Kind::RawText, i.to_string().as_bytes());
         a.port.publish(&env).unwrap();
     }
-    assert!(b.wait(T, |n| n.events.len() >= 200));
+    let started = Instant::now();
+    assert!(b.wait_woken(T, |n| n.events.len() >= 200));
+    assert!(
+        started.elapsed() < T / 2,
+        "the bridge woke the sleeping worker"
+    );
     let got: Vec<String> = b
         .take_messages()
         .iter()
@@ -71,8 +79,15 @@ fn publications_reach_other_nodes_in_order_and_never_come_back() {
     assert!(a.replies.iter().all(|(_, r)| *r == Ok(Reply::Published)));
     // No interest, no delivery: B drops the channel (zero linger).
     b.port.interest("room", false);
-    assert!(b.wait(T, |n| n.broker.metrics().channels.load(Ordering::SeqCst) == 0));
-    let unsub_seen = b.broker.metrics().unsubscribe_commands.load(Ordering::SeqCst);
+    assert!(
+        b.wait(T, |n| n.broker.metrics().channels.load(Ordering::SeqCst)
+            == 0)
+    );
+    let unsub_seen = b
+        .broker
+        .metrics()
+        .unsubscribe_commands
+        .load(Ordering::SeqCst);
     assert_eq!(unsub_seen, 1);
     let e = a.envelope("room", Kind::RawText, b"after");
     let t = a.port.publish(&e).unwrap();
@@ -80,7 +95,10 @@ fn publications_reach_other_nodes_in_order_and_never_come_back() {
     // B only learns nothing; proven by a message on another channel
     // arriving alone.
     b.subscribe("other");
-    let t = a.port.publish(&a.envelope("other", Kind::RawText, b"o")).unwrap();
+    let t = a
+        .port
+        .publish(&a.envelope("other", Kind::RawText, b"o"))
+        .unwrap();
     a.reply(t, T).unwrap();
     assert!(b.wait(T, |n| !n.events.is_empty()));
     let m = b.take_messages();
@@ -99,7 +117,11 @@ fn history_offsets_are_contiguous_and_read_back_exactly() {
     a.subscribe("chat");
     let mut tokens = Vec::new();
     for i in 0..25u32 {
-        let mut env = a.envelope("chat", Kind::Publication, format!("{{\"n\":{i}}}").as_bytes());
+        let mut env = a.envelope(
+            "chat",
+            Kind::Publication,
+            format!("{{\"n\":{i}}}").as_bytes(),
+        );
         env.info = Some(b"{\"user\":\"a\"}".to_vec());
         tokens.push(a.port.publish_history(&env, opts()).unwrap());
     }
@@ -131,7 +153,11 @@ fn history_offsets_are_contiguous_and_read_back_exactly() {
         panic!()
     };
     assert_eq!((h.top, h.front, h.epoch.as_str()), (25, 16, epoch.as_str()));
-    let offs: Vec<u64> = h.publications.iter().map(|p| p.position.as_ref().unwrap().0).collect();
+    let offs: Vec<u64> = h
+        .publications
+        .iter()
+        .map(|p| p.position.as_ref().unwrap().0)
+        .collect();
     assert_eq!(offs, [21, 22, 23, 24, 25]);
     assert!(h.covers(20, &epoch) && h.covers(15, &epoch));
     assert!(!h.covers(14, &epoch), "offset 15 was trimmed");
@@ -245,7 +271,10 @@ fn redis_down_fails_fast_then_reconnect_resubscribes_with_a_new_epoch() {
     let started = Instant::now();
     for _ in 0..100 {
         let env = a.envelope("c", Kind::Publication, b"x");
-        assert_eq!(a.port.publish_history(&env, opts()), Err(BrokerError::Unavailable));
+        assert_eq!(
+            a.port.publish_history(&env, opts()),
+            Err(BrokerError::Unavailable)
+        );
     }
     assert!(started.elapsed() < Duration::from_secs(1));
     assert!(a.broker.metrics().request_errors.load(Ordering::SeqCst) >= 100);
@@ -294,7 +323,10 @@ fn a_killed_pubsub_connection_is_reopened_and_resubscribed() {
         == channels.len()));
     // Batched as they come (no delay is added to wait for more).
     let cmds = b.broker.metrics().subscribe_commands.load(Ordering::SeqCst);
-    assert!(cmds < 300, "batched: {cmds} SUBSCRIBE commands for 1200 channels");
+    assert!(
+        cmds < 300,
+        "batched: {cmds} SUBSCRIBE commands for 1200 channels"
+    );
     b.events.clear();
     let killed = redis.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]);
     assert_eq!(killed.trim(), "2", "both nodes' subscriber connections");
@@ -318,7 +350,10 @@ fn a_killed_pubsub_connection_is_reopened_and_resubscribed() {
     let resub = b.broker.metrics().subscribe_commands.load(Ordering::SeqCst) - cmds;
     assert_eq!(resub, 3);
     b.events.clear();
-    let t = a.port.publish(&a.envelope("ch777", Kind::RawText, b"hi")).unwrap();
+    let t = a
+        .port
+        .publish(&a.envelope("ch777", Kind::RawText, b"hi"))
+        .unwrap();
     a.reply(t, T).unwrap();
     assert!(b.wait(T, |n| !n.events.is_empty()));
     let m = b.take_messages();
@@ -348,18 +383,27 @@ fn a_stalled_redis_never_blocks_callers_and_requests_time_out() {
     // Wait until Redis is stalled: a probe times out.
     let stalled_by = Instant::now() + Duration::from_secs(1);
     loop {
-        let t = a.port.publish(&a.envelope("s", Kind::RawText, b"probe")).unwrap();
+        let t = a
+            .port
+            .publish(&a.envelope("s", Kind::RawText, b"probe"))
+            .unwrap();
         if a.reply(t, T) == Err(BrokerError::Timeout) {
             break;
         }
-        assert!(Instant::now() < stalled_by, "DEBUG SLEEP did not stall Redis");
+        assert!(
+            Instant::now() < stalled_by,
+            "DEBUG SLEEP did not stall Redis"
+        );
     }
     a.replies.clear();
     let started = Instant::now();
     let mut ok = 0;
     let mut overloaded = 0;
     for i in 0..5000u32 {
-        match a.port.publish(&a.envelope("s", Kind::RawText, i.to_string().as_bytes())) {
+        match a
+            .port
+            .publish(&a.envelope("s", Kind::RawText, i.to_string().as_bytes()))
+        {
             Ok(_) => ok += 1,
             Err(BrokerError::Overloaded) => overloaded += 1,
             Err(e) => panic!("{e}"),
@@ -371,7 +415,10 @@ fn a_stalled_redis_never_blocks_callers_and_requests_time_out() {
         "5000 submissions took {submit_time:?}"
     );
     assert!(overloaded > 0, "bounded: the outbox refused some");
-    assert!(ok <= 64 * 2 + 64 + 1, "at most outbox + pipeline accepted: {ok}");
+    assert!(
+        ok <= 64 * 2 + 64 + 1,
+        "at most outbox + pipeline accepted: {ok}"
+    );
     // Every accepted request is answered while Redis still sleeps (about
     // 1.6 s left of its 2 s): Timeout once in flight, Overloaded when the
     // pipeline to the stalled Redis was full.
@@ -382,10 +429,10 @@ fn a_stalled_redis_never_blocks_callers_and_requests_time_out() {
         .filter(|(_, r)| *r == Err(BrokerError::Timeout))
         .count();
     assert!(timeouts > 0);
-    assert!(a.replies.iter().all(|(_, r)| matches!(
-        r,
-        Err(BrokerError::Timeout) | Err(BrokerError::Overloaded)
-    )));
+    assert!(a
+        .replies
+        .iter()
+        .all(|(_, r)| matches!(r, Err(BrokerError::Timeout) | Err(BrokerError::Overloaded))));
     assert!(a.broker.metrics().timeouts.load(Ordering::SeqCst) >= timeouts as u64);
     sleeper.join().unwrap();
     // After the stall the bridge works again.

@@ -136,7 +136,22 @@ impl Node {
 
     /// Takes what arrived; sleeps in `poll` (woken by the bridge) until
     /// `done` holds or `timeout` passes. Returns whether `done` held.
-    pub fn wait(&mut self, timeout: Duration, mut done: impl FnMut(&Node) -> bool) -> bool {
+    pub fn wait(&mut self, timeout: Duration, done: impl FnMut(&Node) -> bool) -> bool {
+        self.wait_with(timeout, Duration::from_millis(20), done)
+    }
+
+    /// Like [`Node::wait`], but sleeps in `poll` as long as the bridge does
+    /// not wake it: proves that the bridge wakes the worker.
+    pub fn wait_woken(&mut self, timeout: Duration, done: impl FnMut(&Node) -> bool) -> bool {
+        self.wait_with(timeout, timeout, done)
+    }
+
+    fn wait_with(
+        &mut self,
+        timeout: Duration,
+        max_sleep: Duration,
+        mut done: impl FnMut(&Node) -> bool,
+    ) -> bool {
         let until = Instant::now() + timeout;
         let mut ev = Events::with_capacity(8);
         loop {
@@ -151,7 +166,9 @@ impl Node {
                 return false;
             }
             if self.port.prepare_sleep() {
-                self.poll.poll(&mut ev, Some(until - now)).unwrap();
+                // Slices: some conditions (connection state) wake nobody.
+                let slice = (until - now).min(max_sleep);
+                self.poll.poll(&mut ev, Some(slice)).unwrap();
                 self.port.awake();
             }
         }

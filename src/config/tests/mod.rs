@@ -433,7 +433,10 @@ pub(super) fn non_default() -> Config {
         allow_user_limited_channels: true,
         namespaces: crate::config::namespaces::test_namespaces("nd"),
         broker: "redis".to_string(),
-        redis_url: vec!["redis://10.0.0.1:6380/2".to_string(), "unix:///run/redis.sock?db=3".to_string()],
+        redis_url: vec![
+            "redis://10.0.0.1:6380/2".to_string(),
+            "unix:///run/redis.sock?db=3".to_string(),
+        ],
         redis_prefix: "nd".to_string(),
         redis_publish_timeout: Duration::from_millis(150),
         redis_connect_timeout: Duration::from_millis(2500),
