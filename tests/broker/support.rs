@@ -15,12 +15,16 @@ use wsrelay::broker::{
 
 /// Whether redis-server is installed; tests skip (with a message) if not.
 pub fn have_redis() -> bool {
-    let ok = Command::new("redis-server")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
+    let ok = ["redis-server", "redis-cli"].iter().all(|bin| {
+        Command::new(bin)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
     if !ok {
-        eprintln!("SKIPPED: redis-server is not installed (apt-get install redis-server)");
+        eprintln!(
+            "SKIPPED: redis-server or redis-cli is not installed (apt-get install redis-server)"
+        );
     }
     ok
 }
