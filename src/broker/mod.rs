@@ -5,6 +5,7 @@
 //! - [`subscriptions`]: subscribe on demand with linger (sans-IO);
 //! - [`scripts`]: the Lua scripts (publish with history, history read,
 //!   presence with expiry);
+//! - [`sequence`]: gap detection on live publications (sans-IO);
 //! - [`bridge`]: the threads per Redis shard and each worker's
 //!   [`BrokerPort`], the way workers talk to them (bounded queues + mio
 //!   wakers, like [`crate::server::mesh`]): no worker ever blocks on Redis.
@@ -17,11 +18,13 @@ pub mod bridge;
 mod conn;
 pub mod envelope;
 pub mod scripts;
+pub mod sequence;
 pub mod subscriptions;
 mod types;
 
 pub use bridge::{Broker, BrokerEvent, BrokerPort};
 pub use envelope::{Envelope, Kind, NodeId};
+pub use sequence::{LiveSequence, Step};
 pub use subscriptions::{SubCommand, Subscriptions};
 pub use types::{BrokerError, BrokerMetrics, HistoryReply, PresenceEntry, Reply, Token};
 

@@ -453,3 +453,55 @@ fn a_stalled_redis_never_blocks_callers_and_requests_time_out() {
     }
     assert_eq!(a.broker.metrics().inflight.load(Ordering::SeqCst), 0);
 }
+
+#[test]
+fn a_full_worker_inbox_drops_and_says_which_channel_missed() {
+    if !have_redis() {
+        return;
+    }
+    let redis = RedisServer::start();
+    let mut a = Node::start(Node::settings(&redis.url()));
+    let mut sb = Node::settings(&redis.url());
+    sb.inbox_len = 4;
+    let mut b = Node::start(sb);
+    a.wait_up("q");
+    b.wait_up("q");
+    b.subscribe("q");
+    for i in 0..100u32 {
+        let t = a
+            .port
+            .publish(&a.envelope("q", Kind::RawText, i.to_string().as_bytes()))
+            .unwrap();
+        a.reply(t, T).unwrap();
+    }
+    // B's worker reads nothing until the bridge has seen all 100.
+    let until = Instant::now() + T;
+    while b.broker.metrics().messages_in.load(Ordering::SeqCst) < 100 {
+        assert!(Instant::now() < until);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(b.broker.metrics().inbox_dropped.load(Ordering::SeqCst), 96);
+    assert!(b.wait(T, |n| n.events.len() >= 5));
+    let missed: Vec<&BrokerEvent> = b
+        .events
+        .iter()
+        .filter(|e| matches!(e, BrokerEvent::Missed { channel } if channel == "q"))
+        .collect();
+    assert_eq!(missed.len(), 1);
+    let got: Vec<Vec<u8>> = b
+        .take_messages()
+        .iter()
+        .map(|m| m.payload.clone())
+        .collect();
+    assert_eq!(
+        got,
+        [b"0".to_vec(), b"1".to_vec(), b"2".to_vec(), b"3".to_vec()]
+    );
+    // The inbox has room again: delivery resumes.
+    let t = a
+        .port
+        .publish(&a.envelope("q", Kind::RawText, b"later"))
+        .unwrap();
+    a.reply(t, T).unwrap();
+    assert!(b.wait(T, |n| !n.take_messages_peek().is_empty()));
+}
