@@ -109,8 +109,9 @@ struct ShardShared {
     outbox: Sender<Request>,
     cmd_up: AtomicBool,
     sub_up: AtomicBool,
-    /// Clones of the live sockets, to unblock readers at shutdown.
-    sockets: Mutex<Vec<Stream>>,
+    /// Clones of the live sockets, to unblock their readers at shutdown.
+    sub_socket: Mutex<Option<Stream>>,
+    cmd_socket: Mutex<Option<Stream>>,
 }
 
 struct Shared {
@@ -210,7 +211,8 @@ impl Broker {
                 outbox: otx,
                 cmd_up: AtomicBool::new(false),
                 sub_up: AtomicBool::new(false),
-                sockets: Mutex::new(Vec::new()),
+                sub_socket: Mutex::new(None),
+                cmd_socket: Mutex::new(None),
             });
             shard_rx.push((irx, orx));
         }
@@ -284,8 +286,10 @@ impl Broker {
         self.shared.stop.store(true, Ordering::SeqCst);
         self.stop_tx.take();
         for s in &self.shared.shards {
-            for sock in lock(&s.sockets).drain(..) {
-                sock.shutdown();
+            for slot in [&s.sub_socket, &s.cmd_socket] {
+                if let Some(sock) = lock(slot).take() {
+                    sock.shutdown();
+                }
             }
         }
         for t in self.threads.drain(..) {
@@ -667,7 +671,7 @@ fn subscriber_loop(
                     let (dead_tx, dead_rx) = bounded(1);
                     match (stream.try_clone(), stream.try_clone()) {
                         (Ok(reader), Ok(closer)) => {
-                            lock(&me.sockets).push(closer);
+                            *lock(&me.sub_socket) = Some(closer);
                             {
                                 let mut s = lock(&state);
                                 s.subs.reset();
@@ -741,7 +745,13 @@ fn subscriber_loop(
             .map(|(_, d)| d.clone())
             .unwrap_or_else(crossbeam_channel::never);
         select! {
-            recv(stop) -> _ => return,
+            recv(stop) -> _ => {
+                // Unblocks the reader of a connection made during shutdown.
+                if let Some((stream, _)) = conn.take() {
+                    stream.shutdown();
+                }
+                return;
+            }
             recv(interest) -> m => {
                 let Ok(first) = m else { return };
                 let now = Instant::now();
@@ -762,7 +772,7 @@ fn subscriber_loop(
                     stream.shutdown();
                 }
                 shared.set_up(&me.sub_up, false, &me.cmd_up);
-                lock(&me.sockets).clear();
+                lock(&me.sub_socket).take();
                 retry_at = Instant::now() + backoff.failed();
             }
             default(timeout) => {
@@ -981,7 +991,7 @@ fn command_loop(shared: Arc<Shared>, shard: usize, outbox: Receiver<Request>, st
                                 command_reader(sh, pl, reader, parser, dead_tx, prog_tx)
                             });
                         if spawned.is_ok() {
-                            lock(&me.sockets).push(closer);
+                            *lock(&me.cmd_socket) = Some(closer);
                             shared.set_up(&me.cmd_up, true, &me.sub_up);
                             conn = Some(Conn {
                                 stream,
@@ -1042,13 +1052,18 @@ fn command_loop(shared: Arc<Shared>, shard: usize, outbox: Receiver<Request>, st
         // requests fail with Overloaded at once instead of waiting.
         let take = outbox.clone();
         select! {
-            recv(stop) -> _ => return,
+            recv(stop) -> _ => {
+                if let Some(c) = conn.take() {
+                    c.stream.shutdown();
+                }
+                return;
+            }
             recv(dead) -> _ => {
                 if let Some(c) = conn.take() {
                     c.stream.shutdown();
                 }
                 shared.set_up(&me.cmd_up, false, &me.sub_up);
-                lock(&me.sockets).clear();
+                lock(&me.cmd_socket).take();
                 retry_at = Instant::now() + backoff.failed();
             }
             recv(progress) -> _ => {}

@@ -286,6 +286,8 @@ fn redis_down_fails_fast_then_reconnect_resubscribes_with_a_new_epoch() {
         BrokerEvent::Subscribed { channel, resubscribed: true } if channel == "c"
     ))));
     a.wait_up("c");
+    b.wait_up("c");
+    // Both of B's connections (subscriber, command) came back.
     assert!(b.broker.metrics().reconnects.load(Ordering::SeqCst) >= 2);
     // Redis came back empty: a new epoch, offsets from 1.
     let t = a
@@ -504,4 +506,32 @@ fn a_full_worker_inbox_drops_and_says_which_channel_missed() {
         .unwrap();
     a.reply(t, T).unwrap();
     assert!(b.wait(T, |n| !n.take_messages_peek().is_empty()));
+}
+
+#[test]
+fn shutdown_closes_every_connection() {
+    if !have_redis() {
+        return;
+    }
+    let redis = RedisServer::start();
+    let clients = |r: &RedisServer| r.cli(&["CLIENT", "LIST"]).lines().count();
+    let before = clients(&redis); // redis-cli itself
+    let mut a = Node::start(Node::settings(&redis.url()));
+    a.wait_up("z");
+    a.subscribe("z");
+    assert_eq!(
+        clients(&redis),
+        before + 2,
+        "one subscriber, one command connection"
+    );
+    let Node { broker, .. } = a;
+    broker.shutdown();
+    let until = Instant::now() + T;
+    while clients(&redis) != before {
+        assert!(
+            Instant::now() < until,
+            "connections left open after shutdown"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
