@@ -102,6 +102,9 @@ struct SubState {
     resubscribed: HashSet<String>,
     /// Channels whose SUBSCRIBE awaits its confirmation.
     unconfirmed: HashSet<String>,
+    /// Channels whose subscription Redis confirmed (and no UNSUBSCRIBE
+    /// was sent since): a worker joining one is told at once.
+    confirmed: HashSet<String>,
 }
 
 struct ShardShared {
@@ -647,6 +650,7 @@ fn subscriber_loop(
         subs: Subscriptions::new(st.linger, st.batch),
         resubscribed: HashSet::new(),
         unconfirmed: HashSet::new(),
+        confirmed: HashSet::new(),
     }));
     let me = &shared.shards[shard];
     let target = st.targets[shard].clone();
@@ -676,6 +680,7 @@ fn subscriber_loop(
                                 let mut s = lock(&state);
                                 s.subs.reset();
                                 s.unconfirmed.clear();
+                                s.confirmed.clear();
                                 let mut all = Vec::new();
                                 // Everything queued now is a resubscription
                                 // (or a subscription made while down).
@@ -758,14 +763,28 @@ fn subscriber_loop(
                 let mut s = lock(&state);
                 let mut m = Some(first);
                 let mut n = 0;
+                let mut joined = Vec::new();
                 while let Some(i) = m.take() {
+                    let before = s.subs.workers(&i.channel);
                     s.subs.interest(&i.channel, i.worker, i.on, now);
+                    // A worker joining a live subscription: no
+                    // confirmation will come for it, so tell it now.
+                    if i.on && before & (1 << (i.worker & 63)) == 0 && s.confirmed.contains(&i.channel) {
+                        joined.push((i.worker, i.channel));
+                    }
                     n += 1;
                     if n < 4096 {
                         m = interest.try_recv().ok();
                     }
                 }
                 shared.metrics.channels.store(s.subs.len() as u64, Ordering::Relaxed);
+                drop(s);
+                for (w, channel) in joined {
+                    deliver(&shared, 1 << w, &channel, || BrokerEvent::Subscribed {
+                        channel: channel.clone(),
+                        resubscribed: false,
+                    });
+                }
             }
             recv(dead) -> _ => {
                 if let Some((stream, _)) = conn.take() {
@@ -808,6 +827,11 @@ fn send_sub_commands(
             }
             SubCommand::Unsubscribe(v) => {
                 BrokerMetrics::inc(&shared.metrics.unsubscribe_commands);
+                let mut s = lock(state);
+                for ch in &v {
+                    s.confirmed.remove(ch);
+                }
+                drop(s);
                 ("UNSUBSCRIBE", v)
             }
         };
@@ -895,6 +919,7 @@ fn subscriber_reader(
                 let (mask, resubscribed) = {
                     let mut s = lock(&state);
                     s.unconfirmed.remove(&channel);
+                    s.confirmed.insert(channel.clone());
                     shared
                         .metrics
                         .subscribe_pending

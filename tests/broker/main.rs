@@ -535,3 +535,50 @@ fn shutdown_closes_every_connection() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+#[test]
+fn a_worker_joining_a_live_subscription_is_told_at_once() {
+    if !have_redis() {
+        return;
+    }
+    use mio::{Poll, Token as MioToken, Waker};
+    use std::sync::Arc;
+    let redis = RedisServer::start();
+    let polls: Vec<Poll> = (0..2).map(|_| Poll::new().unwrap()).collect();
+    let wakers = polls
+        .iter()
+        .map(|p| Arc::new(Waker::new(p.registry(), MioToken(0)).unwrap()))
+        .collect();
+    let (broker, mut ports) =
+        wsrelay::broker::Broker::start(Node::settings(&redis.url()), wakers).unwrap();
+    let until = Instant::now() + T;
+    while !broker.is_up() {
+        assert!(Instant::now() < until);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let confirmed = |port: &mut wsrelay::broker::BrokerPort| {
+        let until = Instant::now() + T;
+        let mut ev = Vec::new();
+        loop {
+            port.recv_events(&mut ev);
+            if let Some(BrokerEvent::Subscribed {
+                channel,
+                resubscribed,
+            }) = ev.first()
+            {
+                assert_eq!((channel.as_str(), *resubscribed), ("live", false));
+                return;
+            }
+            assert!(Instant::now() < until, "no Subscribed event");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    ports[0].interest("live", true);
+    confirmed(&mut ports[0]);
+    ports[1].interest("live", true);
+    confirmed(&mut ports[1]);
+    assert_eq!(
+        broker.metrics().subscribe_commands.load(Ordering::SeqCst),
+        1
+    );
+}
