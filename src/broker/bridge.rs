@@ -1278,3 +1278,87 @@ fn parse_reply(kind: ReplyKind, v: Value) -> Result<Reply, BrokerError> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(b: &[u8]) -> Value {
+        Value::BulkString(b.to_vec())
+    }
+
+    #[test]
+    fn replies_parse_and_unexpected_shapes_are_protocol_errors() {
+        let pos = Value::Array(vec![Value::Int(7), bulk(b"ep")]);
+        assert_eq!(
+            parse_reply(ReplyKind::Position, pos),
+            Ok(Reply::Position {
+                offset: 7,
+                epoch: "ep".into()
+            })
+        );
+        let env = Envelope {
+            kind: super::super::Kind::Publication,
+            origin: NodeId([1; 16]),
+            channel: "c".into(),
+            position: Some((3, "ep".into())),
+            info: None,
+            payload: b"{}".to_vec(),
+        };
+        let hist = Value::Array(vec![
+            Value::Int(3),
+            bulk(b"ep"),
+            Value::Int(3),
+            Value::Array(vec![bulk(&env.encode().unwrap())]),
+        ]);
+        match parse_reply(ReplyKind::History, hist) {
+            Ok(Reply::History(h)) => {
+                assert_eq!((h.top, h.front, h.publications.len()), (3, 3, 1));
+                assert_eq!(h.publications[0], env);
+            }
+            r => panic!("{r:?}"),
+        }
+        for (kind, v) in [
+            (
+                ReplyKind::Position,
+                Value::Array(vec![Value::Int(-1), bulk(b"e")]),
+            ),
+            (ReplyKind::Position, Value::Nil),
+            (ReplyKind::Published, Value::Okay),
+            (ReplyKind::History, Value::Array(vec![Value::Int(1)])),
+            (
+                ReplyKind::History,
+                Value::Array(vec![
+                    Value::Int(1),
+                    bulk(b"e"),
+                    Value::Int(1),
+                    Value::Array(vec![bulk(b"garbage")]),
+                ]),
+            ),
+            (ReplyKind::Presence, Value::Int(3)),
+        ] {
+            assert!(
+                matches!(parse_reply(kind, v.clone()), Err(BrokerError::Protocol(_))),
+                "{kind:?} {v:?}"
+            );
+        }
+        // Presence: malformed entries are skipped, good ones kept.
+        let good = PresenceEntry {
+            client: "c1".into(),
+            user: "u".into(),
+            conn_info: None,
+            chan_info: None,
+        };
+        let v = Value::Array(vec![
+            bulk(b"c1"),
+            bulk(&good.encode_value()),
+            bulk(b"c2"),
+            bulk(b"\xff"),
+            bulk(b"odd"),
+        ]);
+        assert_eq!(
+            parse_reply(ReplyKind::Presence, v),
+            Ok(Reply::Presence(vec![good]))
+        );
+    }
+}

@@ -12,7 +12,9 @@ pub type Token = u64;
 /// this error or a [`Reply`], after at most `redis_publish_timeout`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum BrokerError {
-    /// Redis is down or not yet connected: failed at once.
+    /// Redis is down or not yet connected: failed at once. Also the answer
+    /// to requests in flight when the connection broke (those may have
+    /// been applied).
     Unavailable,
     /// The shard's outbox is full (Redis slower than the publishers):
     /// failed at once.

@@ -582,3 +582,59 @@ fn a_worker_joining_a_live_subscription_is_told_at_once() {
         1
     );
 }
+
+#[test]
+fn channels_are_sharded_over_several_redis_servers() {
+    if !have_redis() {
+        return;
+    }
+    let r0 = RedisServer::start();
+    let r1 = RedisServer::start();
+    let mut s = Node::settings(&r0.url());
+    s.targets = [r0.url(), r1.url()]
+        .iter()
+        .map(|u| wsrelay::broker::RedisTarget::parse(u).unwrap())
+        .collect();
+    let mut b_settings = s.clone();
+    b_settings.node = wsrelay::broker::NodeId::random();
+    let mut a = Node::start(s);
+    let mut b = Node::start(b_settings);
+    a.wait_up("x");
+    b.wait_up("x");
+    let names: Vec<String> = (0..40).map(|i| format!("s{i}")).collect();
+    for n in &names {
+        b.port.interest(n, true);
+    }
+    assert!(b.wait(T, |n| n.events.len() == 40));
+    b.events.clear();
+    for n in &names {
+        let t = a
+            .port
+            .publish_history(&a.envelope(n, Kind::Publication, n.as_bytes()), opts())
+            .unwrap();
+        assert!(matches!(
+            a.reply(t, T),
+            Ok(Reply::Position { offset: 1, .. })
+        ));
+    }
+    assert!(b.wait(T, |n| n.events.len() == 40));
+    let mut got: Vec<String> = b
+        .take_messages()
+        .iter()
+        .map(|m| m.channel.clone())
+        .collect();
+    got.sort();
+    let mut want = names.clone();
+    want.sort();
+    assert_eq!(got, want);
+    // Each channel's stream lives on its own shard only.
+    let mut per_shard = [0; 2];
+    for n in &names {
+        let shard = wsrelay::broker::shard_of(n, 2);
+        per_shard[shard] += 1;
+        let key = format!("wsrelay.stream.{n}");
+        let on = [&r0, &r1].map(|r| r.cli(&["EXISTS", &key]).trim() == "1");
+        assert_eq!(on, [shard == 0, shard == 1], "{n}");
+    }
+    assert!(per_shard[0] > 5 && per_shard[1] > 5, "{per_shard:?}");
+}
