@@ -92,6 +92,14 @@ pub struct PresenceEntry {
 }
 
 impl PresenceEntry {
+    /// `presence_stats` of a channel from its entries: (clients, distinct
+    /// users).
+    pub fn stats(entries: &[PresenceEntry]) -> (usize, usize) {
+        let users: std::collections::HashSet<&str> =
+            entries.iter().map(|e| e.user.as_str()).collect();
+        (entries.len(), users.len())
+    }
+
     /// The hash value (the client id is the hash field): u16 user length,
     /// user, then two optional u32-length-prefixed blobs (flag byte first).
     pub(crate) fn encode_value(&self) -> Vec<u8> {
@@ -214,6 +222,16 @@ mod tests {
             assert_eq!(PresenceEntry::decode(b"c1", &v[..n]), None);
         }
         assert_eq!(PresenceEntry::decode(b"c1", &[0, 0, 7]), None);
+        let mut other = PresenceEntry::decode(b"c1", &v).unwrap();
+        other.client = "c2".into();
+        let third = PresenceEntry {
+            client: "c3".into(),
+            user: "bob".into(),
+            conn_info: None,
+            chan_info: None,
+        };
+        let all = [PresenceEntry::decode(b"c1", &v).unwrap(), other, third];
+        assert_eq!(PresenceEntry::stats(&all), (3, 2));
     }
 
     #[test]
