@@ -631,6 +631,10 @@ impl Backoff {
         self.next = (self.next * 2).min(self.max);
         d
     }
+    /// No failure since the last success (or start).
+    fn is_fresh(&self) -> bool {
+        self.next == Duration::from_millis(50).min(self.max)
+    }
     fn reset(&mut self) {
         self.next = Duration::from_millis(50).min(self.max);
     }
@@ -719,7 +723,14 @@ fn subscriber_loop(
                 }
                 Err(e) => {
                     BrokerMetrics::inc(&shared.metrics.connect_errors);
-                    log::debug!("redis {}: subscriber connect: {e}", target.url);
+                    // Warn once per failure streak (a wrong password or
+                    // address must be visible), then debug. Never the URL:
+                    // it may hold a password.
+                    if backoff.is_fresh() {
+                        log::warn!("redis {target:?}: subscriber connection failed: {e}; retrying");
+                    } else {
+                        log::debug!("redis {target:?}: subscriber connect: {e}");
+                    }
                     retry_at = Instant::now() + backoff.failed();
                 }
             }
@@ -1033,7 +1044,14 @@ fn command_loop(shared: Arc<Shared>, shard: usize, outbox: Receiver<Request>, st
                 }
                 Err(e) => {
                     BrokerMetrics::inc(&shared.metrics.connect_errors);
-                    log::debug!("redis {}: command connect: {e}", target.url);
+                    // Warn once per failure streak (a wrong password or
+                    // address must be visible), then debug. Never the URL:
+                    // it may hold a password.
+                    if backoff.is_fresh() {
+                        log::warn!("redis {target:?}: command connection failed: {e}; retrying");
+                    } else {
+                        log::debug!("redis {target:?}: command connect: {e}");
+                    }
                     retry_at = Instant::now() + backoff.failed();
                 }
             }
