@@ -7,7 +7,9 @@
 //!   [`logs`]: the binary's start-up, warning and stats lines.
 //! - [`pubsub`]: Centrifugo client protocol (v2) layers: codec, channel
 //!   names, token auth, history and recovery (not wired in yet).
+//! - [`broker`]: the Redis bridge between nodes (docs/cluster.md).
 
+pub mod broker;
 pub mod config;
 pub mod logs;
 pub mod metrics;

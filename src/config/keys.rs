@@ -280,6 +280,28 @@ config_keys! {
         "Channel option (no namespace): `#` user-limited channels (`dialog#alice,bob`) may be subscribed by the users listed";
     namespaces: Vec<Namespace> as Namespaces = Vec::new(), Any,
         "Channel namespaces (`name:` prefix): a list of tables, each `name` plus any channel option key above";
+    broker: String as Text = "memory".to_string(), Rule(check_broker, "`memory`, `redis`"),
+        "Broker between nodes: `memory` (one node, nothing else to run) or `redis` (many nodes share channels, history and presence through redis_url; docs/cluster.md)";
+    redis_url: Vec<String> as List = vec!["redis://127.0.0.1:6379/0".to_string()], Rule(check_redis_urls, "`redis://[user:password@]host:port/db` or `unix:///path?db=N` URLs, no duplicates"),
+        "With broker = redis: Redis URLs (comma-separated); several = channels sharded over them by jump consistent hash of the channel name (same list, same order on every node)";
+    redis_prefix: String as Text = "wsrelay".to_string(), Rule(check_redis_prefix, "1-64 bytes, no spaces or control characters"),
+        "With broker = redis: prefix of every Redis key and Pub/Sub channel wsrelay uses (several clusters can share one Redis)";
+    redis_publish_timeout: Duration as Dur = ms(300), Range(ms(1), Duration::from_secs(60)),
+        "With broker = redis: a publish (or history/presence call) not answered within this fails with `broker unavailable`; Redis down or the outbox full fails at once";
+    redis_connect_timeout: Duration as Dur = Duration::from_secs(1), Range(ms(1), Duration::from_secs(60)),
+        "With broker = redis: time allowed to connect and authenticate to Redis";
+    redis_reconnect_max_delay: Duration as Dur = Duration::from_secs(2), Range(ms(1), Duration::from_secs(600)),
+        "With broker = redis: reconnect backoff doubles from 50ms up to this";
+    redis_subscribe_linger: Duration as Dur = Duration::from_secs(5), Range(Duration::ZERO, DAY),
+        "With broker = redis: a node stays subscribed to a channel this long after its last local subscriber left (churn does not thrash Redis)";
+    redis_outbox_len: usize as Count<usize> = 8192, Range(1, 1 << 20),
+        "With broker = redis: requests (publishes, history, presence) queued or in flight per Redis shard; beyond, requests fail at once";
+    redis_inbox_len: usize as Count<usize> = 16_384, Range(1, 1 << 20),
+        "With broker = redis: capacity (events) of each worker's queue from the broker; a full queue drops the message for that worker and tells it the channel may have missed publications";
+    redis_batch: usize as Count<usize> = 512, Range(1, 1 << 16),
+        "With broker = redis: max channels per SUBSCRIBE/UNSUBSCRIBE command and commands per pipelined write";
+    presence_ttl: Duration as Dur = Duration::from_secs(60), Range(Duration::from_secs(1), DAY),
+        "With broker = redis: presence entries not refreshed within this expire (a node that dies leaves no ghosts); nodes refresh at a third of it";
 }
 
 /// RFC 7230 `tchar`, the alphabet of a subprotocol token.
@@ -367,4 +389,34 @@ fn check_log_level(level: &String) -> Result<(), String> {
             LOG_LEVELS.join(", ")
         ))
     }
+}
+
+#[allow(clippy::ptr_arg)] // Check::Rule takes fn(&T), T being the field type
+fn check_broker(b: &String) -> Result<(), String> {
+    match b.as_str() {
+        "memory" | "redis" => Ok(()),
+        _ => Err(format!("unknown broker {b:?} (expected memory or redis)")),
+    }
+}
+
+#[allow(clippy::ptr_arg)] // Check::Rule takes fn(&T), T being the field type
+fn check_redis_urls(list: &Vec<String>) -> Result<(), String> {
+    if list.is_empty() {
+        return Err("at least one Redis URL is needed".to_string());
+    }
+    for (i, u) in list.iter().enumerate() {
+        crate::broker::RedisTarget::parse(u).map_err(|e| format!("{u:?}: {e}"))?;
+        if list[..i].contains(u) {
+            return Err(format!("{u:?} is listed twice"));
+        }
+    }
+    Ok(())
+}
+
+#[allow(clippy::ptr_arg)] // Check::Rule takes fn(&T), T being the field type
+fn check_redis_prefix(p: &String) -> Result<(), String> {
+    if p.is_empty() || p.len() > 64 || p.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("must be 1-64 bytes without spaces or control characters".to_string());
+    }
+    Ok(())
 }

@@ -92,6 +92,17 @@ fn alt() -> Config {
         allow_presence_for_client: false,
         allow_user_limited_channels: false,
         namespaces: crate::config::namespaces::test_namespaces("alt"),
+        broker: "memory".to_string(),
+        redis_url: vec!["redis://:secret@10.0.0.2:6379/1".to_string()],
+        redis_prefix: "alt".to_string(),
+        redis_publish_timeout: Duration::from_millis(250),
+        redis_connect_timeout: Duration::from_millis(3000),
+        redis_reconnect_max_delay: Duration::from_millis(4000),
+        redis_subscribe_linger: Duration::from_millis(1500),
+        redis_outbox_len: 1000,
+        redis_inbox_len: 2000,
+        redis_batch: 64,
+        presence_ttl: Duration::from_secs(90),
     }
 }
 
@@ -178,6 +189,21 @@ fn third() -> Config {
         allow_presence_for_client: true,
         allow_user_limited_channels: true,
         namespaces: crate::config::namespaces::test_namespaces("third"),
+        broker: "redis".to_string(),
+        redis_url: vec![
+            "redis://10.0.0.3:6379/0".to_string(),
+            "redis://10.0.0.4:6379/0".to_string(),
+            "redis://10.0.0.5:6379/0".to_string(),
+        ],
+        redis_prefix: "third".to_string(),
+        redis_publish_timeout: Duration::from_millis(999),
+        redis_connect_timeout: Duration::from_millis(700),
+        redis_reconnect_max_delay: Duration::from_millis(30000),
+        redis_subscribe_linger: Duration::from_millis(60000),
+        redis_outbox_len: 1,
+        redis_inbox_len: 1,
+        redis_batch: 1,
+        presence_ttl: Duration::from_secs(7),
     }
 }
 

@@ -432,6 +432,20 @@ pub(super) fn non_default() -> Config {
         allow_presence_for_client: true,
         allow_user_limited_channels: true,
         namespaces: crate::config::namespaces::test_namespaces("nd"),
+        broker: "redis".to_string(),
+        redis_url: vec![
+            "redis://10.0.0.1:6380/2".to_string(),
+            "unix:///run/redis.sock?db=3".to_string(),
+        ],
+        redis_prefix: "nd".to_string(),
+        redis_publish_timeout: Duration::from_millis(150),
+        redis_connect_timeout: Duration::from_millis(2500),
+        redis_reconnect_max_delay: Duration::from_millis(9000),
+        redis_subscribe_linger: Duration::from_millis(0),
+        redis_outbox_len: 100,
+        redis_inbox_len: 200,
+        redis_batch: 16,
+        presence_ttl: Duration::from_secs(30),
     }
 }
 
