@@ -7,8 +7,18 @@
 //! rustls, processes it (handshake records are answered at once) and hands
 //! out plaintext; a write gives plaintext to rustls and pushes what it
 //! encrypted to the socket. Ciphertext rustls could not send yet stays in
-//! rustls (bounded by [`TLS_BUFFER_LIMIT`]); [`Transport::wants_write`]
-//! tells the connection to keep WRITABLE interest until it has left.
+//! rustls; [`Transport::wants_write`] tells the connection to keep WRITABLE
+//! interest until it has left.
+//!
+//! **What TLS holds for sending.** A write encrypts at most one record
+//! ([`TLS_BUFFER_LIMIT`] of plaintext), and only when rustls holds no
+//! ciphertext from an earlier write: while the socket refuses records the
+//! write answers `WouldBlock` and the rest stays *plaintext* in the
+//! session's outbound queue, where `max_outbound_bytes` judges it. So a
+//! TLS connection holds at most `max_outbound_bytes` plus one record of
+//! ciphertext (16 KiB + 22 bytes with TLS 1.3, + 29 with TLS 1.2), and a
+//! client that stops reading is closed as a slow consumer at the same
+//! queue bound as a plain one.
 
 use mio::event::Source;
 use mio::net::TcpStream;
@@ -16,10 +26,10 @@ use mio::{Interest, Registry, Token};
 use rustls::ServerConnection;
 use std::io::{self, IoSlice, Read, Write};
 
-/// Most plaintext + ciphertext rustls holds for sending on one connection
-/// before a write answers `WouldBlock` (the session keeps the rest queued,
-/// under its own bound).
-pub const TLS_BUFFER_LIMIT: usize = 64 * 1024;
+/// Most plaintext one write hands rustls: one full TLS record. rustls
+/// holds the record's ciphertext until the socket takes it, and takes no
+/// more plaintext until then (see the module documentation).
+pub const TLS_BUFFER_LIMIT: usize = 16 * 1024;
 
 pub enum Transport {
     Plain(TcpStream),
@@ -140,22 +150,40 @@ impl TlsStream {
         }
     }
 
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+    /// Pushes what rustls holds; `WouldBlock` while it still holds
+    /// anything, so no more plaintext is encrypted before the socket took
+    /// the previous record.
+    fn ready_for_plaintext(&mut self) -> io::Result<()> {
         self.push()?;
+        if self.tls.wants_write() {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(())
+    }
+
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        self.ready_for_plaintext()?;
         let n = self.tls.writer().write(buf)?;
         self.push()?;
-        if n == 0 && !buf.is_empty() {
-            // rustls holds its limit: wait for the socket to take some.
+        if n == 0 {
+            // Before the handshake completed rustls buffers plaintext
+            // under the same limit: wait for the handshake.
             return Err(io::ErrorKind::WouldBlock.into());
         }
         Ok(n)
     }
 
     fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        self.push()?;
+        if bufs.iter().all(|b| b.is_empty()) {
+            return Ok(0);
+        }
+        self.ready_for_plaintext()?;
         let n = self.tls.writer().write_vectored(bufs)?;
         self.push()?;
-        if n == 0 && bufs.iter().any(|b| !b.is_empty()) {
+        if n == 0 {
             return Err(io::ErrorKind::WouldBlock.into());
         }
         Ok(n)
@@ -331,6 +359,75 @@ mod tests {
             }
         }
         assert!(t.handshake_done());
+        peer.join().unwrap();
+    }
+
+    /// A peer that completes the handshake and then never reads: writes
+    /// end in `WouldBlock` once the socket is full, and rustls then holds
+    /// at most one record of ciphertext (everything else stays with the
+    /// caller, as plaintext under the session's bound).
+    #[test]
+    fn a_stalled_peer_leaves_at_most_one_record_in_rustls() {
+        let (server, client) = configs();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+        let peer = std::thread::spawn(move || {
+            let sock = std::net::TcpStream::connect(addr).unwrap();
+            let name = "localhost".try_into().unwrap();
+            let conn = rustls::ClientConnection::new(client, name).unwrap();
+            let mut s = rustls::StreamOwned::new(conn, sock);
+            while s.conn.is_handshaking() {
+                s.conn.complete_io(&mut s.sock).unwrap();
+            }
+            // Never reads application data.
+            let _ = stop_rx.recv();
+        });
+        let (sock, _) = listener.accept().unwrap();
+        sock.set_nonblocking(true).unwrap();
+        let sock = TcpStream::from_std(sock);
+        let mut t = Transport::tls(ServerConnection::new(server).unwrap(), sock);
+        let mut buf = [0u8; 1024];
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !t.handshake_done() || t.wants_write() {
+            assert!(std::time::Instant::now() < deadline, "no handshake");
+            match t.read(&mut buf) {
+                Ok(0) => panic!("peer closed"),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("{e}"),
+            }
+            t.push().unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let data = vec![7u8; 100 * 1024];
+        let mut accepted = 0usize;
+        loop {
+            assert!(accepted < 1 << 30, "the socket never filled");
+            match t.write(&data) {
+                Ok(n) => {
+                    assert!(n <= TLS_BUFFER_LIMIT, "{n} bytes taken in one write");
+                    accepted += n;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert!(t.wants_write(), "the socket refused nothing?");
+        // What rustls holds now: drain it into a Vec to count it.
+        let Transport::Tls(s) = &mut t else {
+            unreachable!()
+        };
+        let mut held = Vec::new();
+        while s.tls.wants_write() {
+            s.tls.write_tls(&mut held).unwrap();
+        }
+        assert!(
+            !held.is_empty() && held.len() <= TLS_BUFFER_LIMIT + 64,
+            "rustls held {} bytes of ciphertext ({accepted} accepted)",
+            held.len()
+        );
+        stop_tx.send(()).unwrap();
         peer.join().unwrap();
     }
 }

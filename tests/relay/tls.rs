@@ -334,3 +334,85 @@ fn a_silent_tls_client_meets_the_handshake_deadline_and_is_counted() {
         "wsrelay_tls_handshake_failures_total"
     ) == 1));
 }
+
+// ----- the outbound bound covers what TLS holds ------------------------------------
+
+/// A room member that completes its (ws:// or wss://) upgrade, then never
+/// reads: 4 KiB receive buffer, kept alive by the returned value.
+fn stalled_member(
+    h: &ServerHandle,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+) -> Box<dyn std::any::Any> {
+    use socket2::{Domain, Socket, Type};
+    let addr = match tls {
+        Some(_) => tls_addr(h),
+        None => h.local_addr(),
+    };
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    s.set_recv_buffer_size(4096).unwrap();
+    s.connect(&addr.into()).unwrap();
+    let sock: TcpStream = s.into();
+    sock.set_read_timeout(Some(WAIT)).unwrap();
+    match tls {
+        None => Box::new(ws_over(sock, addr, "/rooms/feed?role=sub")),
+        Some(client) => {
+            let conn =
+                rustls::ClientConnection::new(client.clone(), "localhost".try_into().unwrap())
+                    .unwrap();
+            let stream = rustls::StreamOwned::new(conn, sock);
+            let (ws, _) =
+                tungstenite::client("wss://localhost/rooms/feed?role=sub", stream).unwrap();
+            Box::new(ws)
+        }
+    }
+}
+
+/// 1 KiB messages published into room "feed" (one worker; a reading
+/// member proves each was relayed before the next) until its stalled member,
+/// over TLS or not, is closed as a slow consumer. Returns the count.
+fn messages_until_the_stalled_member_is_closed(p: &Pki, tls: bool) -> u64 {
+    let h = start(Config {
+        workers: 1,
+        max_outbound_bytes: 64 << 10,
+        // The smallest kernel send buffer (Linux: 4608 bytes doubled), so
+        // the queue bound dominates what a stalled reader absorbs.
+        send_buffer_bytes: 4096,
+        ..tls_config(p)
+    });
+    let client = client_config(&p.ca);
+    let _stalled = stalled_member(&h, tls.then_some(&client));
+    let mut reader = ws_connect(h.local_addr(), "/rooms/feed?role=sub");
+    let mut publisher = ws_connect(h.local_addr(), "/rooms/feed?role=pub");
+    let payload = vec![0x5a; 1024];
+    let mut seq = 0u64;
+    while sum(&h, |m| m.slow_consumer_closes.get()) == 0 {
+        assert!(seq < 10_000, "never closed as a slow consumer");
+        publisher.send(Message::binary(payload.clone())).unwrap();
+        seq += 1;
+        assert_eq!(
+            ws_expect_data(&mut reader),
+            Message::binary(payload.clone())
+        );
+    }
+    h.shutdown();
+    h.join();
+    seq
+}
+
+#[test]
+fn a_stalled_tls_reader_is_closed_at_the_same_bound_as_a_plain_one() {
+    // 64 KiB queue bound, minimal kernel buffers: a stalled ws:// member
+    // is closed after 69 messages of 1 KiB (measured; 64 KiB in the queue,
+    // the rest in the kernel), a wss:// one after 66. Over TLS at most one
+    // more record (16 KiB: 16 messages) may be held, as ciphertext in
+    // rustls. Before the bound covered it, rustls took plaintext up to
+    // 64 KiB beside the queue: 128 messages (measured).
+    let p = pki(&rcgen::PKCS_ECDSA_P256_SHA256);
+    let plain = messages_until_the_stalled_member_is_closed(&p, false);
+    let tls = messages_until_the_stalled_member_is_closed(&p, true);
+    println!("slow-consumer close after {plain} messages (ws://), {tls} (wss://)");
+    assert!(
+        tls <= plain + 16,
+        "a stalled TLS reader absorbed {tls} KiB, a plain one {plain} KiB"
+    );
+}
