@@ -95,6 +95,8 @@ pub struct TlsStream {
     given: usize,
     /// The peer's close_notify arrived, or its side ended (EOF).
     read_closed: bool,
+    /// Our close_notify was queued.
+    close_notify_queued: bool,
     /// Why rustls failed the connection, if it did.
     failure: Option<TlsFailure>,
 }
@@ -111,6 +113,7 @@ impl Transport {
             plaintext: Vec::new(),
             given: 0,
             read_closed: false,
+            close_notify_queued: false,
             failure: None,
         }))
     }
@@ -130,6 +133,21 @@ impl Transport {
                 let all = t.outgoing.is_empty();
                 let _ = t.socket.shutdown(std::net::Shutdown::Write);
                 all
+            }
+        }
+    }
+
+    /// The connection is done (everything the session had to say was
+    /// written to the transport): over TLS, queues close_notify after it
+    /// and pushes. Returns whether bytes still wait for the socket (the
+    /// connection must stay until WRITABLE took them: closing now would
+    /// cut the last records, e.g. a close frame or an HTTP refusal).
+    pub fn finish(&mut self) -> bool {
+        match self {
+            Transport::Plain(_) => false,
+            Transport::Tls(t) => {
+                t.queue_close_notify();
+                t.push().is_ok() && !t.outgoing.is_empty()
             }
         }
     }
@@ -547,9 +565,10 @@ impl TlsStream {
     /// Queues a close_notify alert for the socket, if the handshake is
     /// complete (before, there are no keys to send it with).
     fn queue_close_notify(&mut self) {
-        if self.tls.is_handshaking() || self.failure.is_some() {
+        if self.tls.is_handshaking() || self.failure.is_some() || self.close_notify_queued {
             return;
         }
+        self.close_notify_queued = true;
         let mut incoming = std::mem::take(&mut self.incoming);
         let UnbufferedStatus { state, .. } = self.tls.process_tls_records(&mut incoming);
         if let Ok(ConnectionState::WriteTraffic(mut w)) = state {

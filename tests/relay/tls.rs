@@ -416,3 +416,231 @@ fn a_stalled_tls_reader_is_closed_at_the_same_bound_as_a_plain_one() {
         "a stalled TLS reader absorbed {tls} KiB, a plain one {plain} KiB"
     );
 }
+
+// ----- graceful close over TLS -------------------------------------------------------
+
+type TlsStream = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
+
+/// A TLS client stream to the TLS listener (no WebSocket yet).
+fn tls_stream(h: &ServerHandle, client: &Arc<rustls::ClientConfig>) -> TlsStream {
+    let sock = TcpStream::connect(tls_addr(h)).unwrap();
+    sock.set_read_timeout(Some(WAIT)).unwrap();
+    let conn =
+        rustls::ClientConnection::new(client.clone(), "localhost".try_into().unwrap()).unwrap();
+    rustls::StreamOwned::new(conn, sock)
+}
+
+/// Reads until the end of the stream. `Ok` only for a clean end: the
+/// server's close_notify, then EOF (rustls reports an EOF without
+/// close_notify as `UnexpectedEof`).
+fn read_to_clean_end(s: &mut TlsStream) -> Result<Vec<u8>, String> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return Ok(got),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) => {
+                return Err(format!(
+                    "{e} after {} bytes: {:?}",
+                    got.len(),
+                    String::from_utf8_lossy(&got[..got.len().min(200)])
+                ))
+            }
+        }
+    }
+}
+
+#[test]
+fn http_refusals_over_tls_arrive_whole_then_close_notify() {
+    let p = pki(&rcgen::PKCS_ECDSA_P256_SHA256);
+    let h = start(Config {
+        allowed_origins: vec!["https://ok.example".into()],
+        ..tls_config(&p)
+    });
+    let client = client_config(&p.ca);
+    let key = "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+    let cases: [(&str, String, u16); 3] = [
+        (
+            "unknown path",
+            upgrade_request("/nope", "").into_ascii(),
+            404,
+        ),
+        (
+            "origin not allowed",
+            upgrade_request("/echo", "Origin: https://evil.example\r\n").into_ascii(),
+            403,
+        ),
+        (
+            "bad version",
+            format!(
+                "GET /echo HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                 {key}Sec-WebSocket-Version: 99\r\n\r\n"
+            ),
+            400,
+        ),
+    ];
+    for (what, request, status) in cases {
+        let mut s = tls_stream(&h, &client);
+        s.write_all(request.as_bytes()).unwrap();
+        s.flush().unwrap();
+        let answer = read_to_clean_end(&mut s).unwrap_or_else(|e| panic!("{what}: {e}"));
+        let text = String::from_utf8_lossy(&answer);
+        let got = status_of(&text);
+        // A bad version may be answered 426 (with the version we speak).
+        assert!(
+            got == status || (status == 400 && got == 426),
+            "{what}: {text}"
+        );
+        let (head, body) = text.split_once("\r\n\r\n").expect("a whole head");
+        let len: usize = header(head, "content-length")
+            .expect("content-length")
+            .parse()
+            .unwrap();
+        assert_eq!(body.len(), len, "{what}: the whole body");
+    }
+    assert_eq!(
+        metric(h.local_addr(), "wsrelay_tls_handshake_failures_total"),
+        0
+    );
+}
+
+trait IntoAscii {
+    fn into_ascii(self) -> String;
+}
+
+impl IntoAscii for Vec<u8> {
+    fn into_ascii(self) -> String {
+        String::from_utf8(self).unwrap()
+    }
+}
+
+/// A wss:// client over a socket with a 4 KiB receive buffer.
+fn small_window_wss(h: &ServerHandle, client: &Arc<rustls::ClientConfig>, path: &str) -> Wss {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    s.set_recv_buffer_size(4096).unwrap();
+    s.connect(&tls_addr(h).into()).unwrap();
+    let sock: TcpStream = s.into();
+    sock.set_read_timeout(Some(WAIT)).unwrap();
+    let conn =
+        rustls::ClientConnection::new(client.clone(), "localhost".try_into().unwrap()).unwrap();
+    let (ws, _) = tungstenite::client(
+        format!("wss://localhost{path}"),
+        rustls::StreamOwned::new(conn, sock),
+    )
+    .unwrap();
+    ws
+}
+
+#[test]
+fn the_last_records_and_close_notify_are_not_cut_by_the_close() {
+    // The echo of 1 MiB and the close answer are still in flight (the
+    // client reads nothing until it has sent its close, through a 4 KiB
+    // window, and the server's send buffer is minimal) when the session
+    // is done: the connection stays until TLS handed over its last
+    // records, then close_notify.
+    let p = pki(&rcgen::PKCS_ECDSA_P256_SHA256);
+    let h = start(Config {
+        send_buffer_bytes: 4096,
+        ..tls_config(&p)
+    });
+    let client = client_config(&p.ca);
+    for round in 0..3 {
+        let mut ws = small_window_wss(&h, &client, "/echo");
+        let big: Vec<u8> = (0..1u32 << 20).map(|i| (i % 253) as u8).collect();
+        ws.send(Message::binary(big.clone())).unwrap();
+        ws.close(None).unwrap();
+        ws.flush().unwrap();
+        assert_eq!(
+            wss_expect_data(&mut ws),
+            Message::binary(big),
+            "round {round}"
+        );
+        loop {
+            match ws.read() {
+                Ok(Message::Close(_)) => continue,
+                Ok(other) => panic!("round {round}: {other:?}"),
+                Err(tungstenite::Error::ConnectionClosed) => break,
+                Err(e) => panic!("round {round}: {e}"),
+            }
+        }
+        // Then the server's close_notify and EOF, nothing cut.
+        let rest = read_to_clean_end(ws.get_mut()).unwrap_or_else(|e| panic!("round {round}: {e}"));
+        assert!(rest.is_empty(), "round {round}: {rest:?}");
+    }
+}
+
+#[test]
+fn shutdown_sends_1001_over_tls_then_close_notify() {
+    let p = pki(&rcgen::PKCS_ECDSA_P256_SHA256);
+    let h = start(Config {
+        shutdown_timeout: std::time::Duration::from_secs(5),
+        ..tls_config(&p)
+    });
+    let client = client_config(&p.ca);
+    let mut ws = wss_connect(tls_addr(&h), &client, "/echo");
+    ws.send(Message::text("before")).unwrap();
+    assert_eq!(wss_expect_data(&mut ws), Message::text("before"));
+    h.shutdown();
+    let close = loop {
+        match ws.read() {
+            Ok(Message::Close(Some(f))) => break f,
+            Ok(Message::Ping(_) | Message::Pong(_)) => {}
+            other => panic!("no 1001: {other:?}"),
+        }
+    };
+    assert_eq!(u16::from(close.code), 1001);
+    // tungstenite queued the answer; it leaves with the next call.
+    loop {
+        match ws.read() {
+            Ok(_) => {}
+            Err(tungstenite::Error::ConnectionClosed) => break,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    let rest = read_to_clean_end(ws.get_mut()).expect("close_notify, then EOF");
+    assert!(rest.is_empty());
+    h.join();
+}
+
+#[test]
+fn a_long_http_answer_over_tls_is_not_cut_by_the_close() {
+    // /metrics (over 8 KiB) with `Connection: close` to a client with a
+    // 4 KiB window that reads only later, the server's send buffer
+    // minimal: the session is done while records still wait for the
+    // socket. The client waits a moment before reading so that, were the
+    // socket closed at that point, the answer would arrive cut (the
+    // test's outcome does not depend on the wait otherwise).
+    use socket2::{Domain, Socket, Type};
+    let p = pki(&rcgen::PKCS_ECDSA_P256_SHA256);
+    let h = start(Config {
+        send_buffer_bytes: 4096,
+        ..tls_config(&p)
+    });
+    let client = client_config(&p.ca);
+    let expected = http_raw(
+        h.local_addr(),
+        b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .len();
+    assert!(expected > 8 * 1024, "/metrics is {expected} bytes");
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    s.set_recv_buffer_size(4096).unwrap();
+    s.connect(&tls_addr(&h).into()).unwrap();
+    let sock: TcpStream = s.into();
+    sock.set_read_timeout(Some(WAIT)).unwrap();
+    let conn =
+        rustls::ClientConnection::new(client.clone(), "localhost".try_into().unwrap()).unwrap();
+    let mut s = rustls::StreamOwned::new(conn, sock);
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    s.flush().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let answer = read_to_clean_end(&mut s).expect("the whole answer, then close_notify");
+    let text = String::from_utf8_lossy(&answer);
+    assert_eq!(status_of(&text), 200);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    let len: usize = header(head, "content-length").unwrap().parse().unwrap();
+    assert_eq!(body.len(), len, "the whole body");
+}

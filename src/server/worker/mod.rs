@@ -701,8 +701,12 @@ impl Worker {
         };
         match conn.session.poll_finish() {
             Some(Finish::Abort) => return self.remove(key, false),
-            Some(Finish::Graceful) => return self.remove(key, true),
-            None => {}
+            // Unless TLS records (the last ones, and close_notify) still
+            // wait for the socket: then WRITABLE brings them out and the
+            // connection ends after; the session's close deadline bounds
+            // the wait.
+            Some(Finish::Graceful) if !conn.transport.finish() => return self.remove(key, true),
+            Some(Finish::Graceful) | None => {}
         }
         if conn.has_output() && !conn.awaits_writable() && !conn.dirty {
             self.table.mark_dirty(key);
