@@ -286,7 +286,7 @@ impl TlsStream {
                     // Tell the peer why: rustls queued an alert, which
                     // the next call hands out for encoding.
                     consumed += discard;
-                    self.send_alert();
+                    self.send_alert(&mut incoming[consumed..]);
                     self.failure = Some(TlsFailure::of(&e));
                     return (Err(io::Error::new(io::ErrorKind::InvalidData, e)), consumed);
                 }
@@ -358,30 +358,20 @@ impl TlsStream {
         }
     }
 
-    /// After a failure: the alert rustls queued, sent best effort. (No
-    /// input is offered: processing the bad records again would fail
-    /// again.)
-    fn send_alert(&mut self) {
-        for _ in 0..4 {
-            let UnbufferedStatus { state, .. } = self.tls.process_tls_records(&mut []);
-            match state {
-                Ok(ConnectionState::EncodeTlsData(mut e)) => {
-                    let mut buf = [0u8; 64];
-                    if let Ok(n) = e.encode(&mut buf) {
-                        self.outgoing.extend_from_slice(&buf[..n]);
-                    }
-                }
-                Ok(ConnectionState::TransmitTlsData(t)) => {
-                    t.done();
-                    let _ = self.push();
-                    return;
-                }
-                _ => {
-                    let _ = self.push();
-                    return;
-                }
+    /// After a failure: the alert rustls queued, sent best effort.
+    /// `incoming` must be what rustls last saw (less what it discarded):
+    /// it keeps positions in it. Called once: rustls hands out the queued
+    /// alert before it looks at the input again, and looking again would
+    /// fail again.
+    fn send_alert(&mut self, incoming: &mut [u8]) {
+        let UnbufferedStatus { state, .. } = self.tls.process_tls_records(incoming);
+        if let Ok(ConnectionState::EncodeTlsData(mut e)) = state {
+            let mut buf = [0u8; 64];
+            if let Ok(n) = e.encode(&mut buf) {
+                self.outgoing.extend_from_slice(&buf[..n]);
             }
         }
+        let _ = self.push();
     }
 
     /// Hands out decrypted plaintext held from an earlier record.

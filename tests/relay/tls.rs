@@ -14,6 +14,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use tungstenite::Message;
 use wsrelay::config::Config;
+use wsrelay::metrics::TlsFailure;
+use wsrelay::protocol::RejectReason;
 use wsrelay::server::ServerHandle;
 
 type Wss = tungstenite::WebSocket<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>;
@@ -202,52 +204,6 @@ fn a_second_connection_resumes_its_session() {
         second.get_ref().conn.handshake_kind(),
         Some(rustls::HandshakeKind::Resumed)
     );
-}
-
-#[test]
-fn garbage_instead_of_a_client_hello_is_closed_and_counted() {
-    let p = pki(&rcgen::PKCS_ECDSA_P256_SHA256);
-    let h = start(Config {
-        workers: 1,
-        ..tls_config(&p)
-    });
-    let client = client_config(&p.ca);
-    let mut bystander = wss_connect(tls_addr(&h), &client, "/echo");
-    assert_eq!(
-        metric(h.local_addr(), "wsrelay_tls_handshake_failures_total"),
-        0
-    );
-
-    let mut raw = TcpStream::connect(tls_addr(&h)).unwrap();
-    raw.set_read_timeout(Some(WAIT)).unwrap();
-    raw.write_all(b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n")
-        .unwrap();
-    // An alert at most, then the end: never an HTTP answer.
-    let mut got = Vec::new();
-    let mut buf = [0u8; 1024];
-    loop {
-        match raw.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
-            Err(e) => panic!("no close: {e}"),
-        }
-    }
-    assert!(got.len() <= 7, "more than one alert: {got:?}");
-    if !got.is_empty() {
-        assert_eq!(got[0], 0x15, "a TLS alert record");
-    }
-    assert!(eventually(WAIT, || metric(
-        h.local_addr(),
-        "wsrelay_tls_handshake_failures_total"
-    ) == 1));
-
-    // The bystander is undisturbed; the next handshake works.
-    bystander.send(Message::text("still here")).unwrap();
-    assert_eq!(wss_expect_data(&mut bystander), Message::text("still here"));
-    let mut next = wss_connect(tls_addr(&h), &client, "/echo");
-    next.send(Message::text("next")).unwrap();
-    assert_eq!(wss_expect_data(&mut next), Message::text("next"));
 }
 
 #[test]
@@ -643,4 +599,173 @@ fn a_long_http_answer_over_tls_is_not_cut_by_the_close() {
     let (head, body) = text.split_once("\r\n\r\n").unwrap();
     let len: usize = header(head, "content-length").unwrap().parse().unwrap();
     assert_eq!(body.len(), len, "the whole body");
+}
+
+// ----- bad clients on the TLS port ----------------------------------------------------
+
+/// Reads until the server closes; returns what it sent.
+fn read_until_closed(raw: &mut TcpStream) -> Vec<u8> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        match raw.read(&mut buf) {
+            Ok(0) => return got,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return got,
+            Err(e) => panic!("not closed: {e}"),
+        }
+    }
+}
+
+/// A wss:// echo client in a thread, exchanging messages until told to
+/// stop; returns how many round trips it made (panics on any failure).
+fn busy_echo(
+    addr: SocketAddr,
+    client: &Arc<rustls::ClientConfig>,
+) -> (
+    Arc<std::sync::atomic::AtomicBool>,
+    std::thread::JoinHandle<u64>,
+) {
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut ws = wss_connect(addr, client, "/echo");
+    let flag = stop.clone();
+    let t = std::thread::spawn(move || {
+        let mut n = 0u64;
+        while !flag.load(Ordering::Relaxed) {
+            let m = Message::text(format!("m{n}"));
+            ws.send(m.clone()).unwrap();
+            assert_eq!(wss_expect_data(&mut ws), m);
+            n += 1;
+        }
+        n
+    });
+    (stop, t)
+}
+
+/// The first bytes of a real ClientHello, for a client that stalls in
+/// the middle of it.
+fn part_of_a_client_hello(client: &Arc<rustls::ClientConfig>) -> Vec<u8> {
+    let mut c =
+        rustls::ClientConnection::new(client.clone(), "localhost".try_into().unwrap()).unwrap();
+    let mut hello = Vec::new();
+    c.write_tls(&mut hello).unwrap();
+    assert!(hello.len() > 100 && hello[0] == 0x16);
+    hello.truncate(hello.len() / 2);
+    hello
+}
+
+#[test]
+fn bad_clients_on_the_tls_port_are_closed_counted_by_reason_and_disturb_nobody() {
+    let p = pki(&rcgen::PKCS_ECDSA_P256_SHA256);
+    let h = start(Config {
+        workers: 1,
+        handshake_timeout: std::time::Duration::from_secs(1),
+        ..tls_config(&p)
+    });
+    let client = client_config(&p.ca);
+    let failures = |reason: &str| {
+        metric(
+            h.local_addr(),
+            &format!("wsrelay_tls_handshake_failures_total{{reason=\"{reason}\"}}"),
+        )
+    };
+    // Someone keeps echoing over TLS on the same (only) worker meanwhile.
+    let (stop, echo) = busy_echo(tls_addr(&h), &client);
+
+    // Plain HTTP to the TLS port: an alert at most, never an HTTP answer.
+    let mut raw = TcpStream::connect(tls_addr(&h)).unwrap();
+    raw.set_read_timeout(Some(WAIT)).unwrap();
+    raw.write_all(b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let got = read_until_closed(&mut raw);
+    assert!(got.len() <= 7 && !got.starts_with(b"HTTP/"), "{got:?}");
+    if !got.is_empty() {
+        assert_eq!(got[0], 0x15, "a TLS alert record");
+    }
+    assert!(eventually(WAIT, || failures("not_tls") == 1));
+
+    // Garbage bytes, and a handshake record header announcing garbage.
+    for junk in [
+        &[0xde, 0xad, 0xbe, 0xef, 0x00, 0x01, 0x02, 0x03][..],
+        &[0x16, 0x03, 0x01, 0x00, 0x05, 0xff, 0xff, 0xff, 0xff, 0xff][..],
+    ] {
+        let mut raw = TcpStream::connect(tls_addr(&h)).unwrap();
+        raw.set_read_timeout(Some(WAIT)).unwrap();
+        raw.write_all(junk).unwrap();
+        let got = read_until_closed(&mut raw);
+        assert!(got.len() <= 7, "{junk:?}: {got:?}");
+    }
+    assert!(eventually(WAIT, || failures("not_tls")
+        + failures("misbehaved")
+        == 3));
+
+    // Half a ClientHello, then silence: the handshake deadline (1 s).
+    let mut raw = TcpStream::connect(tls_addr(&h)).unwrap();
+    raw.set_read_timeout(Some(WAIT)).unwrap();
+    raw.write_all(&part_of_a_client_hello(&client)).unwrap();
+    let got = read_until_closed(&mut raw);
+    assert!(got.len() <= 7, "{got:?}");
+    assert!(eventually(WAIT, || failures("timeout") == 1));
+
+    // A client that leaves mid-handshake.
+    let mut raw = TcpStream::connect(tls_addr(&h)).unwrap();
+    raw.write_all(&part_of_a_client_hello(&client)).unwrap();
+    drop(raw);
+    assert!(eventually(WAIT, || failures("eof") == 1));
+
+    // A client that refuses our certificate (it trusts another CA).
+    let other = pki(&rcgen::PKCS_ECDSA_P256_SHA256);
+    let mut s = tls_stream(&h, &client_config(&other.ca));
+    assert!(s.write_all(b"GET / HTTP/1.1\r\n\r\n").is_err() || s.flush().is_err());
+    drop(s);
+    assert!(eventually(WAIT, || failures("alert") == 1));
+
+    // The echo client never noticed; nothing was counted as established
+    // TLS errors; the next handshake works.
+    stop.store(true, Ordering::Relaxed);
+    assert!(echo.join().unwrap() > 0);
+    assert_eq!(metric(h.local_addr(), "wsrelay_tls_errors_total"), 0);
+    let mut next = wss_connect(tls_addr(&h), &client, "/echo");
+    next.send(Message::text("next")).unwrap();
+    assert_eq!(wss_expect_data(&mut next), Message::text("next"));
+    assert_eq!(
+        metric(h.local_addr(), "wsrelay_tls_handshake_failures_total"),
+        6
+    );
+}
+
+#[test]
+fn pending_tls_handshakes_are_bounded_by_admission_and_the_deadline() {
+    // max_connections = 3: three silent TLS clients take every slot, a
+    // fourth connection is closed at once (over TLS no plaintext 503 can
+    // be sent); once the handshake deadline freed the slots a handshake
+    // works again.
+    let p = pki(&rcgen::PKCS_ECDSA_P256_SHA256);
+    let h = start(Config {
+        workers: 1,
+        max_connections: 3,
+        handshake_timeout: std::time::Duration::from_secs(1),
+        ..tls_config(&p)
+    });
+    let client = client_config(&p.ca);
+    let silent: Vec<TcpStream> = (0..3)
+        .map(|_| TcpStream::connect(tls_addr(&h)).unwrap())
+        .collect();
+    assert!(eventually(WAIT, || h.totals().connections_accepted == 3));
+    let mut fourth = TcpStream::connect(tls_addr(&h)).unwrap();
+    fourth.set_read_timeout(Some(WAIT)).unwrap();
+    fourth.write_all(&part_of_a_client_hello(&client)).unwrap();
+    assert!(read_until_closed(&mut fourth).is_empty());
+    // (Counted in process: /metrics over HTTP would need a slot too.)
+    assert!(eventually(WAIT, || {
+        sum(&h, |m| m.rejection(RejectReason::Unavailable).get()) == 1
+    }));
+    // The deadline closes the three; their slots come back.
+    assert!(eventually(WAIT, || {
+        sum(&h, |m| m.tls_handshake_failure(TlsFailure::Timeout).get()) == 3
+    }));
+    drop(silent);
+    let mut ws = wss_connect(tls_addr(&h), &client, "/echo");
+    ws.send(Message::text("in")).unwrap();
+    assert_eq!(wss_expect_data(&mut ws), Message::text("in"));
 }
