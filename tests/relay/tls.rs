@@ -378,8 +378,8 @@ fn a_stalled_tls_reader_is_closed_at_the_same_bound_as_a_plain_one() {
 type TlsStream = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
 
 /// A TLS client stream to the TLS listener (no WebSocket yet).
-fn tls_stream(h: &ServerHandle, client: &Arc<rustls::ClientConfig>) -> TlsStream {
-    let sock = TcpStream::connect(tls_addr(h)).unwrap();
+fn tls_stream(addr: SocketAddr, client: &Arc<rustls::ClientConfig>) -> TlsStream {
+    let sock = TcpStream::connect(addr).unwrap();
     sock.set_read_timeout(Some(WAIT)).unwrap();
     let conn =
         rustls::ClientConnection::new(client.clone(), "localhost".try_into().unwrap()).unwrap();
@@ -437,7 +437,7 @@ fn http_refusals_over_tls_arrive_whole_then_close_notify() {
         ),
     ];
     for (what, request, status) in cases {
-        let mut s = tls_stream(&h, &client);
+        let mut s = tls_stream(tls_addr(&h), &client);
         s.write_all(request.as_bytes()).unwrap();
         s.flush().unwrap();
         let answer = read_to_clean_end(&mut s).unwrap_or_else(|e| panic!("{what}: {e}"));
@@ -715,7 +715,7 @@ fn bad_clients_on_the_tls_port_are_closed_counted_by_reason_and_disturb_nobody()
 
     // A client that refuses our certificate (it trusts another CA).
     let other = pki(&rcgen::PKCS_ECDSA_P256_SHA256);
-    let mut s = tls_stream(&h, &client_config(&other.ca));
+    let mut s = tls_stream(tls_addr(&h), &client_config(&other.ca));
     assert!(s.write_all(b"GET / HTTP/1.1\r\n\r\n").is_err() || s.flush().is_err());
     drop(s);
     assert!(eventually(WAIT, || failures("alert") == 1));
@@ -768,4 +768,210 @@ fn pending_tls_handshakes_are_bounded_by_admission_and_the_deadline() {
     let mut ws = wss_connect(tls_addr(&h), &client, "/echo");
     ws.send(Message::text("in")).unwrap();
     assert_eq!(wss_expect_data(&mut ws), Message::text("in"));
+}
+
+// ----- certificate reload under load (the real binary, SIGHUP) ------------------------
+
+/// The wsrelay binary with a plain and a TLS listener on free ports, its
+/// stderr collected by a thread.
+struct Relay {
+    child: std::process::Child,
+    plain: SocketAddr,
+    tls: SocketAddr,
+    log: Arc<std::sync::Mutex<String>>,
+}
+
+impl Relay {
+    fn spawn(cert: &std::path::Path, key: &std::path::Path) -> Relay {
+        use std::process::{Command, Stdio};
+        let (plain, tls): (SocketAddr, SocketAddr) = (
+            format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+            format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+        );
+        let mut child = Command::new(env!("CARGO_BIN_EXE_wsrelay"))
+            .args(["--listen", &plain.to_string()])
+            .args(["--tls-listen", &tls.to_string()])
+            .args(["--tls-cert", cert.to_str().unwrap()])
+            .args(["--tls-key", key.to_str().unwrap()])
+            .args(["--workers", "2", "--max-connections", "1000"])
+            .args(["--stats-interval", "0", "--shutdown-timeout", "5s"])
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let log = Arc::new(std::sync::Mutex::new(String::new()));
+        let sink = log.clone();
+        let mut stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stderr.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        let relay = Relay {
+            child,
+            plain,
+            tls,
+            log,
+        };
+        assert!(
+            eventually(std::time::Duration::from_secs(15), || TcpStream::connect(
+                relay.tls
+            )
+            .is_ok()),
+            "the relay did not start: {}",
+            relay.log()
+        );
+        relay
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    fn signal(&self, sig: libc::c_int) {
+        // SAFETY: kill(2) on the pid of a child we spawned and have not
+        // reaped.
+        assert_eq!(
+            unsafe { libc::kill(self.child.id() as libc::pid_t, sig) },
+            0
+        );
+    }
+
+    /// Sends SIGHUP and waits for the `n`th line containing `what`.
+    fn hup_until(&self, what: &str, n: usize) {
+        self.signal(libc::SIGHUP);
+        assert!(
+            eventually(WAIT, || self.log().matches(what).count() >= n),
+            "no {what:?} after SIGHUP: {}",
+            self.log()
+        );
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Replaces `to` with the contents of `from` atomically (a reload never
+/// sees half a file).
+fn replace_file(from: &std::path::Path, to: &std::path::Path) {
+    let tmp = to.with_extension("tmp");
+    std::fs::copy(from, &tmp).unwrap();
+    std::fs::rename(&tmp, to).unwrap();
+}
+
+/// `clients` wss:// echo connections driven round-robin by one thread:
+/// each round sends one numbered message on every connection and checks
+/// every echo. Runs until `stop`; `rounds` counts completed rounds.
+fn echo_load(
+    addr: SocketAddr,
+    client: Arc<rustls::ClientConfig>,
+    clients: usize,
+    rounds: Arc<AtomicUsize>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<Vec<Wss>> {
+    std::thread::spawn(move || {
+        let mut conns: Vec<Wss> = (0..clients)
+            .map(|_| wss_connect(addr, &client, "/echo"))
+            .collect();
+        let mut round = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            for (i, ws) in conns.iter_mut().enumerate() {
+                ws.send(Message::text(format!("{i}:{round}"))).unwrap();
+            }
+            for (i, ws) in conns.iter_mut().enumerate() {
+                let got = wss_expect_data(ws);
+                assert_eq!(
+                    got,
+                    Message::text(format!("{i}:{round}")),
+                    "lost or reordered"
+                );
+            }
+            round += 1;
+            rounds.fetch_add(1, Ordering::Relaxed);
+        }
+        conns
+    })
+}
+
+#[test]
+fn sighup_reloads_the_certificate_under_load_without_dropping_anything() {
+    let old = pki(&rcgen::PKCS_ECDSA_P256_SHA256);
+    let relay = Relay::spawn(&old.cert, &old.key);
+    let old_client = client_config(&old.ca);
+
+    // 200 TLS clients in 4 threads, echoing continuously.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let counters: Vec<Arc<AtomicUsize>> = (0..4).map(|_| Arc::new(AtomicUsize::new(0))).collect();
+    let loads: Vec<_> = counters
+        .iter()
+        .map(|c| echo_load(relay.tls, old_client.clone(), 50, c.clone(), stop.clone()))
+        .collect();
+    let rounds = || {
+        counters
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .min()
+            .unwrap()
+    };
+    assert!(eventually(std::time::Duration::from_secs(30), || rounds() >= 5));
+
+    // A broken certificate file: refused, logged, the old one serves on.
+    std::fs::write(&old.cert, b"-----BEGIN CERTIFICATE-----\nbroken\n").unwrap();
+    relay.hup_until("TLS reload failed, keeping the previous certificate", 1);
+    let mut ws = wss_connect(relay.tls, &old_client, "/echo");
+    ws.send(Message::text("old")).unwrap();
+    assert_eq!(wss_expect_data(&mut ws), Message::text("old"));
+
+    // A new certificate (another CA, Ed25519): reloaded while the load
+    // goes on.
+    let fresh = pki(&rcgen::PKCS_ED25519);
+    replace_file(&fresh.key, &old.key);
+    replace_file(&fresh.cert, &old.cert);
+    let before = rounds();
+    relay.hup_until("SIGHUP: TLS certificate reloaded", 1);
+
+    // New full handshakes present the new certificate: a fresh client
+    // trusting the new CA connects, one trusting only the old CA (and
+    // holding no ticket) is refused.
+    let mut n = wss_connect(relay.tls, &client_config(&fresh.ca), "/echo");
+    n.send(Message::text("new")).unwrap();
+    assert_eq!(wss_expect_data(&mut n), Message::text("new"));
+    let mut s = tls_stream(relay.tls, &client_config(&old.ca));
+    assert!(s.write_all(b"x").and_then(|()| s.flush()).is_err());
+
+    // The load carried on through both reloads: every connection still
+    // echoes, nothing lost (each thread checks every echo).
+    assert!(eventually(std::time::Duration::from_secs(30), || rounds()
+        >= before + 5));
+    stop.store(true, Ordering::Relaxed);
+    let mut total = 0;
+    for l in loads {
+        let conns = l.join().expect("a load thread failed");
+        total += conns.len();
+    }
+    assert_eq!(total, 200);
+    assert!(relay.child.id() > 0);
+    let http = http_raw(
+        relay.plain,
+        b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    let errors: u64 = http
+        .lines()
+        .filter(|l| l.starts_with("wsrelay_tls_errors_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert_eq!(errors, 0, "{http}");
+    relay.signal(libc::SIGTERM);
 }
