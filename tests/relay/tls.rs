@@ -88,6 +88,24 @@ fn client_config(ca: &rustls::pki_types::CertificateDer<'static>) -> Arc<rustls:
     Arc::new(c)
 }
 
+/// [`client_config`] speaking only `version`.
+fn client_config_for(
+    ca: &rustls::pki_types::CertificateDer<'static>,
+    version: &'static rustls::SupportedProtocolVersion,
+) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.clone()).unwrap();
+    let mut c = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_protocol_versions(&[version])
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    c.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(c)
+}
+
 fn tls_addr(h: &ServerHandle) -> SocketAddr {
     h.tls_addr().expect("TLS listener bound")
 }
@@ -129,8 +147,26 @@ fn metric(addr: SocketAddr, name: &str) -> u64 {
 fn echo_over_tls(alg: &'static SignatureAlgorithm) {
     let p = pki(alg);
     let h = start(tls_config(&p));
+    // TLS 1.2 first (a chain, the key type's signature in its
+    // ServerKeyExchange), then TLS 1.3 for the rest.
+    let mut ws12 = wss_connect(
+        tls_addr(&h),
+        &client_config_for(&p.ca, &rustls::version::TLS12),
+        "/echo",
+    );
+    assert_eq!(
+        ws12.get_ref().conn.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_2)
+    );
+    let big12: Vec<u8> = (0..100_000u32).map(|i| (i % 249) as u8).collect();
+    ws12.send(Message::binary(big12.clone())).unwrap();
+    assert_eq!(wss_expect_data(&mut ws12), Message::binary(big12));
     let client = client_config(&p.ca);
     let mut ws = wss_connect(tls_addr(&h), &client, "/echo");
+    assert_eq!(
+        ws.get_ref().conn.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_3)
+    );
     assert_eq!(
         ws.get_ref().conn.alpn_protocol(),
         Some(&b"http/1.1"[..]),
@@ -186,9 +222,18 @@ fn rooms_mix_tls_and_plain_members() {
 
 #[test]
 fn a_second_connection_resumes_its_session() {
+    resumes(&rustls::version::TLS13);
+}
+
+#[test]
+fn a_second_tls12_connection_resumes_its_session() {
+    resumes(&rustls::version::TLS12);
+}
+
+fn resumes(version: &'static rustls::SupportedProtocolVersion) {
     let p = pki(&rcgen::PKCS_ECDSA_P256_SHA256);
     let h = start(tls_config(&p));
-    let client = client_config(&p.ca);
+    let client = client_config_for(&p.ca, version);
     let mut first = wss_connect(tls_addr(&h), &client, "/echo");
     // TLS 1.3 tickets arrive after the handshake: let the client read them.
     first.send(Message::text("x")).unwrap();
