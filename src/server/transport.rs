@@ -273,10 +273,16 @@ impl TlsStream {
     }
 
     /// Has rustls process `incoming` (ciphertext, from the start) until it
-    /// needs more or produced plaintext; handshake records it emits are
-    /// sent (or kept for the socket). Returns the step and how many bytes
-    /// of `incoming` were consumed.
-    fn process(&mut self, incoming: &mut [u8]) -> (io::Result<Step>, usize) {
+    /// needs more; handshake records it emits are sent (or kept for the
+    /// socket). Plaintext goes to `out` from `*filled` on, what does not
+    /// fit to `plaintext`. Returns the step and how many bytes of
+    /// `incoming` were consumed.
+    fn process(
+        &mut self,
+        incoming: &mut [u8],
+        out: &mut [u8],
+        filled: &mut usize,
+    ) -> (io::Result<Step>, usize) {
         let mut consumed = 0;
         loop {
             let UnbufferedStatus { discard, state } =
@@ -296,7 +302,17 @@ impl TlsStream {
                         match record {
                             Ok(rec) => {
                                 extra += rec.discard;
-                                self.plaintext.extend_from_slice(rec.payload);
+                                let p = rec.payload;
+                                // Straight to the reader while nothing is
+                                // held (order kept), the rest held.
+                                let direct = if self.plaintext.is_empty() {
+                                    p.len().min(out.len() - *filled)
+                                } else {
+                                    0
+                                };
+                                out[*filled..*filled + direct].copy_from_slice(&p[..direct]);
+                                *filled += direct;
+                                self.plaintext.extend_from_slice(&p[direct..]);
                             }
                             Err(e) => {
                                 self.failure = Some(TlsFailure::of(&e));
@@ -350,7 +366,8 @@ impl TlsStream {
             };
             consumed += discard;
             if let Some(step) = step {
-                if self.given < self.plaintext.len() && matches!(step, Step::NeedInput) {
+                let data = *filled > 0 || self.given < self.plaintext.len();
+                if data && matches!(step, Step::NeedInput) {
                     return (Ok(Step::Data), consumed);
                 }
                 return (Ok(step), consumed);
@@ -423,19 +440,16 @@ impl TlsStream {
         used: &mut usize,
     ) -> io::Result<usize> {
         loop {
-            let (step, consumed) = self.process(&mut incoming[..*used]);
+            let mut filled = 0;
+            let (step, consumed) = self.process(&mut incoming[..*used], buf, &mut filled);
             incoming.copy_within(consumed..*used, 0);
             *used -= consumed;
             match step? {
-                Step::Data => return Ok(self.give(buf)),
+                Step::Data => return Ok(filled + self.give(&mut buf[filled..])),
                 Step::PeerClosed => {
                     self.read_closed = true;
-                    // Data before the close_notify first.
-                    return Ok(if self.given < self.plaintext.len() {
-                        self.give(buf)
-                    } else {
-                        0
-                    });
+                    // Data before the close_notify first (0: none).
+                    return Ok(filled + self.give(&mut buf[filled..]));
                 }
                 Step::NeedInput => {}
             }
@@ -657,6 +671,17 @@ mod tests {
     /// interest carries the rest.
     #[test]
     fn tls_echo_over_readiness() {
+        tls_echo_with_read_buffer(16 * 1024);
+    }
+
+    /// Records longer than the reader's buffer: their plaintext is held
+    /// and handed out over several reads, in order.
+    #[test]
+    fn tls_echo_with_a_small_read_buffer() {
+        tls_echo_with_read_buffer(1000);
+    }
+
+    fn tls_echo_with_read_buffer(size: usize) {
         let (server, client) = configs();
         let mut listener = mio::net::TcpListener::bind("127.0.0.1:0".parse().unwrap()).unwrap();
         let addr = listener.local_addr().unwrap();
@@ -683,7 +708,7 @@ mod tests {
         let mut conn: Option<Transport> = None;
         let mut pending: Vec<u8> = Vec::new();
         let mut echoed = 0usize;
-        let mut buf = vec![0u8; 16 * 1024];
+        let mut buf = vec![0u8; size];
         while echoed < total {
             poll.poll(&mut events, Some(std::time::Duration::from_secs(10)))
                 .unwrap();
