@@ -1018,5 +1018,26 @@ fn sighup_reloads_the_certificate_under_load_without_dropping_anything() {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
         .sum();
     assert_eq!(errors, 0, "{http}");
+
+    // Bad clients are counted, not logged (the binary logs at info).
+    let lines = relay.log().lines().count();
+    for junk in [&b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..], &[0xde, 0xad][..]] {
+        let mut raw = TcpStream::connect(relay.tls).unwrap();
+        raw.set_read_timeout(Some(WAIT)).unwrap();
+        raw.write_all(junk).unwrap();
+        let _ = read_until_closed(&mut raw);
+    }
+    let failures = || {
+        http_raw(
+            relay.plain,
+            b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .lines()
+        .filter(|l| l.starts_with("wsrelay_tls_handshake_failures_total{reason=\"not_tls\"}"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum::<u64>()
+    };
+    assert!(eventually(WAIT, || failures() >= 1));
+    assert_eq!(relay.log().lines().count(), lines, "{}", relay.log());
     relay.signal(libc::SIGTERM);
 }
