@@ -494,21 +494,29 @@ impl TlsStream {
             let Scratch {
                 plain, outgoing, ..
             } = &mut *scratch;
-            plain.clear();
-            for b in bufs {
-                let room = TLS_BUFFER_LIMIT - plain.len();
-                if room == 0 {
-                    break;
-                }
-                plain.extend_from_slice(&b[..b.len().min(room)]);
-            }
             if outgoing.len() < MAX_OUTGOING {
                 outgoing.resize(MAX_OUTGOING, 0);
             }
-            let n = self.encrypt(plain, outgoing)?;
-            let (plain_len, _) = (plain.len(), ());
+            // One record's worth: straight from the first slice when it
+            // alone makes the record, else gathered into `plain`.
+            let mut nonempty = bufs.iter().filter(|b| !b.is_empty());
+            let first: &[u8] = nonempty.next().map_or(&[], |b| b);
+            let record: &[u8] = if first.len() >= TLS_BUFFER_LIMIT || nonempty.next().is_none() {
+                &first[..first.len().min(TLS_BUFFER_LIMIT)]
+            } else {
+                plain.clear();
+                for b in bufs {
+                    let room = TLS_BUFFER_LIMIT - plain.len();
+                    if room == 0 {
+                        break;
+                    }
+                    plain.extend_from_slice(&b[..b.len().min(room)]);
+                }
+                plain
+            };
+            let n = self.encrypt(record, outgoing)?;
             self.send(&outgoing[..n])?;
-            Ok(plain_len)
+            Ok(record.len())
         })
     }
 
