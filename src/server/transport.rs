@@ -222,7 +222,8 @@ impl Transport {
 
 /// What processing the buffered ciphertext came to.
 enum Step {
-    /// Plaintext was stored in `plaintext`.
+    /// Plaintext was produced (into the reader's buffer, and `plaintext`
+    /// for what did not fit).
     Data,
     /// More ciphertext is needed (handshake, or the next record).
     NeedInput,

@@ -1041,3 +1041,33 @@ fn sighup_reloads_the_certificate_under_load_without_dropping_anything() {
     assert_eq!(relay.log().lines().count(), lines, "{}", relay.log());
     relay.signal(libc::SIGTERM);
 }
+
+#[test]
+fn a_forged_record_on_an_established_connection_is_closed_and_counted() {
+    let p = pki(&rcgen::PKCS_ECDSA_P256_SHA256);
+    let h = start(tls_config(&p));
+    let client = client_config(&p.ca);
+    let mut ws = wss_connect(tls_addr(&h), &client, "/echo");
+    ws.send(Message::text("fine")).unwrap();
+    assert_eq!(wss_expect_data(&mut ws), Message::text("fine"));
+    // An application-data record that does not decrypt, written under
+    // the client's TLS layer.
+    let mut forged = vec![0x17, 0x03, 0x03, 0x00, 0x30];
+    forged.extend((0..0x30u8).map(|i| i.wrapping_mul(37)));
+    let sock = &mut ws.get_mut().sock;
+    sock.write_all(&forged).unwrap();
+    let got = read_until_closed(sock);
+    assert!(got.len() <= 64, "an alert at most: {got:?}");
+    assert!(eventually(WAIT, || metric(
+        h.local_addr(),
+        "wsrelay_tls_errors_total{reason=\"misbehaved\"}"
+    ) == 1));
+    assert_eq!(
+        metric(h.local_addr(), "wsrelay_tls_handshake_failures_total"),
+        0
+    );
+    // Others are not affected.
+    let mut other = wss_connect(tls_addr(&h), &client, "/echo");
+    other.send(Message::text("ok")).unwrap();
+    assert_eq!(wss_expect_data(&mut other), Message::text("ok"));
+}
