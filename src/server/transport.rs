@@ -675,6 +675,15 @@ mod tests {
         (Arc::new(server), Arc::new(client))
     }
 
+    #[test]
+    fn a_tls_stream_adds_little_to_rustls_state() {
+        // Boxed per TLS connection: rustls' unbuffered connection and
+        // what this module keeps beside it (three empty buffers while idle).
+        let ours =
+            std::mem::size_of::<TlsStream>() - std::mem::size_of::<UnbufferedServerConnection>();
+        assert!(ours <= 112, "{ours} bytes beside rustls' state");
+    }
+
     /// A TLS echo over the readiness-driven transport, with more data than
     /// rustls' buffer limit so writes meet `WouldBlock` and WRITABLE
     /// interest carries the rest.
