@@ -62,10 +62,13 @@ pub struct WorkerMetrics {
     pub connections_accepted: Counter,
     /// WebSocket upgrades completed.
     pub upgrades: Counter,
-    /// TLS connections that ended before the handshake completed (not a
-    /// ClientHello, no shared version or cipher, a client alert, EOF, the
-    /// handshake deadline).
-    pub tls_handshake_failures: Counter,
+    /// TLS connections that ended before the handshake completed, by
+    /// [`TlsFailure`] (not a ClientHello, no shared version or cipher, a
+    /// client alert, EOF, the handshake deadline).
+    pub tls_handshake_failures: [Counter; TlsFailure::ALL.len()],
+    /// Established TLS connections failed by a TLS error (an alert from
+    /// the peer, a record that does not decrypt), by [`TlsFailure`].
+    pub tls_errors: [Counter; TlsFailure::ALL.len()],
     pub handshake_rejections: [Counter; RejectReason::ALL.len()],
     pub messages_in: Counter,
     pub bytes_in: Counter,
@@ -131,6 +134,64 @@ impl ProxyRefusal {
     }
 }
 
+/// Why a TLS connection failed: a bounded label set (rustls' errors are
+/// folded into these few kinds; never logged per connection above debug).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsFailure {
+    /// Bytes that are not TLS records (garbage, plain HTTP to the TLS
+    /// port) or a malformed message.
+    NotTls,
+    /// No version, cipher suite, group, signature scheme or protocol in
+    /// common with the client.
+    Incompatible,
+    /// The client sent a fatal alert (e.g. it does not trust our
+    /// certificate).
+    Alert,
+    /// A protocol violation or a record that does not decrypt.
+    Misbehaved,
+    /// The client closed the connection mid-handshake.
+    Eof,
+    /// The server ended it: `handshake_timeout` (a client that stalls, or
+    /// never sends a ClientHello), or shutdown.
+    Timeout,
+}
+
+impl TlsFailure {
+    pub const ALL: [TlsFailure; 6] = [
+        TlsFailure::NotTls,
+        TlsFailure::Incompatible,
+        TlsFailure::Alert,
+        TlsFailure::Misbehaved,
+        TlsFailure::Eof,
+        TlsFailure::Timeout,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            TlsFailure::NotTls => "not_tls",
+            TlsFailure::Incompatible => "incompatible",
+            TlsFailure::Alert => "alert",
+            TlsFailure::Misbehaved => "misbehaved",
+            TlsFailure::Eof => "eof",
+            TlsFailure::Timeout => "timeout",
+        }
+    }
+
+    /// The kind of a rustls error.
+    pub fn of(e: &rustls::Error) -> TlsFailure {
+        use rustls::Error as E;
+        match e {
+            E::InvalidMessage(_) | E::InappropriateMessage { .. } => TlsFailure::NotTls,
+            E::InappropriateHandshakeMessage { .. } => TlsFailure::Misbehaved,
+            E::PeerIncompatible(_) | E::NoApplicationProtocol | E::NoCertificatesPresented => {
+                TlsFailure::Incompatible
+            }
+            E::AlertReceived(_) => TlsFailure::Alert,
+            _ => TlsFailure::Misbehaved,
+        }
+    }
+}
+
 /// Where a trusted proxy told us the client's address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ForwardedSource {
@@ -176,6 +237,14 @@ pub struct NamespaceCounters {
 }
 
 impl WorkerMetrics {
+    pub fn tls_handshake_failure(&self, why: TlsFailure) -> &Counter {
+        &self.tls_handshake_failures[why as usize]
+    }
+
+    pub fn tls_error(&self, why: TlsFailure) -> &Counter {
+        &self.tls_errors[why as usize]
+    }
+
     pub fn proxy_refusal(&self, why: ProxyRefusal) -> &Counter {
         &self.proxy_refusals[why as usize]
     }
@@ -387,11 +456,10 @@ pub fn render_prometheus(workers: &[&WorkerMetrics], gauges: &Gauges<'_>) -> Str
         &'static str,
         fn(&WorkerMetrics) -> &Counter,
     );
-    let simple: [Family; 16] = [
+    let simple: [Family; 15] = [
         ("wsrelay_connections_open", "gauge", "WebSocket connections open now.", |w| &w.connections_open),
         ("wsrelay_connections_accepted_total", "counter", "TCP connections accepted on the public listener.", |w| &w.connections_accepted),
         ("wsrelay_upgrades_total", "counter", "WebSocket upgrades completed.", |w| &w.upgrades),
-        ("wsrelay_tls_handshake_failures_total", "counter", "TLS connections closed before their TLS handshake completed (bad ClientHello, no common parameters, client alert, EOF, handshake_timeout).", |w| &w.tls_handshake_failures),
         ("wsrelay_messages_in_total", "counter", "Data messages received from clients.", |w| &w.messages_in),
         ("wsrelay_bytes_in_total", "counter", "Bytes read from sockets.", |w| &w.bytes_in),
         ("wsrelay_messages_out_total", "counter", "Data messages queued to clients.", |w| &w.messages_out),
@@ -425,6 +493,41 @@ pub fn render_prometheus(workers: &[&WorkerMetrics], gauges: &Gauges<'_>) -> Str
             "wsrelay_handshake_rejections_total{{reason=\"{}\",status=\"{}\"}} {v}",
             r.label(),
             r.status()
+        );
+    }
+    family(
+        &mut o,
+        "wsrelay_tls_handshake_failures_total",
+        "counter",
+        "TLS connections closed before their TLS handshake completed, by reason (not_tls: not a ClientHello; incompatible: nothing in common; alert: the client's alert; misbehaved; eof; timeout: handshake_timeout or shutdown).",
+    );
+    for r in TlsFailure::ALL {
+        let v: u64 = workers
+            .iter()
+            .map(|w| w.tls_handshake_failure(r).get())
+            .sum();
+        let _ = writeln!(
+            o,
+            "wsrelay_tls_handshake_failures_total{{reason=\"{}\"}} {v}",
+            r.label()
+        );
+    }
+    family(
+        &mut o,
+        "wsrelay_tls_errors_total",
+        "counter",
+        "Established TLS connections failed by a TLS error, by reason (alert: the peer's fatal alert; misbehaved: a record that does not decrypt or breaks the protocol; not_tls: a malformed record).",
+    );
+    for r in [
+        TlsFailure::NotTls,
+        TlsFailure::Alert,
+        TlsFailure::Misbehaved,
+    ] {
+        let v: u64 = workers.iter().map(|w| w.tls_error(r).get()).sum();
+        let _ = writeln!(
+            o,
+            "wsrelay_tls_errors_total{{reason=\"{}\"}} {v}",
+            r.label()
         );
     }
     family(

@@ -434,14 +434,16 @@ impl Worker {
         };
         let tls = match (tls, &self.tls) {
             (false, _) | (true, None) => None,
-            (true, Some((_, config))) => match rustls::ServerConnection::new(config.clone()) {
-                Ok(c) => Some(c),
-                Err(e) => {
-                    log::debug!("worker {}: TLS connection not started: {e}", self.id);
-                    self.shared.admission.release(peer);
-                    return;
+            (true, Some((_, config))) => {
+                match rustls::server::UnbufferedServerConnection::new(config.clone()) {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        log::debug!("worker {}: TLS connection not started: {e}", self.id);
+                        self.shared.admission.release(peer);
+                        return;
+                    }
                 }
-            },
+            }
         };
         if self.register(socket, peer, session, tls).is_none() {
             self.shared.admission.release(peer);
@@ -456,7 +458,7 @@ impl Worker {
         socket: TcpStream,
         peer: IpKey,
         session: Session,
-        tls: Option<rustls::ServerConnection>,
+        tls: Option<rustls::server::UnbufferedServerConnection>,
     ) -> Option<usize> {
         let _ = socket.set_nodelay(true);
         if self.send_buffer_bytes > 0 {
@@ -699,8 +701,12 @@ impl Worker {
         };
         match conn.session.poll_finish() {
             Some(Finish::Abort) => return self.remove(key, false),
-            Some(Finish::Graceful) => return self.remove(key, true),
-            None => {}
+            // Unless TLS records (the last ones, and close_notify) still
+            // wait for the socket: then WRITABLE brings them out and the
+            // connection ends after; the session's close deadline bounds
+            // the wait.
+            Some(Finish::Graceful) if !conn.transport.finish() => return self.remove(key, true),
+            Some(Finish::Graceful) | None => {}
         }
         if conn.has_output() && !conn.awaits_writable() && !conn.dirty {
             self.table.mark_dirty(key);
@@ -715,10 +721,14 @@ impl Worker {
             return;
         };
         let mut conn = conn;
-        if conn.transport.in_tls_handshake() {
+        if let Some(why) = conn.transport.tls_failure() {
             // Whatever ended it (bad records, a client alert, EOF, the
             // handshake deadline): counted, never logged per connection.
-            self.metrics.tls_handshake_failures.inc();
+            if conn.transport.in_tls_handshake() {
+                self.metrics.tls_handshake_failure(why).inc();
+            } else {
+                self.metrics.tls_error(why).inc();
+            }
         }
         if let Some(attachment) = conn.attachment.take() {
             self.metrics.connections_open.sub(1);
