@@ -8,12 +8,14 @@
 //! are appended to the connection's outbound Vec, which the worker
 //! writes until WouldBlock.
 
+use crate::deflate::Compressor;
 use crate::payload::{self, Format};
 use crate::plan::Plan;
 use crate::tracker::{Seen, SeqTracker};
 use hdrhistogram::Histogram;
+use wsrelay::protocol::deflate::Inflater;
 use wsrelay::protocol::{
-    encode_client_frame, ClientHandshake, CloseCode, Event, FrameDecoder, MaskRng,
+    encode_client_frame, ClientHandshake, CloseCode, Event, FrameDecoder, Inflate, MaskRng,
     MessageAssembler, MessageKind, OpCode, Role,
 };
 
@@ -97,6 +99,11 @@ pub struct ConnCore {
     /// pubsub: the protocol client (its subscriptions outlive the
     /// connection; the worker parks it while reconnecting).
     pub ps: Option<Box<crate::pubsub::client::PsClient>>,
+    /// permessage-deflate was negotiated.
+    pub z: bool,
+    /// The server keeps its deflate context between messages: this
+    /// connection inflates with its own inflater (else the worker's).
+    pub own_inflater: Option<Box<Inflater>>,
 }
 
 impl ConnCore {
@@ -135,6 +142,8 @@ impl ConnCore {
             lost_reason: None,
             cycle_done: false,
             ps: None,
+            z: false,
+            own_inflater: None,
         }
     }
 
@@ -189,11 +198,40 @@ pub struct Stats {
     pub resubscribed: u64,
     /// pubsub: connections dropped on purpose (reconnect modes).
     pub dropped: u64,
+    /// Connections opened with and without permessage-deflate (with
+    /// --deflate; without it every connection counts as without).
+    pub deflate_conns: u64,
+    pub plain_conns: u64,
+    /// Bytes read from and written to the sockets (TLS records, frame
+    /// headers, handshakes and all).
+    pub wire_in: u64,
+    pub wire_out: u64,
+    /// Data message payloads received (after inflation) and sent (before
+    /// compression), every message kind (pubsub commands included).
+    pub payload_in: u64,
+    pub payload_out: u64,
+    /// Data messages received and sent compressed (RSV1).
+    pub compressed_in: u64,
+    pub compressed_out: u64,
+    /// Data messages received and sent in all.
+    pub data_in: u64,
+    pub data_out: u64,
+    /// TLS handshakes completed (full and resumed) and failed.
+    pub tls_full: u64,
+    pub tls_resumed: u64,
+    pub tls_failed: u64,
 }
 
 /// The per-thread state the receive path needs besides the connection.
 pub struct Tls {
     pub decoder: FrameDecoder,
+    /// The decoder of connections that negotiated deflate (RSV1 allowed).
+    pub decoder_z: FrameDecoder,
+    /// Shared by every deflate connection of the worker whose server does
+    /// not take its context over.
+    pub inflater: Inflater,
+    /// With --deflate: compresses what deflate connections send.
+    pub zc: Option<Compressor>,
     pub rng: MaskRng,
     pub template: Vec<u8>,
     pub format: Format,
@@ -227,6 +265,9 @@ impl Tls {
     pub fn new(size: usize, rooms: u32, subs_in_room: Vec<u32>, close_timeout_ns: u64) -> Tls {
         Tls {
             decoder: FrameDecoder::new(Role::Client, MAX_MESSAGE),
+            decoder_z: FrameDecoder::new(Role::Client, MAX_MESSAGE).with_allowed_rsv(0x4),
+            inflater: Inflater::new(),
+            zc: None,
             rng: MaskRng::new(),
             template: payload::template(size),
             format: Format::Binary,
@@ -251,15 +292,38 @@ impl Tls {
         self.template = format.template(self.template.len());
     }
 
-    /// Appends one data message to `out`.
+    /// Offers permessage-deflate (`--deflate`).
+    pub fn enable_deflate(&mut self) {
+        self.zc = Some(Compressor::new());
+    }
+
+    /// Appends one data message to `out` (compressed on a connection
+    /// that negotiated deflate: `z`).
     #[inline]
-    pub fn send(&mut self, out: &mut Vec<u8>, publisher: u32, seq: u64, room: u32, at_ns: u64) {
+    pub fn send(
+        &mut self,
+        out: &mut Vec<u8>,
+        z: bool,
+        publisher: u32,
+        seq: u64,
+        room: u32,
+        at_ns: u64,
+    ) {
         self.format.write(&mut self.template, publisher, seq, at_ns);
-        let opcode = match self.format {
-            Format::Binary => OpCode::Binary,
-            Format::Text => OpCode::Text,
+        let opcode = if self.format.is_text() {
+            OpCode::Text
+        } else {
+            OpCode::Binary
         };
-        encode_client_frame(true, opcode, &self.template, self.rng.mask_key(), out);
+        data_frame(
+            opcode,
+            &self.template,
+            z,
+            &mut self.zc,
+            &mut self.rng,
+            &mut self.stats,
+            out,
+        );
         self.stats.sent += 1;
         self.stats.sent_bytes += self.template.len() as u64;
         self.stats.expected += self.subs_in_room.get(room as usize).copied().unwrap_or(0) as u64;
@@ -267,6 +331,30 @@ impl Tls {
         if self.budget == 0 {
             self.may_send = false;
         }
+    }
+}
+
+/// Appends one data message (one frame), compressed when the connection
+/// negotiated deflate (`z`) and that makes it smaller; counts it.
+#[inline]
+pub fn data_frame(
+    opcode: OpCode,
+    payload: &[u8],
+    z: bool,
+    zc: &mut Option<Compressor>,
+    rng: &mut MaskRng,
+    stats: &mut Stats,
+    out: &mut Vec<u8>,
+) {
+    stats.data_out += 1;
+    stats.payload_out += payload.len() as u64;
+    match zc.as_mut() {
+        Some(zc) if z => {
+            if zc.frame(opcode, payload, rng, out) {
+                stats.compressed_out += 1;
+            }
+        }
+        _ => encode_client_frame(true, opcode, payload, rng.mask_key(), out),
     }
 }
 
@@ -298,6 +386,24 @@ pub fn feed(c: &mut ConnCore, buf: &mut [u8], now: u64, t: &mut Tls) -> Fed {
                 }
             }
             Ok(Some(resp)) => {
+                match crate::deflate::parse_answer(&buf[..resp.head_len], t.zc.is_some()) {
+                    Ok(Some(agreed)) => {
+                        c.z = true;
+                        if agreed.server_takeover {
+                            c.own_inflater = Some(Box::new(Inflater::new()));
+                        }
+                        t.stats.deflate_conns += 1;
+                    }
+                    Ok(None) => t.stats.plain_conns += 1,
+                    Err(e) => {
+                        return Fed {
+                            consumed: 0,
+                            opened,
+                            closed,
+                            remove: Some(Removal::Failed(format!("handshake: {e}"))),
+                        }
+                    }
+                }
                 c.hs = None;
                 c.state = State::Open;
                 c.deadline_ns = 0;
@@ -319,7 +425,8 @@ pub fn feed(c: &mut ConnCore, buf: &mut [u8], now: u64, t: &mut Tls) -> Fed {
         }
     }
     while pos < buf.len() {
-        let f = match t.decoder.decode(&mut buf[pos..]) {
+        let decoder = if c.z { &t.decoder_z } else { &t.decoder };
+        let f = match decoder.decode(&mut buf[pos..]) {
             Ok(Some(f)) => f,
             Ok(None) => break,
             Err(e) => return protocol_error(c, t, pos, opened, e),
@@ -330,19 +437,42 @@ pub fn feed(c: &mut ConnCore, buf: &mut [u8], now: u64, t: &mut Tls) -> Fed {
             continue;
         }
         let h = &f.header;
-        let ev =
-            if h.fin && matches!(h.opcode, OpCode::Text | OpCode::Binary) && !c.asm.in_message() {
-                // Fast path: a whole message in one frame, a borrow of the read
-                // buffer. Text is not UTF-8 checked here: load payloads are
-                // binary, and some peers relay them as text frames (gorilla's
-                // chat example); the checksum catches any damage.
-                Ok(Event::Message {
-                    kind: MessageKind::Binary,
-                    data: &buf[start..end],
-                })
-            } else {
-                c.asm.on_frame(h, &buf[start..end])
+        let compressed = h.rsv & 0x4 != 0;
+        if compressed {
+            t.stats.compressed_in += 1;
+        }
+        let ev = if h.fin
+            && !compressed
+            && matches!(h.opcode, OpCode::Text | OpCode::Binary)
+            && !c.asm.in_message()
+        {
+            // Fast path: a whole message in one frame, a borrow of the read
+            // buffer. Text is not UTF-8 checked here: load payloads are
+            // binary, and some peers relay them as text frames (gorilla's
+            // chat example); the checksum catches any damage.
+            Ok(Event::Message {
+                kind: MessageKind::Binary,
+                data: &buf[start..end],
+            })
+        } else if c.z {
+            let inflate = match c.own_inflater.as_deref_mut() {
+                Some(own) => Inflate {
+                    inflater: own,
+                    context_takeover: true,
+                },
+                None => Inflate {
+                    inflater: &mut t.inflater,
+                    context_takeover: false,
+                },
             };
+            c.asm.on_frame_with(h, &buf[start..end], Some(inflate))
+        } else {
+            c.asm.on_frame(h, &buf[start..end])
+        };
+        if let Ok(Event::Message { data, .. }) = &ev {
+            t.stats.data_in += 1;
+            t.stats.payload_in += data.len() as u64;
+        }
         match ev {
             Ok(Event::Message { data, .. }) if c.ps.is_some() => {
                 if let Some(ps) = c.ps.as_mut() {
@@ -361,7 +491,7 @@ pub fn feed(c: &mut ConnCore, buf: &mut [u8], now: u64, t: &mut Tls) -> Fed {
                         // Closed loop: one message back, one more out.
                         if let Some(s) = c.sender.as_mut() {
                             if s.closed_loop() && t.may_send && !c.close_sent && now < t.send_end {
-                                t.send(&mut c.out, s.id, s.seq, c.room, now);
+                                t.send(&mut c.out, c.z, s.id, s.seq, c.room, now);
                                 s.seq += 1;
                             }
                         }
@@ -613,7 +743,7 @@ mod tests {
         assert_eq!(t.stats.corrupted, 0);
         // What we send is a text frame.
         let mut out = Vec::new();
-        t.send(&mut out, 0, 0, 0, 1);
+        t.send(&mut out, false, 0, 0, 0, 1);
         assert_eq!(out[0], 0x81);
     }
 

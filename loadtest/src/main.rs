@@ -5,15 +5,19 @@ mod addr;
 mod cli;
 mod clock;
 mod conn;
+mod deflate;
 mod payload;
 mod plan;
 mod plot;
 mod pubsub;
+#[cfg(test)]
+mod relay_tests;
 mod report;
 mod run;
 mod selftest;
 mod sys;
 mod tracker;
+mod transport;
 mod worker;
 
 use clap::Parser;

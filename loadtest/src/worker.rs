@@ -5,6 +5,7 @@ use crate::clock::{now_ns, Timer, SEC};
 use crate::conn::{feed, new_hist, ConnCore, Removal, State, Stats, Tls};
 use crate::plan::{Kind, Plan, Setup};
 use crate::sys::err_name;
+use crate::transport::Stream;
 use crossbeam_channel::Sender as ChanSender;
 use hdrhistogram::Histogram;
 use mio::net::TcpStream;
@@ -147,7 +148,7 @@ pub struct WorkerResult {
 }
 
 struct Conn {
-    stream: TcpStream,
+    stream: Stream,
     plan: usize,
     core: ConnCore,
 }
@@ -238,6 +239,9 @@ impl Worker {
         t.budget = msg_budget;
         t.fin_wait_ns = setup.fin_wait_ns;
         t.skip_own = setup.skip_own;
+        if setup.deflate {
+            t.enable_deflate();
+        }
         t.set_format(setup.format);
         if let Some(ps) = &setup.ps {
             t.ps = Some(crate::pubsub::client::PsTls::new(
@@ -536,6 +540,10 @@ impl Worker {
         };
         let _ = self.poll.registry().deregister(&mut conn.stream);
         self.free.push(idx);
+        readiness::account(&mut self.t.stats, &mut conn.stream);
+        if matches!(removal, Removal::Failed(_)) && conn.stream.tls_handshaking() {
+            self.t.stats.tls_failed += 1;
+        }
         let mut c = conn.core;
         let now = now_ns();
         if let Some(mut ps) = c.ps.take() {
@@ -573,7 +581,9 @@ impl Worker {
         if let (Some(s), false) = (&c.sender, self.setup.kind == Kind::PubSub) {
             // Messages still queued here never reached the server: they
             // are not owed to anyone. All data frames of a run have one
-            // size, so the queue's length tells how many there are.
+            // size, so the queue's length tells how many there are
+            // (compressed frames are smaller: with --deflate this count
+            // is a lower bound).
             let size = self.t.template.len();
             let frame = size
                 + if size < 126 {
