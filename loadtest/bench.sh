@@ -29,7 +29,7 @@
 #            connection on top of plain), fanout-1k-json (fanout-1k with a 512-byte JSON payload, all
 #            servers) and fanout-1k-deflate (the same with --deflate and the relay's compression on)
 # wss:// scenarios use a throwaway test CA and a localhost certificate made with openssl at the
-# start of the run in $OUT/tls (deleted at exit; nothing secret is kept in the repository).
+# start of the run in $OUT/tls (its private key deleted at exit; nothing secret is in the repository).
 #
 # Output (--out DIR, default target/bench/<date>): json/<scenario>__<server>__<run>.json (the generator's
 # --json), runs.tsv (one line per run), summary.tsv and summary.json (medians), summary.md (the table).
@@ -56,7 +56,7 @@ SCENARIOS="echo,echo-large,fanout-1k,fanout-10k,rooms-100x100,idle-echo,idle-roo
 SERVERS=()
 BUILD=1
 
-usage() { sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'; cat <<EOF
+usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; cat <<EOF
 
 Options:
   --server S         named server or 'NAME=CMD {port}' / 'CMD {port}' (repeatable; default: all named)
