@@ -274,10 +274,13 @@ run_one() { # scenario server run
     [[ $sc == fanout-1k-deflate ]] && cmd+=" --compression true"
     local json=$OUT/json/${sc}__${s}__${r}.json log=$OUT/log/${sc}__${s}__${r}
     rm -f "$json"
+    # bench.sh's own WSRELAY_* variables are not relay config keys: the relay refuses
+    # unknown WSRELAY_* variables, so they are kept from the server's environment.
+    local clean_env=(env -u WSRELAY_LOCK_DIR -u WSRELAY_LOAD -u WSRELAY_BIN)
     if [[ ${PIN[$s]} == 1 ]]; then
-        taskset -c 0 bash -c "exec $cmd" >"$log.server" 2>&1 &
+        taskset -c 0 "${clean_env[@]}" bash -c "exec $cmd" >"$log.server" 2>&1 &
     else
-        bash -c "exec $cmd" >"$log.server" 2>&1 &
+        "${clean_env[@]}" bash -c "exec $cmd" >"$log.server" 2>&1 &
     fi
     SRV_PID=$!
     if ! wait_listen "$listen_port" "$SRV_PID"; then

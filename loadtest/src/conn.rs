@@ -213,6 +213,9 @@ pub struct Stats {
     /// Data messages received and sent compressed (RSV1).
     pub compressed_in: u64,
     pub compressed_out: u64,
+    /// Compressed messages whose inflation was reused (see
+    /// [`InflateCache`]).
+    pub inflate_reused: u64,
     /// Data messages received and sent in all.
     pub data_in: u64,
     pub data_out: u64,
@@ -232,6 +235,7 @@ pub struct Tls {
     pub inflater: Inflater,
     /// With --deflate: compresses what deflate connections send.
     pub zc: Option<Compressor>,
+    pub zcache: InflateCache,
     pub rng: MaskRng,
     pub template: Vec<u8>,
     pub format: Format,
@@ -268,6 +272,7 @@ impl Tls {
             decoder_z: FrameDecoder::new(Role::Client, MAX_MESSAGE).with_allowed_rsv(0x4),
             inflater: Inflater::new(),
             zc: None,
+            zcache: InflateCache::default(),
             rng: MaskRng::new(),
             template: payload::template(size),
             format: Format::Binary,
@@ -358,6 +363,68 @@ pub fn data_frame(
     }
 }
 
+/// Compressed single-frame messages a worker inflated lately, and what
+/// they inflated to.
+///
+/// A server without context takeover compresses each broadcast once and
+/// sends the same compressed bytes to every subscriber; inflating them is
+/// a pure function of those bytes (a fresh window every message), so the
+/// worker inflates each distinct payload once and reuses the result for
+/// byte-identical copies. Every copy is still compared byte for byte with
+/// the cached input (a copy that differs in any byte is inflated on its
+/// own) and every copy's plaintext still goes through all the checks. This
+/// keeps the generator's receive cost per delivery near the uncompressed
+/// one, so fan-out measures the server rather than the generator's
+/// inflater (about 1 µs per 512-byte message, which caps one core near
+/// 1M deliveries/s). Only for the shared inflater (no context takeover).
+///
+/// Sized for fan-out backlogs: each subscriber's read returns a run of
+/// messages, so the distinct messages in flight are about rate × latency;
+/// [`INFLATE_CACHE`] entries of at most [`INFLATE_CACHE_MAX`] bytes each
+/// way (at most 32 MiB), replaced oldest first.
+#[derive(Default)]
+pub struct InflateCache {
+    entries: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Hash of an entry's input -> its index.
+    index: std::collections::HashMap<u64, usize>,
+    next: usize,
+}
+
+const INFLATE_CACHE: usize = 1024;
+const INFLATE_CACHE_MAX: usize = 16 << 10;
+
+impl InflateCache {
+    /// The entry whose compressed input is exactly `input`.
+    fn find(&self, input: &[u8]) -> Option<usize> {
+        let &i = self.index.get(&payload::hash(input))?;
+        (self.entries[i].0.as_slice() == input).then_some(i)
+    }
+
+    fn insert(&mut self, input: &[u8], output: &[u8]) {
+        if input.len() > INFLATE_CACHE_MAX || output.len() > INFLATE_CACHE_MAX {
+            return;
+        }
+        let h = payload::hash(input);
+        if self.entries.len() < INFLATE_CACHE {
+            self.index.insert(h, self.entries.len());
+            self.entries.push((input.to_vec(), output.to_vec()));
+            return;
+        }
+        let slot = self.next;
+        self.next = (self.next + 1) % INFLATE_CACHE;
+        let (i, o) = &mut self.entries[slot];
+        let old = payload::hash(i);
+        if self.index.get(&old) == Some(&slot) {
+            self.index.remove(&old);
+        }
+        i.clear();
+        i.extend_from_slice(input);
+        o.clear();
+        o.extend_from_slice(output);
+        self.index.insert(h, slot);
+    }
+}
+
 /// Result of feeding bytes to a connection.
 pub struct Fed {
     /// Bytes used; the rest is an incomplete frame to keep.
@@ -441,11 +508,23 @@ pub fn feed(c: &mut ConnCore, buf: &mut [u8], now: u64, t: &mut Tls) -> Fed {
         if compressed {
             t.stats.compressed_in += 1;
         }
-        let ev = if h.fin
-            && !compressed
-            && matches!(h.opcode, OpCode::Text | OpCode::Binary)
-            && !c.asm.in_message()
-        {
+        let whole = h.fin && matches!(h.opcode, OpCode::Text | OpCode::Binary);
+        let cacheable = compressed && whole && c.own_inflater.is_none() && !c.asm.in_message();
+        // A byte-identical copy of a message inflated lately: its result,
+        // taken out of the cache while in use.
+        let mut hit: Option<(usize, Vec<u8>)> = None;
+        if cacheable {
+            if let Some(i) = t.zcache.find(&buf[start..end]) {
+                hit = Some((i, std::mem::take(&mut t.zcache.entries[i].1)));
+                t.stats.inflate_reused += 1;
+            }
+        }
+        let ev = if let Some((_, out)) = &hit {
+            Ok(Event::Message {
+                kind: MessageKind::Binary,
+                data: out.as_slice(),
+            })
+        } else if whole && !compressed && !c.asm.in_message() {
             // Fast path: a whole message in one frame, a borrow of the read
             // buffer. Text is not UTF-8 checked here: load payloads are
             // binary, and some peers relay them as text frames (gorilla's
@@ -472,6 +551,9 @@ pub fn feed(c: &mut ConnCore, buf: &mut [u8], now: u64, t: &mut Tls) -> Fed {
         if let Ok(Event::Message { data, .. }) = &ev {
             t.stats.data_in += 1;
             t.stats.payload_in += data.len() as u64;
+            if cacheable && hit.is_none() {
+                t.zcache.insert(&buf[start..end], data);
+            }
         }
         match ev {
             Ok(Event::Message { data, .. }) if c.ps.is_some() => {
@@ -556,6 +638,9 @@ pub fn feed(c: &mut ConnCore, buf: &mut [u8], now: u64, t: &mut Tls) -> Fed {
                 closed = true;
             }
             Err(e) => return protocol_error(c, t, pos, opened, e),
+        }
+        if let Some((i, out)) = hit {
+            t.zcache.entries[i].1 = out;
         }
     }
     Fed {
@@ -679,6 +764,85 @@ mod tests {
             assert_eq!(c.out[0], 0x8a);
             assert_eq!(c.out[1], 0x82);
         }
+    }
+
+    /// Compressed server messages (RSV1, as the relay compresses a
+    /// broadcast) are inflated before the checks; a byte-identical copy on
+    /// another connection reuses the inflation, a copy differing in one
+    /// byte does not (and fails its checks), and connections that did not
+    /// negotiate deflate refuse RSV1.
+    #[test]
+    fn compressed_messages_are_inflated_checked_and_copies_reused() {
+        use wsrelay::protocol::deflate::{compress_frames, Deflater};
+        let mut d = Deflater::new(1, 15);
+        let mut plain = msg(0, 0, 3);
+        plain.extend(msg(0, 1, 3));
+        let wire = compress_frames(&plain, &mut d, 0).unwrap();
+        assert_eq!(wire[0] & 0x40, 0x40, "compressed");
+        let mut t = Tls::new(64, 1, vec![2], 1);
+        let mut a = sub_conn();
+        a.z = true;
+        let mut b = sub_conn();
+        b.z = true;
+        let fed = feed(&mut a, &mut wire.clone(), 5, &mut t);
+        assert!(fed.remove.is_none());
+        let fed = feed(&mut b, &mut wire.clone(), 5, &mut t);
+        assert!(fed.remove.is_none());
+        assert_eq!(
+            (t.stats.recv, t.stats.delivered, t.stats.corrupted),
+            (4, 4, 0)
+        );
+        assert_eq!(t.stats.compressed_in, 4);
+        assert_eq!(t.stats.inflate_reused, 2);
+        assert_eq!(t.stats.payload_in, 4 * 64);
+        assert_eq!(a.trackers[0].unique, 2);
+        assert_eq!(b.trackers[0].unique, 2);
+
+        // One byte changed in the first message's compressed payload: not
+        // the cached input, so inflated on its own, and caught.
+        let mut c = sub_conn();
+        c.z = true;
+        let mut bad = wire.clone();
+        // (A byte in the middle: the last one holds padding bits.)
+        let first_len = 2 + (bad[1] & 0x7f) as usize;
+        bad[first_len / 2] ^= 0x01;
+        let fed = feed(&mut c, &mut bad, 5, &mut t);
+        assert_eq!(t.stats.inflate_reused, 3, "only the intact second message");
+        assert!(
+            fed.remove.is_some() || t.stats.corrupted == 1,
+            "{:?}",
+            fed.remove
+        );
+
+        // Without deflate negotiated, RSV1 is a protocol error.
+        let mut p = sub_conn();
+        let fed = feed(&mut p, &mut wire.clone(), 5, &mut t);
+        assert!(matches!(fed.remove, Some(Removal::Lost(_))));
+    }
+
+    /// The inflation cache stays within its bounds, replaces oldest first,
+    /// and never answers for an input it does not hold byte for byte.
+    #[test]
+    fn inflate_cache_is_bounded_and_exact() {
+        let mut c = InflateCache::default();
+        let key = |n: usize| format!("compressed-{n}").into_bytes();
+        for n in 0..INFLATE_CACHE + 10 {
+            c.insert(&key(n), &n.to_le_bytes());
+        }
+        assert_eq!(c.entries.len(), INFLATE_CACHE);
+        assert!(c.index.len() <= INFLATE_CACHE);
+        for n in 0..10 {
+            assert_eq!(c.find(&key(n)), None, "{n} was replaced");
+        }
+        for n in 10..INFLATE_CACHE + 10 {
+            let i = c.find(&key(n)).unwrap();
+            assert_eq!(c.entries[i].1, n.to_le_bytes());
+        }
+        assert_eq!(c.find(b"compressed-"), None);
+        // Too large to keep: not cached.
+        let big = vec![7u8; INFLATE_CACHE_MAX + 1];
+        c.insert(&big, b"x");
+        assert_eq!(c.find(&big), None);
     }
 
     #[test]

@@ -274,6 +274,12 @@ pub enum Corrupt {
     BadChecksum,
 }
 
+/// FNV-1a-64 over 8-byte words of `bytes` (a fast hash, not a MAC).
+#[inline]
+pub fn hash(bytes: &[u8]) -> u64 {
+    fnv_words(FNV_OFFSET, bytes)
+}
+
 #[inline]
 fn fnv_words(mut h: u64, bytes: &[u8]) -> u64 {
     let mut chunks = bytes.chunks_exact(8);

@@ -256,6 +256,10 @@ pub struct Bandwidth {
     /// Of those, how many travelled compressed (RSV1).
     pub compressed_in: u64,
     pub compressed_out: u64,
+    /// Compressed messages received byte-identical to one the same worker
+    /// had just inflated (the server compresses a broadcast once): the
+    /// inflated result was reused (all checks still ran on it).
+    pub inflate_reused: u64,
     /// wire ÷ payload (below 1: compression saved more than framing and
     /// TLS cost; 0 when nothing moved).
     pub wire_per_payload_in: f64,
@@ -528,13 +532,18 @@ impl Summary {
             }
             let _ = writeln!(
                 o,
-                "  {:<22} {}B on the wire for {}B of payload (×{:.3}); {} of {} messages compressed",
+                "  {:<22} {}B on the wire for {}B of payload (×{:.3}); {} of {} messages compressed{}",
                 "in",
                 si(b.wire_in_bytes as f64),
                 si(b.payload_in_bytes as f64),
                 b.wire_per_payload_in,
                 b.compressed_in,
-                b.messages_in
+                b.messages_in,
+                if b.inflate_reused > 0 {
+                    format!(" ({} byte-identical copies: inflation reused)", b.inflate_reused)
+                } else {
+                    String::new()
+                }
             );
             let _ = writeln!(
                 o,

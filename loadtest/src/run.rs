@@ -704,6 +704,7 @@ pub fn execute(
         stats.payload_out += st.payload_out;
         stats.compressed_in += st.compressed_in;
         stats.compressed_out += st.compressed_out;
+        stats.inflate_reused += st.inflate_reused;
         stats.data_in += st.data_in;
         stats.data_out += st.data_out;
         stats.tls_full += st.tls_full;
@@ -751,6 +752,7 @@ pub fn execute(
         messages_out: stats.data_out,
         compressed_in: stats.compressed_in,
         compressed_out: stats.compressed_out,
+        inflate_reused: stats.inflate_reused,
         wire_per_payload_in: ratio(stats.wire_in, stats.payload_in),
         wire_per_payload_out: ratio(stats.wire_out, stats.payload_out),
     };
