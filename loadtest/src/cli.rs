@@ -45,8 +45,9 @@ pub struct Common {
     #[arg(long, global = true, conflicts_with = "ca_file")]
     pub insecure: bool,
     /// wss://: resume TLS sessions (tickets) from an in-memory cache shared
-    /// by all workers, so reconnects (churn) make abbreviated handshakes.
-    /// Off by default: every connection makes a full handshake.
+    /// by all workers (up to 4,096 tickets per server), so reconnects
+    /// (churn) make abbreviated handshakes. Off by default: every
+    /// connection makes a full handshake.
     #[arg(long, global = true)]
     pub tls_resume: bool,
     /// Offer permessage-deflate (client_no_context_takeover;

@@ -79,6 +79,8 @@ fn relay(pki: Option<&Pki>, compression: bool) -> ServerHandle {
 }
 
 fn run_gen(args: &[&str]) -> Summary {
+    // As main does: fix the process epoch before any thread reads the clock.
+    crate::clock::init();
     let mut all = vec!["wsrelay-load", "-q"];
     all.extend_from_slice(args);
     let cli = Cli::try_parse_from(&all).unwrap();
@@ -283,6 +285,27 @@ fn churn_over_tls_resumes_only_when_asked() {
     assert_eq!(t.handshakes_full + t.handshakes_resumed, 6);
     // One slot: each cycle ends (ticket received) before the next starts.
     assert_eq!((t.handshakes_full, t.handshakes_resumed), (1, 5));
+
+    // Twenty slots starting together: the first round makes full
+    // handshakes, every later cycle finds a ticket (each slot's previous
+    // connection stored its tickets before its 101 was read).
+    let mut args = vec![
+        "--url",
+        &url,
+        "--ca-file",
+        &ca,
+        "--max-messages",
+        "100",
+        "--duration",
+        "30s",
+        "--tls-resume",
+    ];
+    args.extend_from_slice(&["churn", "-c", "20"]);
+    let s = run_gen(&args);
+    assert!(s.pass, "{:?}", s.problems);
+    let t = s.tls.as_ref().unwrap();
+    assert_eq!(t.handshakes_full + t.handshakes_resumed, 100);
+    assert!(t.handshakes_full <= 20, "{t:?}");
     stop(h);
 }
 

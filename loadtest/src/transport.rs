@@ -81,7 +81,7 @@ impl TlsClient {
         };
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         config.resumption = if resume {
-            rustls::client::Resumption::in_memory_sessions(4096)
+            rustls::client::Resumption::store(Arc::new(SessionStore::default()))
         } else {
             rustls::client::Resumption::disabled()
         };
@@ -92,6 +92,87 @@ impl TlsClient {
             config: Arc::new(config),
             name,
         })
+    }
+}
+
+/// `--tls-resume`: the client's session cache, shared by every worker.
+///
+/// rustls' own `ClientSessionMemoryCache` keeps at most 8 TLS 1.3 tickets
+/// per server: with more connections than that opening at once (churn
+/// with 20 slots), the rest would make full handshakes for want of a
+/// ticket, and the figure would measure the cache, not the server. This
+/// one keeps up to [`TICKETS`] tickets per server (each used at most
+/// once, as rustls requires), oldest dropped first.
+#[derive(Debug, Default)]
+struct SessionStore {
+    inner: std::sync::Mutex<Sessions>,
+}
+
+#[derive(Debug, Default)]
+struct Sessions {
+    kx: std::collections::HashMap<ServerName<'static>, rustls::NamedGroup>,
+    tls12: std::collections::HashMap<ServerName<'static>, rustls::client::Tls12ClientSessionValue>,
+    tls13: std::collections::HashMap<
+        ServerName<'static>,
+        std::collections::VecDeque<rustls::client::Tls13ClientSessionValue>,
+    >,
+}
+
+/// TLS 1.3 tickets kept per server name.
+const TICKETS: usize = 4096;
+
+impl SessionStore {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Sessions> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl rustls::client::ClientSessionStore for SessionStore {
+    fn set_kx_hint(&self, name: ServerName<'static>, group: rustls::NamedGroup) {
+        self.lock().kx.insert(name, group);
+    }
+
+    fn kx_hint(&self, name: &ServerName<'_>) -> Option<rustls::NamedGroup> {
+        self.lock().kx.get(&name.to_owned()).copied()
+    }
+
+    fn set_tls12_session(
+        &self,
+        name: ServerName<'static>,
+        value: rustls::client::Tls12ClientSessionValue,
+    ) {
+        self.lock().tls12.insert(name, value);
+    }
+
+    fn tls12_session(
+        &self,
+        name: &ServerName<'_>,
+    ) -> Option<rustls::client::Tls12ClientSessionValue> {
+        self.lock().tls12.get(&name.to_owned()).cloned()
+    }
+
+    fn remove_tls12_session(&self, name: &ServerName<'static>) {
+        self.lock().tls12.remove(name);
+    }
+
+    fn insert_tls13_ticket(
+        &self,
+        name: ServerName<'static>,
+        value: rustls::client::Tls13ClientSessionValue,
+    ) {
+        let mut s = self.lock();
+        let q = s.tls13.entry(name).or_default();
+        if q.len() >= TICKETS {
+            q.pop_front();
+        }
+        q.push_back(value);
+    }
+
+    fn take_tls13_ticket(
+        &self,
+        name: &ServerName<'static>,
+    ) -> Option<rustls::client::Tls13ClientSessionValue> {
+        self.lock().tls13.get_mut(name).and_then(|q| q.pop_back())
     }
 }
 
