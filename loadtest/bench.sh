@@ -297,11 +297,12 @@ run_one() { # scenario server run
     else
         gen=("$GEN" --threads 2)
     fi
-    # shellcheck disable=SC2046
     local path=""
     [[ $sc == *pubsub* ]] && path=/connection/websocket
     local host=127.0.0.1
     [[ $scheme == wss ]] && host=localhost # SNI and the certificate's DNS name
+    # (scenario_args is split into words on purpose.)
+    # shellcheck disable=SC2046
     timeout 180 "${gen[@]}" --url "$scheme://$host:$listen_port$path" "${tls_args[@]}" -q --json "$json" \
         $(scenario_args "$sc") >"$log.gen" 2>&1 &
     local gpid=$!
@@ -331,7 +332,12 @@ run_one() { # scenario server run
     echo "# servers: ${SERVER_NAMES[*]}"
     for s in "${SERVER_NAMES[@]}"; do echo "#   $s: ${CMD[$s]} (pinned core 0: ${PIN[$s]})"; done
     echo "# scenarios (generator: taskset -c 1 wsrelay-load --threads 1 --url ws://127.0.0.1:PORT -q --json F ...):"
-    for sc in "${SCEN_LIST[@]}"; do echo "#   $sc: $(scenario_args "$sc")"; done
+    for sc in "${SCEN_LIST[@]}"; do
+        extra=""
+        is_tls "$sc" && extra+=" [--url wss://localhost:TLS_PORT --ca-file $TLS_DIR/ca.pem; wsrelay: --tls-listen, --tls-cert, --tls-key]"
+        [[ $sc == fanout-1k-deflate ]] && extra+=" [wsrelay: --compression true]"
+        echo "#   $sc: $(scenario_args "$sc")$extra"
+    done
 } | tee "$OUT/header.txt" >&2
 
 touch "$LOCK"
