@@ -386,6 +386,7 @@ def metrics(sc, row):
         if d.get("tls"):
             m["TLS resumed %"] = 100.0 * d["tls"]["handshakes_resumed"] / max(
                 1, d["tls"]["handshakes_full"] + d["tls"]["handshakes_resumed"])
+            m["TLS handshake p99 ms"] = d["tls"]["handshake_latency"]["p99_us"] / 1000
     else:
         key = "msgs/s" if sc.startswith("echo") else "deliveries/s"
         m[key] = msg["received_per_s"]

@@ -243,6 +243,8 @@ pub struct Tls {
     /// Latency of messages received in the current second.
     pub hist: Histogram<u64>,
     pub handshake: Histogram<u64>,
+    /// TCP connect start to the completed TLS handshake (wss://).
+    pub tls_handshake: Histogram<u64>,
     pub rooms: u32,
     pub subs_in_room: Vec<u32>,
     /// All-publish fanout: a member's own messages are not accounted
@@ -279,6 +281,7 @@ impl Tls {
             stats: Stats::default(),
             hist: new_hist(),
             handshake: new_hist(),
+            tls_handshake: new_hist(),
             rooms: rooms.max(1),
             subs_in_room,
             skip_own: false,

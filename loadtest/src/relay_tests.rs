@@ -142,6 +142,10 @@ fn wss_fanout_with_deflate_against_the_relay() {
         (4, 0, 0)
     );
     assert_eq!(t.verification, "ca-file");
+    // The TLS handshake is part of the opening handshake and ends first.
+    assert_eq!(t.handshake_latency.count, 4);
+    let ws = &s.connections.handshake_latency;
+    assert!(t.handshake_latency.max_us <= ws.max_us, "{t:?} {ws:?}");
     let m = &s.messages;
     assert_eq!((m.sent, m.expected, m.delivered_unique), (200, 600, 600));
     assert_eq!(m.corrupted + m.lost, 0);

@@ -233,6 +233,9 @@ pub struct TlsReport {
     /// Connections whose TLS handshake did not complete (refused
     /// certificate, alert, server gone): also counted in `failed`.
     pub handshake_failures: u64,
+    /// TCP connect start to the completed TLS handshake (the connections'
+    /// `handshake_latency` goes on to the WebSocket `101`).
+    pub handshake_latency: Lat,
 }
 
 /// Bytes on the wire against payload bytes, and permessage-deflate, over
@@ -519,6 +522,7 @@ impl Summary {
                 t.verification,
                 if t.resumption { "on" } else { "off" }
             );
+            lat_row(&mut o, "tls handshake", &t.handshake_latency);
         }
         let b = &self.bandwidth;
         if b.wire_in_bytes + b.wire_out_bytes > 0 {

@@ -673,6 +673,7 @@ pub fn execute(
     s.measured_s = window;
     let mut stats = crate::conn::Stats::default();
     let mut handshake = new_hist();
+    let mut tls_handshake = new_hist();
     let mut lag = new_hist();
     let mut cycle = new_hist();
     let mut unique = vec![0u64; setup.n_pubs];
@@ -711,6 +712,7 @@ pub fn execute(
         stats.tls_resumed += st.tls_resumed;
         stats.tls_failed += st.tls_failed;
         let _ = handshake.add(&r.handshake);
+        let _ = tls_handshake.add(&r.tls_handshake);
         let _ = lag.add(&r.lag);
         let _ = cycle.add(&r.cycle);
         for (a, b) in unique.iter_mut().zip(&r.unique_by_pub) {
@@ -767,6 +769,7 @@ pub fn execute(
             handshakes_full: stats.tls_full,
             handshakes_resumed: stats.tls_resumed,
             handshake_failures: stats.tls_failed,
+            handshake_latency: Lat::from_hist(&tls_handshake),
         });
     }
     let c = &mut s.connections;

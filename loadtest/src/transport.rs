@@ -257,6 +257,8 @@ pub struct TlsStream {
     pub sock: Counted,
     /// The handshake's outcome was counted (see [`Stream::handshake_news`]).
     reported: bool,
+    /// When the read that completed the handshake returned (0: not yet).
+    done_ns: u64,
 }
 
 /// A TLS handshake that just completed.
@@ -294,6 +296,7 @@ impl Stream {
                 wire_out: 0,
             },
             reported: false,
+            done_ns: 0,
         })))
     }
 
@@ -329,17 +332,19 @@ impl Stream {
     }
 
     /// Once per connection, when its TLS handshake has completed: whether
-    /// it was a full handshake or a resumption.
-    pub fn handshake_news(&mut self) -> Option<HandshakeNews> {
+    /// it was a full handshake or a resumption, and when (`now_ns`) the
+    /// read that completed it ended.
+    pub fn handshake_news(&mut self) -> Option<(HandshakeNews, u64)> {
         let Stream::Tls(t) = self else { return None };
-        if t.reported || t.tls.is_handshaking() {
+        if t.reported || t.done_ns == 0 {
             return None;
         }
         t.reported = true;
-        Some(match t.tls.handshake_kind() {
+        let kind = match t.tls.handshake_kind() {
             Some(rustls::HandshakeKind::Resumed) => HandshakeNews::Resumed,
             _ => HandshakeNews::Full,
-        })
+        };
+        Some((kind, t.done_ns))
     }
 
     /// Writes what rustls holds for the socket (handshake records, or
@@ -392,6 +397,9 @@ impl TlsStream {
                 // Tell the server why (rustls queued an alert), then fail.
                 let _ = self.push();
                 return Err(tls_error(e));
+            }
+            if self.done_ns == 0 && !self.tls.is_handshaking() {
+                self.done_ns = crate::clock::now_ns();
             }
             // Handshake answers leave at once.
             self.push()?;

@@ -130,6 +130,7 @@ pub struct WorkerResult {
     pub stats: Stats,
     pub lag: Histogram<u64>,
     pub handshake: Histogram<u64>,
+    pub tls_handshake: Histogram<u64>,
     pub cycle: Histogram<u64>,
     pub unique_by_pub: Vec<u64>,
     pub sent_by_pub: Vec<u64>,
@@ -540,7 +541,7 @@ impl Worker {
         };
         let _ = self.poll.registry().deregister(&mut conn.stream);
         self.free.push(idx);
-        readiness::account(&mut self.t.stats, &mut conn.stream);
+        readiness::account(&mut self.t, &mut conn.stream, conn.core.started_ns);
         if matches!(removal, Removal::Failed(_)) && conn.stream.tls_handshaking() {
             self.t.stats.tls_failed += 1;
         }
@@ -656,6 +657,7 @@ impl Worker {
             stats: self.t.stats,
             lag: self.lag,
             handshake: self.t.handshake,
+            tls_handshake: self.t.tls_handshake,
             cycle: self.cycle,
             unique_by_pub: self.unique_by_pub,
             sent_by_pub: self.sent_by_pub,

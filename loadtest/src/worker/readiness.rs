@@ -60,7 +60,7 @@ impl Worker {
             self.flush(idx);
         }
         if let Some(conn) = self.conns.get_mut(idx).and_then(|c| c.as_mut()) {
-            account(&mut self.t.stats, &mut conn.stream);
+            account(&mut self.t, &mut conn.stream, conn.core.started_ns);
         }
     }
 
@@ -255,7 +255,7 @@ impl Worker {
                 conn.core.in_dirty = false;
                 self.flush(idx);
                 if let Some(conn) = self.conns[idx].as_mut() {
-                    account(&mut self.t.stats, &mut conn.stream);
+                    account(&mut self.t, &mut conn.stream, conn.core.started_ns);
                 }
             }
         }
@@ -264,15 +264,19 @@ impl Worker {
     }
 }
 
-/// Moves a stream's socket byte counts and TLS handshake outcome into the
-/// worker's figures.
-pub(super) fn account(stats: &mut crate::conn::Stats, stream: &mut Stream) {
+/// Moves a stream's socket byte counts and TLS handshake outcome (kind,
+/// and time since the connection started) into the worker's figures.
+pub(super) fn account(t: &mut Tls, stream: &mut Stream, started_ns: u64) {
     let (i, o) = stream.take_wire();
-    stats.wire_in += i;
-    stats.wire_out += o;
-    match stream.handshake_news() {
-        Some(crate::transport::HandshakeNews::Full) => stats.tls_full += 1,
-        Some(crate::transport::HandshakeNews::Resumed) => stats.tls_resumed += 1,
-        None => {}
+    t.stats.wire_in += i;
+    t.stats.wire_out += o;
+    let Some((news, at)) = stream.handshake_news() else {
+        return;
+    };
+    match news {
+        crate::transport::HandshakeNews::Full => t.stats.tls_full += 1,
+        crate::transport::HandshakeNews::Resumed => t.stats.tls_resumed += 1,
     }
+    t.tls_handshake
+        .saturating_record(at.saturating_sub(started_ns).max(1));
 }
