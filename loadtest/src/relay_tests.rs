@@ -330,3 +330,35 @@ fn tls_flags_are_checked() {
     assert!(bad(&["--url", "wss://127.0.0.1:1", "--ca-file", missing, "echo"]).contains("ca.pem"));
     assert!(bad(&["--payload", "json", "echo", "--size", "64"]).contains("header"));
 }
+
+/// wss:// pointed at a plain listener: the server answers the ClientHello
+/// with an HTTP error, rustls refuses it; counted as TLS handshake
+/// failures with the reason, the run ends on its own.
+#[test]
+fn wss_to_a_plain_listener_fails_counted() {
+    let h = relay(None, false);
+    let url = format!("wss://127.0.0.1:{}", h.local_addr().port());
+    let s = run_gen(&[
+        "--url",
+        &url,
+        "--insecure",
+        "--duration",
+        "1s",
+        "echo",
+        "-c",
+        "2",
+    ]);
+    assert!(!s.pass);
+    assert_eq!((s.connections.established, s.connections.failed), (0, 2));
+    let t = s.tls.as_ref().unwrap();
+    assert_eq!((t.handshakes_full, t.handshake_failures), (0, 2));
+    assert!(
+        s.connections
+            .failures
+            .keys()
+            .all(|r| r.starts_with("handshake read: tls: ")),
+        "{:?}",
+        s.connections.failures
+    );
+    stop(h);
+}
