@@ -372,25 +372,39 @@ impl TlsStream {
         Ok(())
     }
 
+    /// Fills `buf` with plaintext as far as the socket has records for it
+    /// (one call, not one record per call: a large message over TLS would
+    /// otherwise take a read per 16 KiB record). Short of `buf`: the socket
+    /// is drained (`WouldBlock` next), or the stream ended (0 next).
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let mut filled = 0;
         loop {
+            if filled == buf.len() {
+                return Ok(filled);
+            }
             // Plaintext already decrypted first.
-            match self.tls.reader().read(buf) {
-                Ok(n) => return Ok(n), // 0: the server sent close_notify
+            match self.tls.reader().read(&mut buf[filled..]) {
+                Ok(0) => return Ok(filled), // the server sent close_notify
+                Ok(n) => {
+                    filled += n;
+                    continue;
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 // EOF without close_notify: treated as EOF (the
                 // WebSocket close handshake tells clean from not).
-                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(filled),
                 Err(e) => return Err(e),
             }
             match self.tls.read_tls(&mut self.sock) {
                 Ok(0) => {
-                    return match self.tls.reader().read(buf) {
-                        Ok(n) => Ok(n),
-                        Err(_) => Ok(0),
+                    // EOF: what rustls still holds, then 0 on the next call.
+                    return match self.tls.reader().read(&mut buf[filled..]) {
+                        Ok(n) => Ok(filled + n),
+                        Err(_) => Ok(filled),
                     };
                 }
                 Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && filled > 0 => return Ok(filled),
                 Err(e) => return Err(e),
             }
             if let Err(e) = self.tls.process_new_packets() {

@@ -346,12 +346,18 @@ impl Worker {
                 self.run_publishers(now);
                 self.next_pub_pass = now + self.setup.tick_ns;
             }
-            let again = std::mem::take(&mut self.again);
+            let mut again = std::mem::take(&mut self.again);
             for &idx in &again {
                 self.on_readable(idx, false);
             }
-            self.again = again;
-            self.again.clear();
+            // Connections that hit MAX_READS again meanwhile are in
+            // self.again now: keep them (dropping them would leave data in
+            // their socket with no edge to come, once the peer has sent
+            // everything).
+            again.clear();
+            if self.again.is_empty() {
+                self.again = again;
+            }
             self.flush_dirty();
             self.signal(now);
             self.shared.w[self.id].publish(&self.t.stats);
