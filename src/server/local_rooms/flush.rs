@@ -293,11 +293,14 @@ fn deliver_push(
         }
     }
     let count = push.items.len() as u64;
+    // The compressed encoding of the pushes, made on first need and shared
+    // by every subscriber here that negotiated permessage-deflate.
+    let mut z = None;
     for s in &room.subscribers {
         let f = floor.max(s.skip_upto);
         let d = if last == 0 || f == 0 || push.items.iter().all(|i| i.offset == 0 || i.offset > f) {
             out.table
-                .deliver(s.key, |x| x.send_shared(&push.frame), out.metrics)
+                .deliver(s.key, |x| x.send_batch(&push.frame, &mut z), out.metrics)
         } else {
             let parts = push.parts(move |i| i.offset == 0 || i.offset > f);
             if parts.clone().next().is_none() {
