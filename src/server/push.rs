@@ -166,6 +166,26 @@ pub fn client_info(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn compressed_is_kept_once_and_shared_by_clones() {
+        let c = Compressed::default();
+        let other_worker = c.clone();
+        assert!(c.get().is_none(), "nothing made yet");
+        c.keep(&None); // a worker without compressing receivers
+        assert!(other_worker.get().is_none());
+        let made = SharedFrame::encode(OpCode::Text, b"first");
+        c.keep(&Some(Some(made.clone())));
+        let got = other_worker.get().flatten().expect("shared");
+        assert_eq!(got.as_bytes(), made.as_bytes());
+        // A racing worker's later encoding does not replace it.
+        other_worker.keep(&Some(Some(SharedFrame::encode(OpCode::Text, b"second"))));
+        assert_eq!(c.get().flatten().unwrap().as_bytes(), made.as_bytes());
+        // "Could not be made" is kept too (plain is sent).
+        let d = Compressed::default();
+        d.keep(&Some(None));
+        assert!(matches!(d.clone().get(), Some(None)));
+    }
+
     use super::*;
 
     #[test]
