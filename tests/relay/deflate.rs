@@ -254,6 +254,28 @@ fn mixed_compressed_and_plain_room_members_receive_identical_messages() {
     // process: the publisher's worker made the encoding and the batch
     // carried it to the other worker.
     assert_eq!(sum(&h, |m| m.deflate.messages_out.get()), 2);
+
+    // A compressing member publishes a message compressed across four
+    // frames: every other member gets it whole (compressed or plain as
+    // negotiated), the sender nothing (no echo_self).
+    let text = (0..3000).map(|i| format!("line {i}; ")).collect::<String>();
+    let (sender, rest) = zs.split_first_mut().unwrap();
+    sender
+        .0
+        .write_all(&frames(OpCode::Text, &deflate(text.as_bytes()), 4))
+        .unwrap();
+    for (s, buf) in rest {
+        let (rsv1, data) = read_message(s, buf);
+        assert!(rsv1);
+        assert!(data == text.as_bytes());
+    }
+    for ws in &mut plain {
+        match ws_expect_data(ws) {
+            tungstenite::Message::Text(t) => assert!(t.as_str() == text),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(sum(&h, |m| m.deflate.messages_in.get()), 1);
 }
 
 /// Sends a masked text frame.
