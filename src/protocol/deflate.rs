@@ -253,6 +253,18 @@ fn accept_offer(offer: &Offer, settings: &DeflateSettings) -> Option<Negotiated>
     })
 }
 
+/// The largest compressed frame payload accepted for a message whose
+/// inflated size may be `max_bytes`. Clients compress every message whether
+/// it shrinks or not, and deflate makes data it cannot shrink longer: 5
+/// bytes per stored block, whose size follows zlib's `memLevel` (0.03 % at
+/// the default 8, 0.25 % at 5 as Python's `websockets` uses, 4 % at 1). A
+/// limit of `max_bytes` on the compressed bytes would refuse a maximum-size
+/// message of random data, so it gets 1/16 (6.25 %) + 64 bytes more; the
+/// inflated size stays bounded by `max_message_bytes` as it grows.
+pub fn compressed_frame_limit(max_bytes: usize) -> usize {
+    max_bytes.saturating_add(max_bytes >> 4).saturating_add(64)
+}
+
 /// Picks the first permessage-deflate offer (client preference order) we
 /// can honour. `offers` is the `Sec-WebSocket-Extensions` value (several
 /// header lines joined with `,`). `None`: no compression on this
@@ -395,6 +407,8 @@ impl Inflater {
 /// One per worker is enough.
 pub struct Deflater {
     c: flate2::Compress,
+    level: u32,
+    window_bits: u8,
 }
 
 impl std::fmt::Debug for Deflater {
@@ -408,13 +422,38 @@ impl Deflater {
     /// clamped: see [`MIN_SERVER_WINDOW_BITS`]).
     pub fn new(level: u32, window_bits: u8) -> Self {
         let bits = window_bits.clamp(MIN_SERVER_WINDOW_BITS, MAX_WINDOW_BITS);
+        let level = level.clamp(1, 9);
         Deflater {
-            c: flate2::Compress::new_with_window_bits(
-                flate2::Compression::new(level.clamp(1, 9)),
-                false,
-                bits,
-            ),
+            c: flate2::Compress::new_with_window_bits(flate2::Compression::new(level), false, bits),
+            level,
+            window_bits: bits,
         }
+    }
+
+    /// Ends a stream given up mid-message (it would not shrink), so the
+    /// next `reset` starts from a clean state: zlib-rs' reset alone left a
+    /// partial bit buffer behind, and the next message came out one byte
+    /// short and corrupt. Finishing writes at most what deflate still holds
+    /// (one block) into a scratch buffer, only on this rare path.
+    fn abandon(&mut self) {
+        let mut scratch = Vec::with_capacity(64 * 1024);
+        for _ in 0..64 {
+            scratch.clear();
+            match self
+                .c
+                .compress_vec(&[], &mut scratch, flate2::FlushCompress::Finish)
+            {
+                Ok(flate2::Status::StreamEnd) => return,
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        // Never ended: start over with a new compressor.
+        self.c = flate2::Compress::new_with_window_bits(
+            flate2::Compression::new(self.level),
+            false,
+            self.window_bits,
+        );
     }
 
     /// Compresses one message into `out` (appended) as its frame payload:
@@ -432,6 +471,7 @@ impl Deflater {
         loop {
             if out.len() - start >= budget {
                 out.truncate(start);
+                self.abandon();
                 return false;
             }
             if out.len() == out.capacity() {

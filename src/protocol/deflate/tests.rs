@@ -404,3 +404,34 @@ fn deflater_output_at_any_buffer_boundary() {
         assert_eq!(out, reference, "{cap}");
     }
 }
+
+/// An incompressible message abandons the deflater mid-stream; the next
+/// message must still come out as a valid stream of its own (a real
+/// client, Node `ws`, failed to inflate the message after 500 KB of random
+/// bytes).
+#[test]
+fn a_message_after_an_incompressible_one_is_valid() {
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let mut random = |n: usize| -> Vec<u8> {
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    };
+    let text = "żółć ✓ 🚀 ".repeat(5000).into_bytes();
+    for n in [100_000, 500_000, 1_044_480, 1 << 20] {
+        let mut d = Deflater::new(1, 15);
+        let mut out = Vec::new();
+        assert!(!d.compress(&random(n), &mut out), "{n} random bytes shrank");
+        assert!(out.is_empty());
+        assert!(d.compress(&text, &mut out), "after {n}");
+        let mut fresh = Vec::new();
+        assert!(Deflater::new(1, 15).compress(&text, &mut fresh));
+        assert!(out == fresh, "after {n}: not what a fresh deflater makes");
+        assert_eq!(client_inflate(&out), text, "after {n} random bytes");
+    }
+}

@@ -116,8 +116,11 @@ impl SessionContext {
     ) -> Arc<SessionContext> {
         Arc::new(SessionContext {
             decoder: FrameDecoder::new(Role::Server, config.max_frame_bytes),
-            deflate_decoder: FrameDecoder::new(Role::Server, config.max_frame_bytes)
-                .with_allowed_rsv(0x4),
+            deflate_decoder: FrameDecoder::new(
+                Role::Server,
+                crate::protocol::deflate::compressed_frame_limit(config.max_frame_bytes),
+            )
+            .with_allowed_rsv(0x4),
             config,
             metrics,
             trusted,

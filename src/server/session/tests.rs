@@ -854,6 +854,25 @@ fn deflated_frames(op: OpCode, data: &[u8], parts: usize) -> Vec<u8> {
     v
 }
 
+/// A compressed client frame made of deflate stored blocks of `block`
+/// bytes (each: a byte-aligned header byte, LEN, NLEN, the data), ending
+/// with the sync flush's empty stored block minus its stripped tail.
+fn stored_deflate_frame(op: OpCode, data: &[u8], block: usize) -> Vec<u8> {
+    let mut z = Vec::with_capacity(data.len() + data.len() / block * 5 + 8);
+    for chunk in data.chunks(block) {
+        let len = chunk.len() as u16;
+        z.push(0);
+        z.extend_from_slice(&len.to_le_bytes());
+        z.extend_from_slice(&(!len).to_le_bytes());
+        z.extend_from_slice(chunk);
+    }
+    z.push(0);
+    let mut v = Vec::new();
+    encode_client_frame(true, op, &z, KEY, &mut v);
+    v[0] |= 0x40;
+    v
+}
+
 fn deflate_config() -> SessionConfig {
     SessionConfig {
         deflate: Some(crate::protocol::deflate::DeflateSettings::default()),
@@ -991,6 +1010,54 @@ fn deflate_not_negotiated_rsv1_is_1002() {
     t.input(&bytes, 2);
     let frames = t.frames();
     assert_eq!(frames[0].1[..2], 1002u16.to_be_bytes());
+}
+
+/// A message of exactly `max_message_bytes` that deflate cannot shrink is
+/// a little longer compressed; it is still accepted (a message of the
+/// maximum size is always deliverable), and one byte more is still 1009.
+#[test]
+fn an_incompressible_maximum_size_message_is_accepted_compressed() {
+    let max = config().max_message_bytes;
+    assert_eq!(max, config().max_frame_bytes);
+    // xorshift bytes: incompressible.
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let data: Vec<u8> = (0..max)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    // Level 6 at zlib's default memLevel (0.03 % longer), and stored
+    // blocks of 128 bytes as zlib at memLevel 1 sends them (about 4 %).
+    let zlib = deflated_frames(OpCode::Binary, &data, 1);
+    assert!(
+        zlib.len() > max + 14,
+        "compressed frame longer than the data"
+    );
+    let stored = stored_deflate_frame(OpCode::Binary, &data, 128);
+    assert!(stored.len() > max + max / 32, "about 4 % longer");
+    for frame in [zlib, stored] {
+        let (mut t, _) = open_deflate(deflate_config());
+        t.input(&frame, 2);
+        assert_eq!(
+            t.h.messages.len(),
+            1,
+            "{:?}",
+            t.frames().first().map(|f| f.0)
+        );
+        assert!(t.h.messages[0] == data);
+    }
+
+    let (mut t, _) = open_deflate(deflate_config());
+    let mut over = data.clone();
+    over.push(0);
+    t.input(&stored_deflate_frame(OpCode::Binary, &over, 128), 2);
+    assert!(t.h.messages.is_empty());
+    let frames = t.frames();
+    assert_eq!(frames[0].0, OpCode::Close);
+    assert_eq!(frames[0].1[..2], 1009u16.to_be_bytes());
 }
 
 #[test]
