@@ -335,6 +335,11 @@ impl BrokerPort {
         self.shared.settings.node
     }
 
+    /// The bridge's counters.
+    pub fn metrics(&self) -> &BrokerMetrics {
+        &self.shared.metrics
+    }
+
     /// Whether the shard of `channel` is connected (requests into it would
     /// not fail with `Unavailable` right away).
     pub fn is_up(&self, channel: &str) -> bool {
@@ -918,6 +923,17 @@ fn subscriber_reader(
                     continue;
                 }
                 BrokerMetrics::inc(&shared.metrics.messages_delivered);
+                // Without a position, one worker (always the lowest with
+                // interest, so one channel's envelopes stay in order) takes
+                // it into its room batch, which reaches the node's other
+                // workers through the mesh: encoded once per node, as a
+                // local publication is. With a position (history, phase 2)
+                // every worker sequences its own subscribers.
+                let mask = if env.position.is_none() {
+                    mask & mask.wrapping_neg()
+                } else {
+                    mask
+                };
                 let env = Arc::new(env);
                 deliver(&shared, mask, &channel, || {
                     BrokerEvent::Message(env.clone())

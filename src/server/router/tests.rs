@@ -47,6 +47,7 @@ impl World {
             admission: Admission::new(16, 16, 64),
             hub: Hub::new(&config).unwrap(),
             routes: admin::RouteSplit::from_config(&config),
+            broker: None,
             config,
         };
         World {
