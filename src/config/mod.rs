@@ -291,9 +291,11 @@ impl Config {
 
     /// With `broker = "redis"`, history, recovery and presence are not
     /// wired through Redis yet (docs/cluster.md, phase 2): a channel
-    /// option that needs them is refused rather than silently kept on one
-    /// node.
-    fn check_broker_features(&self) -> Result<(), ConfigError> {
+    /// option that needs them is refused at start (`server::run`) rather
+    /// than silently kept on one node. Not part of [`Config::validate`],
+    /// whose layers may still be overridden by later ones, nor of each
+    /// layer's checks: it is a limit of this build, not of the keys.
+    pub fn check_broker_features(&self) -> Result<(), ConfigError> {
         if self.broker != "redis" {
             return Ok(());
         }
@@ -358,7 +360,6 @@ impl Config {
         ChannelOptions::of(self)
             .check()
             .map_err(|m| ConfigError::keys("history_size", "history_ttl", m))?;
-        self.check_broker_features()?;
         if self.proxy_protocol && self.trusted_proxies.is_empty() {
             return Err(ConfigError::keys(
                 "proxy_protocol",
