@@ -217,7 +217,7 @@ impl LocalRooms {
 
     /// Publishes a local publication to the other nodes. Errors are
     /// counted (`broker_publish_errors`) and returned.
-    fn to_broker(
+    fn send_to_broker(
         &mut self,
         room_id: u64,
         kind: Kind,
@@ -574,12 +574,12 @@ impl LocalRooms {
             MessageKind::Binary => Kind::RawBinary,
         };
         if publisher.is_none() {
-            self.to_broker(room_id, bkind, data, None)?;
+            self.send_to_broker(room_id, bkind, data, None)?;
             self.append_raw(room_id, kind, data, None);
             return Ok(());
         }
         self.append_raw(room_id, kind, data, publisher);
-        self.to_broker(room_id, bkind, data, None)
+        self.send_to_broker(room_id, bkind, data, None)
     }
 
     fn append_raw(
@@ -626,7 +626,7 @@ impl LocalRooms {
         data: &[u8],
         info: Option<Arc<[u8]>>,
     ) -> Result<(), BrokerError> {
-        self.to_broker(room_id, Kind::Publication, data, info.as_deref())?;
+        self.send_to_broker(room_id, Kind::Publication, data, info.as_deref())?;
         self.append_json(room_id, data, info);
         Ok(())
     }
@@ -656,7 +656,7 @@ impl LocalRooms {
     /// message).
     pub fn join_leave(&mut self, room_id: u64, join: bool, info: Arc<[u8]>) {
         let kind = if join { Kind::Join } else { Kind::Leave };
-        let _ = self.to_broker(room_id, kind, &[], Some(&info));
+        let _ = self.send_to_broker(room_id, kind, &[], Some(&info));
         self.append_join_leave(room_id, join, info);
     }
 
