@@ -38,7 +38,10 @@ pub enum BrokerEvent {
     /// from another node, or from this one when it carries a position
     /// (publications with history are delivered *only* this way, on every
     /// node including the origin, so all nodes see the same offset
-    /// order). Shared by every interested worker.
+    /// order). With a position it goes to every interested worker (each
+    /// sequences its own subscribers); without, to one: the lowest
+    /// interested worker, whose room batch reaches the node's others
+    /// through the mesh (encoded once per node).
     Message(Arc<Envelope>),
     /// Redis confirmed the subscription to `channel`: live messages flow
     /// from now on. `resubscribed`: it follows a lost connection (or a
