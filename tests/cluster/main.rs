@@ -6,7 +6,8 @@
 //! traffic flows (local delivery goes on, publishes that need the broker
 //! fail fast, `/healthz` and `/metrics` say degraded, cross-node delivery
 //! resumes after the restart); `CLIENT KILL TYPE pubsub` (resubscribed);
-//! history/presence refused at start.
+//! join/leave pushes across nodes; subscription on demand; history and
+//! presence refused at start.
 //!
 //! Skipped, with a message, only when redis-server is not installed
 //! (`.ci/run` installs it).
@@ -19,6 +20,9 @@ use support::*;
 
 const CH: &str = "news";
 const N: usize = 12;
+/// A namespace with join/leave pushes (they need no presence).
+const JL: &str = "[[namespaces]]\nname = \"jl\"\njoin_leave = true\n\
+    allow_subscribe_for_client = true\nallow_subscribe_for_anonymous = true\n";
 
 /// Starts Redis and three nodes; `None` (test skipped) without redis.
 fn cluster() -> Option<(RedisServer, Vec<Node>)> {
@@ -26,7 +30,7 @@ fn cluster() -> Option<(RedisServer, Vec<Node>)> {
         return None;
     }
     let redis = RedisServer::start();
-    let nodes: Vec<Node> = (0..3).map(|_| Node::start(&redis.url(), "")).collect();
+    let nodes: Vec<Node> = (0..3).map(|_| Node::start(&redis.url(), JL)).collect();
     for n in &nodes {
         n.wait_health("ok");
     }
@@ -275,6 +279,38 @@ fn interest_follows_local_members() {
     drop(raw);
     // Unsubscribed after the last member left (linger: 200ms here).
     redis.wait_numsub("quiet", 0);
+}
+
+#[test]
+fn join_and_leave_reach_other_nodes() {
+    let Some((redis, nodes)) = cluster() else {
+        return;
+    };
+    let mut watcher = Client::connected(nodes[1].addr);
+    let r = watcher.call(json!({"subscribe": {"channel": "jl:room"}}));
+    assert!(r.get("subscribe").is_some(), "{r}");
+    redis.wait_numsub("jl:room", 1);
+    let mut joiner = Client::connected(nodes[0].addr);
+    let r = joiner.call(json!({"subscribe": {"channel": "jl:room"}}));
+    assert!(r.get("subscribe").is_some(), "{r}");
+    let id = joiner.id.clone();
+    let join = watcher
+        .push_of("join", &id, Duration::from_secs(5))
+        .expect("join push");
+    assert_eq!(join["channel"], "jl:room");
+    let r = joiner.call(json!({"unsubscribe": {"channel": "jl:room"}}));
+    assert!(r.get("unsubscribe").is_some(), "{r}");
+    let leave = watcher
+        .push_of("leave", &id, Duration::from_secs(5))
+        .expect("leave push");
+    assert_eq!(leave["channel"], "jl:room");
+    // Once each: no second join or leave arrives.
+    assert!(watcher
+        .push_of("join", &id, Duration::from_millis(300))
+        .is_none());
+    assert!(watcher
+        .push_of("leave", &id, Duration::from_millis(100))
+        .is_none());
 }
 
 #[test]

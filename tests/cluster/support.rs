@@ -361,6 +361,8 @@ pub fn ws_read_text(ws: &mut Ws, timeout: Duration) -> Option<String> {
 
 /// A Centrifugo protocol (JSON) client.
 pub struct Client {
+    /// The client id the connect reply gave.
+    pub id: String,
     ws: Ws,
     next_id: u32,
     pushes: VecDeque<Value>,
@@ -370,6 +372,7 @@ pub struct Client {
 impl Client {
     pub fn connected(addr: SocketAddr) -> Client {
         let mut c = Client {
+            id: String::new(),
             ws: ws_connect(addr, "/connection/websocket"),
             next_id: 1,
             pushes: VecDeque::new(),
@@ -377,6 +380,10 @@ impl Client {
         };
         let r = c.call(json!({"connect": {}}));
         assert!(r.get("connect").is_some(), "connect failed: {r}");
+        c.id = r["connect"]["client"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         c
     }
 
@@ -408,6 +415,22 @@ impl Client {
                 return self.replies.remove(i).unwrap();
             }
             assert!(Instant::now() < deadline, "no reply to command {id}");
+            self.pump(Duration::from_millis(100));
+        }
+    }
+
+    /// The next `join` or `leave` push about client `id` within
+    /// `timeout`, other pushes kept.
+    pub fn push_of(&mut self, kind: &str, id: &str, timeout: Duration) -> Option<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let about = |p: &Value| p[kind]["info"]["client"] == id;
+            if let Some(i) = self.pushes.iter().position(about) {
+                return self.pushes.remove(i);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
             self.pump(Duration::from_millis(100));
         }
     }
