@@ -15,7 +15,7 @@
 # FUZZ_TOOLCHAIN=nightly uses `cargo +nightly` instead of RUSTC_BOOTSTRAP=1.
 #
 # Targets (cargo fuzz list): handshake, frame_decoder, assembler,
-# client_response, session, pubsub_command, proxy_header. The session target's seeds include the
+# client_response, session, pubsub_command, proxy_header, deflate. The session target's seeds include the
 # reproducers of its fixed findings (seeds/session/regression-*, see
 # README.md).
 set -uo pipefail

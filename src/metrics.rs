@@ -101,6 +101,29 @@ pub struct WorkerMetrics {
     pub proxy_refusals: [Counter; ProxyRefusal::ALL.len()],
     /// Client addresses taken from a trusted proxy, by [`ForwardedSource`].
     pub forwarded_clients: [Counter; ForwardedSource::ALL.len()],
+    /// permessage-deflate counters.
+    pub deflate: DeflateCounters,
+}
+
+/// permessage-deflate: what was inflated and what compression saved.
+#[derive(Default, Debug)]
+pub struct DeflateCounters {
+    /// Compressed messages received and inflated.
+    pub messages_in: Counter,
+    /// Compressed messages refused: corrupt deflate data (1007) or
+    /// inflated past `max_message_bytes` (1009).
+    pub inflate_failures: Counter,
+    /// Messages compressed for sending: once per encoding made (a
+    /// broadcast batch's messages once per worker, however many
+    /// subscribers share the copy; a reply once).
+    pub messages_out: Counter,
+    /// Payload bytes of those messages before compression.
+    pub bytes_before: Counter,
+    /// Their payload bytes after compression (what is sent).
+    pub bytes_after: Counter,
+    /// Messages at or above `compression_min_bytes` sent uncompressed
+    /// because compression would not have made them smaller.
+    pub incompressible: Counter,
 }
 
 /// Why a connection on a `proxy_protocol` listener was refused.
@@ -474,6 +497,18 @@ pub fn render_prometheus(workers: &[&WorkerMetrics], gauges: &Gauges<'_>) -> Str
         ("wsrelay_publish_requests_total", "counter", "Accepted POST /publish requests.", |w| &w.publish_requests),
     ];
     for (name, kind, help, f) in simple {
+        family(&mut o, name, kind, help);
+        let _ = writeln!(o, "{name} {}", sum(workers, f));
+    }
+    let deflate: [Family; 6] = [
+        ("wsrelay_deflate_messages_in_total", "counter", "Compressed (permessage-deflate) messages received and inflated.", |w| &w.deflate.messages_in),
+        ("wsrelay_deflate_inflate_failures_total", "counter", "Compressed messages refused: corrupt deflate data (1007) or inflated past max_message_bytes (1009).", |w| &w.deflate.inflate_failures),
+        ("wsrelay_deflate_messages_out_total", "counter", "Messages compressed for sending, once per encoding (a broadcast batch once per worker, shared by its compressing subscribers).", |w| &w.deflate.messages_out),
+        ("wsrelay_deflate_bytes_before_total", "counter", "Payload bytes of the messages compressed for sending, before compression.", |w| &w.deflate.bytes_before),
+        ("wsrelay_deflate_bytes_after_total", "counter", "Payload bytes of the messages compressed for sending, after compression.", |w| &w.deflate.bytes_after),
+        ("wsrelay_deflate_incompressible_total", "counter", "Messages of at least compression_min_bytes sent uncompressed because deflate would not shrink them.", |w| &w.deflate.incompressible),
+    ];
+    for (name, kind, help, f) in deflate {
         family(&mut o, name, kind, help);
         let _ = writeln!(o, "{name} {}", sum(workers, f));
     }

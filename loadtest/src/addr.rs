@@ -10,6 +10,11 @@ pub struct Target {
     pub host: String,
     /// Path prefix from the URL ("" when the URL has none).
     pub prefix: String,
+    /// `wss://`: TLS over the TCP connection.
+    pub tls: bool,
+    /// The host without the port (TLS server name: SNI for a DNS name,
+    /// the certificate's IP SAN for an IP literal).
+    pub hostname: String,
 }
 
 impl Target {
@@ -26,12 +31,17 @@ pub fn is_loopback(ip: IpAddr) -> bool {
     }
 }
 
-/// Parses `ws://HOST:PORT[/prefix]` where HOST is a loopback IP literal
-/// or `localhost`.
+/// Parses `ws://HOST:PORT[/prefix]` or `wss://...` where HOST is a
+/// loopback IP literal or `localhost`.
 pub fn parse_url(url: &str) -> Result<Target, String> {
-    let rest = url
-        .strip_prefix("ws://")
-        .ok_or_else(|| format!("{url:?}: only ws:// URLs are supported"))?;
+    let (tls, rest) = if let Some(r) = url.strip_prefix("ws://") {
+        (false, r)
+    } else if let Some(r) = url.strip_prefix("wss://") {
+        (true, r)
+    } else {
+        return Err(format!("{url:?}: only ws:// and wss:// URLs are supported"));
+    };
+    let default_port = if tls { "443" } else { "80" };
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, ""),
@@ -39,12 +49,12 @@ pub fn parse_url(url: &str) -> Result<Target, String> {
     let prefix = path.trim_end_matches('/').to_string();
     let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
         let end = v6.find(']').ok_or_else(|| format!("{url:?}: unclosed ["))?;
-        let port = v6[end + 1..].strip_prefix(':').unwrap_or("80");
+        let port = v6[end + 1..].strip_prefix(':').unwrap_or(default_port);
         (&v6[..end], port)
     } else {
         match authority.rsplit_once(':') {
             Some((h, p)) => (h, p),
-            None => (authority, "80"),
+            None => (authority, default_port),
         }
     };
     let port: u16 = port
@@ -65,6 +75,8 @@ pub fn parse_url(url: &str) -> Result<Target, String> {
         addr: SocketAddr::new(ip, port),
         host: authority.to_string(),
         prefix,
+        tls,
+        hostname: host.to_string(),
     })
 }
 
@@ -121,7 +133,19 @@ mod tests {
         let t = parse_url("ws://[::1]:9").unwrap();
         assert_eq!(t.addr, "[::1]:9".parse().unwrap());
         assert!(parse_url("ws://127.9.8.7:1").is_ok());
-        assert!(parse_url("wss://127.0.0.1:1").is_err());
+        assert!(!t.tls);
+        let t = parse_url("wss://localhost:9443/p").unwrap();
+        assert!(t.tls);
+        assert_eq!(t.hostname, "localhost");
+        assert_eq!(t.host, "localhost:9443");
+        assert_eq!(t.path("/echo"), "/p/echo");
+        let t = parse_url("wss://127.0.0.1").unwrap();
+        assert_eq!(t.addr, "127.0.0.1:443".parse().unwrap());
+        assert_eq!(t.hostname, "127.0.0.1");
+        let t = parse_url("wss://[::1]:9").unwrap();
+        assert_eq!(t.hostname, "::1");
+        assert!(parse_url("http://127.0.0.1:1").is_err());
+        assert!(parse_url("wss://example.com:1").is_err());
         assert!(parse_url("ws://10.0.0.1:1").is_err());
         assert!(parse_url("ws://example.com:1").is_err());
         assert!(parse_url("ws://127.0.0.1:x").is_err());

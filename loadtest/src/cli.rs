@@ -32,9 +32,31 @@ pub struct Common {
     /// Worker threads, each with its own mio Poll and share of connections.
     #[arg(long, global = true, default_value_t = 1)]
     pub threads: usize,
-    /// Server base URL (loopback only); a path here prefixes every route.
+    /// Server base URL (loopback only): ws:// or wss:// (TLS: needs
+    /// --ca-file or --insecure); a path here prefixes every route.
     #[arg(long, global = true, default_value = "ws://127.0.0.1:9001")]
     pub url: String,
+    /// wss://: trust the server certificates this CA (PEM file) signed.
+    /// The server name checked (and sent as SNI) is the URL's host.
+    #[arg(long, global = true)]
+    pub ca_file: Option<PathBuf>,
+    /// wss://: accept ANY server certificate, unverified. FOR TESTS ONLY
+    /// (self-signed test certificates): it defeats what TLS is for.
+    #[arg(long, global = true, conflicts_with = "ca_file")]
+    pub insecure: bool,
+    /// wss://: resume TLS sessions (tickets) from an in-memory cache shared
+    /// by all workers (up to 4,096 tickets per server), so reconnects
+    /// (churn) make abbreviated handshakes. Off by default: every
+    /// connection makes a full handshake.
+    #[arg(long, global = true)]
+    pub tls_resume: bool,
+    /// Offer permessage-deflate (client_no_context_takeover;
+    /// server_no_context_takeover) on every connection; compress what we
+    /// send and inflate what we receive where the server accepted. The
+    /// report counts connections with and without it, and wire bytes
+    /// against payload bytes.
+    #[arg(long, global = true)]
+    pub deflate: bool,
     /// How long load is applied (after --warmup).
     #[arg(long, global = true, default_value = "10s", value_parser = parse_duration)]
     #[serde(serialize_with = "secs")]
@@ -98,11 +120,24 @@ pub struct Common {
     /// Printable text payloads (hex header, letters, no newlines) sent as
     /// text frames, for peers that relay only text or rewrite whitespace;
     /// received messages are also split at '\n' (joined queues).
-    #[arg(long, global = true)]
+    #[arg(long, global = true, conflicts_with = "payload")]
     pub text: bool,
+    /// Payload kind: `binary` (default), `text` (as --text) or `json`
+    /// (market-data-like JSON quotes with fresh values per message, text
+    /// frames; at least 91 bytes; for realistic compression figures).
+    #[arg(long, global = true, value_enum)]
+    pub payload: Option<PayloadKind>,
     /// No per-second progress lines on stderr.
     #[arg(long, short = 'q', global = true)]
     pub quiet: bool,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PayloadKind {
+    Binary,
+    Text,
+    Json,
 }
 
 #[derive(Subcommand, Debug, Clone, Serialize)]
@@ -310,6 +345,38 @@ mod tests {
             Cmd::Fanout(f) => assert_eq!(f.subscribers, 3),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn tls_deflate_and_payload_flags() {
+        let c = Cli::try_parse_from([
+            "x",
+            "echo",
+            "--url",
+            "wss://localhost:9443",
+            "--ca-file",
+            "ca.pem",
+            "--tls-resume",
+            "--deflate",
+            "--payload",
+            "json",
+        ])
+        .unwrap();
+        assert_eq!(c.common.ca_file, Some(PathBuf::from("ca.pem")));
+        assert!(c.common.tls_resume && c.common.deflate && !c.common.insecure);
+        assert_eq!(c.common.payload, Some(PayloadKind::Json));
+        let j = serde_json::to_value(&c.common).unwrap();
+        assert_eq!(j["payload"], "json");
+        assert_eq!(j["deflate"], true);
+        // Verification off and a CA at once make no sense.
+        assert!(Cli::try_parse_from(["x", "echo", "--insecure", "--ca-file", "a"]).is_err());
+        assert!(Cli::try_parse_from(["x", "echo", "--text", "--payload", "json"]).is_err());
+        assert!(Cli::try_parse_from(["x", "echo", "--payload", "xml"]).is_err());
+        let c = Cli::try_parse_from(["x", "churn", "--insecure"]).unwrap();
+        assert!(c.common.insecure && !c.common.deflate && c.common.payload.is_none());
+        // --help says loudly what --insecure is for.
+        let help = Cli::command().render_long_help().to_string();
+        assert!(help.contains("FOR TESTS ONLY"), "{help}");
     }
 
     #[test]

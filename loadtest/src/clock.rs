@@ -39,7 +39,10 @@ pub fn init() {
 /// Nanoseconds since the process epoch (CLOCK_MONOTONIC, vDSO: ~20 ns).
 #[inline]
 pub fn now_ns() -> u64 {
-    mono_raw_ns() - epoch()
+    // The epoch first: read after the clock, a first-ever call would set
+    // it later than the reading and underflow.
+    let e = epoch();
+    mono_raw_ns() - e
 }
 
 pub const SEC: u64 = 1_000_000_000;

@@ -8,12 +8,14 @@
 //! are appended to the connection's outbound Vec, which the worker
 //! writes until WouldBlock.
 
+use crate::deflate::Compressor;
 use crate::payload::{self, Format};
 use crate::plan::Plan;
 use crate::tracker::{Seen, SeqTracker};
 use hdrhistogram::Histogram;
+use wsrelay::protocol::deflate::Inflater;
 use wsrelay::protocol::{
-    encode_client_frame, ClientHandshake, CloseCode, Event, FrameDecoder, MaskRng,
+    encode_client_frame, ClientHandshake, CloseCode, Event, FrameDecoder, Inflate, MaskRng,
     MessageAssembler, MessageKind, OpCode, Role,
 };
 
@@ -97,6 +99,11 @@ pub struct ConnCore {
     /// pubsub: the protocol client (its subscriptions outlive the
     /// connection; the worker parks it while reconnecting).
     pub ps: Option<Box<crate::pubsub::client::PsClient>>,
+    /// permessage-deflate was negotiated.
+    pub z: bool,
+    /// The server keeps its deflate context between messages: this
+    /// connection inflates with its own inflater (else the worker's).
+    pub own_inflater: Option<Box<Inflater>>,
 }
 
 impl ConnCore {
@@ -135,6 +142,8 @@ impl ConnCore {
             lost_reason: None,
             cycle_done: false,
             ps: None,
+            z: false,
+            own_inflater: None,
         }
     }
 
@@ -189,11 +198,44 @@ pub struct Stats {
     pub resubscribed: u64,
     /// pubsub: connections dropped on purpose (reconnect modes).
     pub dropped: u64,
+    /// Connections opened with and without permessage-deflate (with
+    /// --deflate; without it every connection counts as without).
+    pub deflate_conns: u64,
+    pub plain_conns: u64,
+    /// Bytes read from and written to the sockets (TLS records, frame
+    /// headers, handshakes and all).
+    pub wire_in: u64,
+    pub wire_out: u64,
+    /// Data message payloads received (after inflation) and sent (before
+    /// compression), every message kind (pubsub commands included).
+    pub payload_in: u64,
+    pub payload_out: u64,
+    /// Data messages received and sent compressed (RSV1).
+    pub compressed_in: u64,
+    pub compressed_out: u64,
+    /// Compressed messages whose inflation was reused (see
+    /// [`InflateCache`]).
+    pub inflate_reused: u64,
+    /// Data messages received and sent in all.
+    pub data_in: u64,
+    pub data_out: u64,
+    /// TLS handshakes completed (full and resumed) and failed.
+    pub tls_full: u64,
+    pub tls_resumed: u64,
+    pub tls_failed: u64,
 }
 
 /// The per-thread state the receive path needs besides the connection.
 pub struct Tls {
     pub decoder: FrameDecoder,
+    /// The decoder of connections that negotiated deflate (RSV1 allowed).
+    pub decoder_z: FrameDecoder,
+    /// Shared by every deflate connection of the worker whose server does
+    /// not take its context over.
+    pub inflater: Inflater,
+    /// With --deflate: compresses what deflate connections send.
+    pub zc: Option<Compressor>,
+    pub zcache: InflateCache,
     pub rng: MaskRng,
     pub template: Vec<u8>,
     pub format: Format,
@@ -201,6 +243,8 @@ pub struct Tls {
     /// Latency of messages received in the current second.
     pub hist: Histogram<u64>,
     pub handshake: Histogram<u64>,
+    /// TCP connect start to the completed TLS handshake (wss://).
+    pub tls_handshake: Histogram<u64>,
     pub rooms: u32,
     pub subs_in_room: Vec<u32>,
     /// All-publish fanout: a member's own messages are not accounted
@@ -227,12 +271,17 @@ impl Tls {
     pub fn new(size: usize, rooms: u32, subs_in_room: Vec<u32>, close_timeout_ns: u64) -> Tls {
         Tls {
             decoder: FrameDecoder::new(Role::Client, MAX_MESSAGE),
+            decoder_z: FrameDecoder::new(Role::Client, MAX_MESSAGE).with_allowed_rsv(0x4),
+            inflater: Inflater::new(),
+            zc: None,
+            zcache: InflateCache::default(),
             rng: MaskRng::new(),
             template: payload::template(size),
             format: Format::Binary,
             stats: Stats::default(),
             hist: new_hist(),
             handshake: new_hist(),
+            tls_handshake: new_hist(),
             rooms: rooms.max(1),
             subs_in_room,
             skip_own: false,
@@ -251,15 +300,38 @@ impl Tls {
         self.template = format.template(self.template.len());
     }
 
-    /// Appends one data message to `out`.
+    /// Offers permessage-deflate (`--deflate`).
+    pub fn enable_deflate(&mut self) {
+        self.zc = Some(Compressor::new());
+    }
+
+    /// Appends one data message to `out` (compressed on a connection
+    /// that negotiated deflate: `z`).
     #[inline]
-    pub fn send(&mut self, out: &mut Vec<u8>, publisher: u32, seq: u64, room: u32, at_ns: u64) {
+    pub fn send(
+        &mut self,
+        out: &mut Vec<u8>,
+        z: bool,
+        publisher: u32,
+        seq: u64,
+        room: u32,
+        at_ns: u64,
+    ) {
         self.format.write(&mut self.template, publisher, seq, at_ns);
-        let opcode = match self.format {
-            Format::Binary => OpCode::Binary,
-            Format::Text => OpCode::Text,
+        let opcode = if self.format.is_text() {
+            OpCode::Text
+        } else {
+            OpCode::Binary
         };
-        encode_client_frame(true, opcode, &self.template, self.rng.mask_key(), out);
+        data_frame(
+            opcode,
+            &self.template,
+            z,
+            &mut self.zc,
+            &mut self.rng,
+            &mut self.stats,
+            out,
+        );
         self.stats.sent += 1;
         self.stats.sent_bytes += self.template.len() as u64;
         self.stats.expected += self.subs_in_room.get(room as usize).copied().unwrap_or(0) as u64;
@@ -267,6 +339,92 @@ impl Tls {
         if self.budget == 0 {
             self.may_send = false;
         }
+    }
+}
+
+/// Appends one data message (one frame), compressed when the connection
+/// negotiated deflate (`z`) and that makes it smaller; counts it.
+#[inline]
+pub fn data_frame(
+    opcode: OpCode,
+    payload: &[u8],
+    z: bool,
+    zc: &mut Option<Compressor>,
+    rng: &mut MaskRng,
+    stats: &mut Stats,
+    out: &mut Vec<u8>,
+) {
+    stats.data_out += 1;
+    stats.payload_out += payload.len() as u64;
+    match zc.as_mut() {
+        Some(zc) if z => {
+            if zc.frame(opcode, payload, rng, out) {
+                stats.compressed_out += 1;
+            }
+        }
+        _ => encode_client_frame(true, opcode, payload, rng.mask_key(), out),
+    }
+}
+
+/// Compressed single-frame messages a worker inflated lately, and what
+/// they inflated to.
+///
+/// A server without context takeover compresses each broadcast once and
+/// sends the same compressed bytes to every subscriber; inflating them is
+/// a pure function of those bytes (a fresh window every message), so the
+/// worker inflates each distinct payload once and reuses the result for
+/// byte-identical copies. Every copy is still compared byte for byte with
+/// the cached input (a copy that differs in any byte is inflated on its
+/// own) and every copy's plaintext still goes through all the checks. This
+/// keeps the generator's receive cost per delivery near the uncompressed
+/// one, so fan-out measures the server rather than the generator's
+/// inflater (about 1 µs per 512-byte message, which caps one core near
+/// 1M deliveries/s). Only for the shared inflater (no context takeover).
+///
+/// Sized for fan-out backlogs: each subscriber's read returns a run of
+/// messages, so the distinct messages in flight are about rate × latency;
+/// [`INFLATE_CACHE`] entries of at most [`INFLATE_CACHE_MAX`] bytes each
+/// way (at most 32 MiB), replaced oldest first.
+#[derive(Default)]
+pub struct InflateCache {
+    entries: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Hash of an entry's input -> its index.
+    index: std::collections::HashMap<u64, usize>,
+    next: usize,
+}
+
+const INFLATE_CACHE: usize = 1024;
+const INFLATE_CACHE_MAX: usize = 16 << 10;
+
+impl InflateCache {
+    /// The entry whose compressed input is exactly `input`.
+    fn find(&self, input: &[u8]) -> Option<usize> {
+        let &i = self.index.get(&payload::hash(input))?;
+        (self.entries[i].0.as_slice() == input).then_some(i)
+    }
+
+    fn insert(&mut self, input: &[u8], output: &[u8]) {
+        if input.len() > INFLATE_CACHE_MAX || output.len() > INFLATE_CACHE_MAX {
+            return;
+        }
+        let h = payload::hash(input);
+        if self.entries.len() < INFLATE_CACHE {
+            self.index.insert(h, self.entries.len());
+            self.entries.push((input.to_vec(), output.to_vec()));
+            return;
+        }
+        let slot = self.next;
+        self.next = (self.next + 1) % INFLATE_CACHE;
+        let (i, o) = &mut self.entries[slot];
+        let old = payload::hash(i);
+        if self.index.get(&old) == Some(&slot) {
+            self.index.remove(&old);
+        }
+        i.clear();
+        i.extend_from_slice(input);
+        o.clear();
+        o.extend_from_slice(output);
+        self.index.insert(h, slot);
     }
 }
 
@@ -298,6 +456,24 @@ pub fn feed(c: &mut ConnCore, buf: &mut [u8], now: u64, t: &mut Tls) -> Fed {
                 }
             }
             Ok(Some(resp)) => {
+                match crate::deflate::parse_answer(&buf[..resp.head_len], t.zc.is_some()) {
+                    Ok(Some(agreed)) => {
+                        c.z = true;
+                        if agreed.server_takeover {
+                            c.own_inflater = Some(Box::new(Inflater::new()));
+                        }
+                        t.stats.deflate_conns += 1;
+                    }
+                    Ok(None) => t.stats.plain_conns += 1,
+                    Err(e) => {
+                        return Fed {
+                            consumed: 0,
+                            opened,
+                            closed,
+                            remove: Some(Removal::Failed(format!("handshake: {e}"))),
+                        }
+                    }
+                }
                 c.hs = None;
                 c.state = State::Open;
                 c.deadline_ns = 0;
@@ -319,7 +495,8 @@ pub fn feed(c: &mut ConnCore, buf: &mut [u8], now: u64, t: &mut Tls) -> Fed {
         }
     }
     while pos < buf.len() {
-        let f = match t.decoder.decode(&mut buf[pos..]) {
+        let decoder = if c.z { &t.decoder_z } else { &t.decoder };
+        let f = match decoder.decode(&mut buf[pos..]) {
             Ok(Some(f)) => f,
             Ok(None) => break,
             Err(e) => return protocol_error(c, t, pos, opened, e),
@@ -330,19 +507,57 @@ pub fn feed(c: &mut ConnCore, buf: &mut [u8], now: u64, t: &mut Tls) -> Fed {
             continue;
         }
         let h = &f.header;
-        let ev =
-            if h.fin && matches!(h.opcode, OpCode::Text | OpCode::Binary) && !c.asm.in_message() {
-                // Fast path: a whole message in one frame, a borrow of the read
-                // buffer. Text is not UTF-8 checked here: load payloads are
-                // binary, and some peers relay them as text frames (gorilla's
-                // chat example); the checksum catches any damage.
-                Ok(Event::Message {
-                    kind: MessageKind::Binary,
-                    data: &buf[start..end],
-                })
-            } else {
-                c.asm.on_frame(h, &buf[start..end])
+        let compressed = h.rsv & 0x4 != 0;
+        if compressed {
+            t.stats.compressed_in += 1;
+        }
+        let whole = h.fin && matches!(h.opcode, OpCode::Text | OpCode::Binary);
+        let cacheable = compressed && whole && c.own_inflater.is_none() && !c.asm.in_message();
+        // A byte-identical copy of a message inflated lately: its result,
+        // taken out of the cache while in use.
+        let mut hit: Option<(usize, Vec<u8>)> = None;
+        if cacheable {
+            if let Some(i) = t.zcache.find(&buf[start..end]) {
+                hit = Some((i, std::mem::take(&mut t.zcache.entries[i].1)));
+                t.stats.inflate_reused += 1;
+            }
+        }
+        let ev = if let Some((_, out)) = &hit {
+            Ok(Event::Message {
+                kind: MessageKind::Binary,
+                data: out.as_slice(),
+            })
+        } else if whole && !compressed && !c.asm.in_message() {
+            // Fast path: a whole message in one frame, a borrow of the read
+            // buffer. Text is not UTF-8 checked here: load payloads are
+            // binary, and some peers relay them as text frames (gorilla's
+            // chat example); the checksum catches any damage.
+            Ok(Event::Message {
+                kind: MessageKind::Binary,
+                data: &buf[start..end],
+            })
+        } else if c.z {
+            let inflate = match c.own_inflater.as_deref_mut() {
+                Some(own) => Inflate {
+                    inflater: own,
+                    context_takeover: true,
+                },
+                None => Inflate {
+                    inflater: &mut t.inflater,
+                    context_takeover: false,
+                },
             };
+            c.asm.on_frame_with(h, &buf[start..end], Some(inflate))
+        } else {
+            c.asm.on_frame(h, &buf[start..end])
+        };
+        if let Ok(Event::Message { data, .. }) = &ev {
+            t.stats.data_in += 1;
+            t.stats.payload_in += data.len() as u64;
+            if cacheable && hit.is_none() {
+                t.zcache.insert(&buf[start..end], data);
+            }
+        }
         match ev {
             Ok(Event::Message { data, .. }) if c.ps.is_some() => {
                 if let Some(ps) = c.ps.as_mut() {
@@ -361,7 +576,7 @@ pub fn feed(c: &mut ConnCore, buf: &mut [u8], now: u64, t: &mut Tls) -> Fed {
                         // Closed loop: one message back, one more out.
                         if let Some(s) = c.sender.as_mut() {
                             if s.closed_loop() && t.may_send && !c.close_sent && now < t.send_end {
-                                t.send(&mut c.out, s.id, s.seq, c.room, now);
+                                t.send(&mut c.out, c.z, s.id, s.seq, c.room, now);
                                 s.seq += 1;
                             }
                         }
@@ -426,6 +641,9 @@ pub fn feed(c: &mut ConnCore, buf: &mut [u8], now: u64, t: &mut Tls) -> Fed {
                 closed = true;
             }
             Err(e) => return protocol_error(c, t, pos, opened, e),
+        }
+        if let Some((i, out)) = hit {
+            t.zcache.entries[i].1 = out;
         }
     }
     Fed {
@@ -551,6 +769,85 @@ mod tests {
         }
     }
 
+    /// Compressed server messages (RSV1, as the relay compresses a
+    /// broadcast) are inflated before the checks; a byte-identical copy on
+    /// another connection reuses the inflation, a copy differing in one
+    /// byte does not (and fails its checks), and connections that did not
+    /// negotiate deflate refuse RSV1.
+    #[test]
+    fn compressed_messages_are_inflated_checked_and_copies_reused() {
+        use wsrelay::protocol::deflate::{compress_frames, Deflater};
+        let mut d = Deflater::new(1, 15);
+        let mut plain = msg(0, 0, 3);
+        plain.extend(msg(0, 1, 3));
+        let wire = compress_frames(&plain, &mut d, 0).unwrap();
+        assert_eq!(wire[0] & 0x40, 0x40, "compressed");
+        let mut t = Tls::new(64, 1, vec![2], 1);
+        let mut a = sub_conn();
+        a.z = true;
+        let mut b = sub_conn();
+        b.z = true;
+        let fed = feed(&mut a, &mut wire.clone(), 5, &mut t);
+        assert!(fed.remove.is_none());
+        let fed = feed(&mut b, &mut wire.clone(), 5, &mut t);
+        assert!(fed.remove.is_none());
+        assert_eq!(
+            (t.stats.recv, t.stats.delivered, t.stats.corrupted),
+            (4, 4, 0)
+        );
+        assert_eq!(t.stats.compressed_in, 4);
+        assert_eq!(t.stats.inflate_reused, 2);
+        assert_eq!(t.stats.payload_in, 4 * 64);
+        assert_eq!(a.trackers[0].unique, 2);
+        assert_eq!(b.trackers[0].unique, 2);
+
+        // One byte changed in the first message's compressed payload: not
+        // the cached input, so inflated on its own, and caught.
+        let mut c = sub_conn();
+        c.z = true;
+        let mut bad = wire.clone();
+        // (A byte in the middle: the last one holds padding bits.)
+        let first_len = 2 + (bad[1] & 0x7f) as usize;
+        bad[first_len / 2] ^= 0x01;
+        let fed = feed(&mut c, &mut bad, 5, &mut t);
+        assert_eq!(t.stats.inflate_reused, 3, "only the intact second message");
+        assert!(
+            fed.remove.is_some() || t.stats.corrupted == 1,
+            "{:?}",
+            fed.remove
+        );
+
+        // Without deflate negotiated, RSV1 is a protocol error.
+        let mut p = sub_conn();
+        let fed = feed(&mut p, &mut wire.clone(), 5, &mut t);
+        assert!(matches!(fed.remove, Some(Removal::Lost(_))));
+    }
+
+    /// The inflation cache stays within its bounds, replaces oldest first,
+    /// and never answers for an input it does not hold byte for byte.
+    #[test]
+    fn inflate_cache_is_bounded_and_exact() {
+        let mut c = InflateCache::default();
+        let key = |n: usize| format!("compressed-{n}").into_bytes();
+        for n in 0..INFLATE_CACHE + 10 {
+            c.insert(&key(n), &n.to_le_bytes());
+        }
+        assert_eq!(c.entries.len(), INFLATE_CACHE);
+        assert!(c.index.len() <= INFLATE_CACHE);
+        for n in 0..10 {
+            assert_eq!(c.find(&key(n)), None, "{n} was replaced");
+        }
+        for n in 10..INFLATE_CACHE + 10 {
+            let i = c.find(&key(n)).unwrap();
+            assert_eq!(c.entries[i].1, n.to_le_bytes());
+        }
+        assert_eq!(c.find(b"compressed-"), None);
+        // Too large to keep: not cached.
+        let big = vec![7u8; INFLATE_CACHE_MAX + 1];
+        c.insert(&big, b"x");
+        assert_eq!(c.find(&big), None);
+    }
+
     #[test]
     fn corruption_misrouting_and_duplicates() {
         let mut c = sub_conn();
@@ -613,7 +910,7 @@ mod tests {
         assert_eq!(t.stats.corrupted, 0);
         // What we send is a text frame.
         let mut out = Vec::new();
-        t.send(&mut out, 0, 0, 0, 1);
+        t.send(&mut out, false, 0, 0, 0, 1);
         assert_eq!(out[0], 0x81);
     }
 

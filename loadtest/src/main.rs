@@ -5,15 +5,19 @@ mod addr;
 mod cli;
 mod clock;
 mod conn;
+mod deflate;
 mod payload;
 mod plan;
 mod plot;
 mod pubsub;
+#[cfg(test)]
+mod relay_tests;
 mod report;
 mod run;
 mod selftest;
 mod sys;
 mod tracker;
+mod transport;
 mod worker;
 
 use clap::Parser;
@@ -38,12 +42,18 @@ fn main() -> ExitCode {
             );
             return ExitCode::SUCCESS;
         }
-        let r = selftest::run(a.size, a.time);
+        let format = match (cli.common.text, cli.common.payload) {
+            (true, _) | (_, Some(cli::PayloadKind::Text)) => payload::Format::Text,
+            (_, Some(cli::PayloadKind::Json)) => payload::Format::Json,
+            _ => payload::Format::Binary,
+        };
+        let r = selftest::run(a.size, format, cli.common.deflate, a.time);
         let rate = r.messages as f64 / r.secs;
         println!(
-            "selftest-decode: {} messages of {} B in {:.2}s: {}/s ({:.1} ns/message, {:.0}% of one core)",
+            "selftest-decode{}: {} messages of {} B in {:.2}s: {}/s ({:.1} ns/message, {:.0}% of one core)",
+            if cli.common.deflate { " --deflate" } else { "" },
             r.messages,
-            a.size.max(payload::HEADER_LEN),
+            a.size.max(format.header_len()),
             r.secs,
             report::si(rate),
             1e9 / rate,

@@ -22,6 +22,16 @@
 //! same fields as lowercase hex (8 + 16 + 16 + 16 digits, 60 bytes in
 //! all), padding of letters, and messages never contain `\n` so that
 //! frames that join queued messages with `\n` can be split apart.
+//!
+//! `--payload json` makes realistic JSON for compression figures: a
+//! market-data-like object `{"id":"<text header>","type":"quote","q":[...]}`
+//! whose array holds fixed-width quotes (`{"s":"ACME","p": 1234.56,
+//! "z": 1200,"d":"B"}`) with a symbol, price, size and side drawn afresh
+//! for every message from (publisher, seq), then spaces up to `--size`.
+//! Keys and structure repeat (compressible, as real feeds are), values do
+//! not (no all-zero padding that would flatter the compressor). The text
+//! header sits in the `id` string and its checksum covers everything after
+//! it, the quotes included.
 
 pub const MAGIC: [u8; 4] = *b"WSRL";
 pub const TEXT_MAGIC: [u8; 4] = *b"WSRT";
@@ -32,6 +42,7 @@ pub const TEXT_HEADER_LEN: usize = 60;
 pub enum Format {
     Binary,
     Text,
+    Json,
 }
 
 impl Format {
@@ -39,7 +50,13 @@ impl Format {
         match self {
             Format::Binary => HEADER_LEN,
             Format::Text => TEXT_HEADER_LEN,
+            Format::Json => JSON_MIN_LEN,
         }
+    }
+
+    /// Sent as text frames (binary: binary frames).
+    pub fn is_text(self) -> bool {
+        self != Format::Binary
     }
 
     pub fn template(self, size: usize) -> Vec<u8> {
@@ -52,6 +69,7 @@ impl Format {
                 }
                 v
             }
+            Format::Json => json_template(size),
         }
     }
 
@@ -66,6 +84,10 @@ impl Format {
                 hex(&mut buf[28..44], sent_ns);
                 let c = text_checksum(buf);
                 hex(&mut buf[44..60], c);
+            }
+            Format::Json => {
+                json_quotes(buf, publisher, seq);
+                Format::Text.write(&mut buf[JSON_PREFIX.len()..], publisher, seq, sent_ns);
             }
         }
     }
@@ -92,7 +114,116 @@ impl Format {
                     sent_ns: f(28..44)?,
                 })
             }
+            Format::Json => {
+                if msg.len() < JSON_MIN_LEN {
+                    return Err(Corrupt::Short);
+                }
+                if !msg.starts_with(JSON_PREFIX) {
+                    return Err(Corrupt::BadMagic);
+                }
+                Format::Text.check(&msg[JSON_PREFIX.len()..])
+            }
         }
+    }
+}
+
+/// `{"id":"` then the text header, then [`JSON_HEAD`], quotes, `]}`.
+const JSON_PREFIX: &[u8] = b"{\"id\":\"";
+const JSON_HEAD: &[u8] = b"\",\"type\":\"quote\",\"q\":[";
+const JSON_TAIL: &[u8] = b"]}";
+/// Where the quotes start.
+const JSON_BODY: usize = JSON_PREFIX.len() + TEXT_HEADER_LEN + JSON_HEAD.len();
+/// The smallest JSON message (no quotes).
+pub const JSON_MIN_LEN: usize = JSON_BODY + JSON_TAIL.len();
+/// One quote, comma included: `{"s":"ACME","p": 1234.56,"z": 1200,"d":"B"},`
+const QUOTE: &[u8] = b"{\"s\":\"ACME\",\"p\": 1234.56,\"z\": 1200,\"d\":\"B\"},";
+const SYMBOLS: [&[u8; 4]; 16] = [
+    b"ACME", b"BOLT", b"CRUX", b"DYNA", b"EPIC", b"FLUX", b"GRID", b"HALO", b"IONX", b"JADE",
+    b"KITE", b"LUNA", b"MIST", b"NOVA", b"ONYX", b"PION",
+];
+
+/// Quotes that fit in a JSON message of `len` bytes.
+fn json_quotes_fit(len: usize) -> usize {
+    // n quotes take n * QUOTE - 1 bytes (no comma after the last).
+    (len.saturating_sub(JSON_MIN_LEN) + 1) / QUOTE.len()
+}
+
+fn json_template(size: usize) -> Vec<u8> {
+    let len = size.max(JSON_MIN_LEN);
+    let mut v = vec![b' '; len];
+    v[..JSON_PREFIX.len()].copy_from_slice(JSON_PREFIX);
+    let h = JSON_PREFIX.len() + TEXT_HEADER_LEN;
+    v[h..JSON_BODY].copy_from_slice(JSON_HEAD);
+    let n = json_quotes_fit(len);
+    for i in 0..n {
+        let at = JSON_BODY + i * QUOTE.len();
+        let q = if i + 1 == n {
+            &QUOTE[..QUOTE.len() - 1]
+        } else {
+            QUOTE
+        };
+        v[at..at + q.len()].copy_from_slice(q);
+    }
+    v[len - JSON_TAIL.len()..].copy_from_slice(JSON_TAIL);
+    v
+}
+
+/// splitmix64: cheap, well-mixed values from (publisher, seq, index).
+#[inline]
+fn mix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+/// Right-aligned decimal digits of `v` in `out` (spaces before).
+#[inline]
+fn digits(out: &mut [u8], mut v: u64) {
+    for (i, b) in out.iter_mut().rev().enumerate() {
+        *b = if v == 0 && i > 0 {
+            b' '
+        } else {
+            let d = b'0' + (v % 10) as u8;
+            v /= 10;
+            d
+        };
+    }
+}
+
+/// Draws this message's quotes into the template's fixed-width slots: a
+/// book of one symbol around a mid price, bids and asks alternating a few
+/// cents apart per level, sizes mostly in round lots (as feeds look; all
+/// fresh per message).
+fn json_quotes(buf: &mut [u8], publisher: u32, seq: u64) {
+    let n = json_quotes_fit(buf.len());
+    let base = mix(((publisher as u64) << 40) ^ seq);
+    let sym = SYMBOLS[(base & 15) as usize];
+    let mid = 100_000 + (base >> 4) % 800_000; // cents: 1000.00 .. 8999.99
+    let mut offset = 0u64;
+    for i in 0..n {
+        let r = mix(base ^ (i as u64 + 1));
+        let q = &mut buf[JSON_BODY + i * QUOTE.len()..];
+        // {"s":"ACME","p": 1234.56,"z": 1200,"d":"B"}
+        // 0     6         16   21 24   29   34    40
+        q[6..10].copy_from_slice(sym);
+        let bid = i % 2 == 0;
+        if bid {
+            offset += 1 + (r & 3);
+        }
+        let cents = if bid { mid - offset } else { mid + offset };
+        digits(&mut q[16..21], cents / 100);
+        digits(&mut q[22..24], cents % 100);
+        if q[22] == b' ' {
+            q[22] = b'0';
+        }
+        let size = if (r >> 8) & 3 != 0 {
+            100 * (1 + (r >> 16) % 50)
+        } else {
+            1 + (r >> 16) % 9_999
+        };
+        digits(&mut q[29..34], size);
+        q[40] = if bid { b'B' } else { b'S' };
     }
 }
 
@@ -141,6 +272,12 @@ pub enum Corrupt {
     Short,
     BadMagic,
     BadChecksum,
+}
+
+/// FNV-1a-64 over 8-byte words of `bytes` (a fast hash, not a MAC).
+#[inline]
+pub fn hash(bytes: &[u8]) -> u64 {
+    fnv_words(FNV_OFFSET, bytes)
 }
 
 #[inline]
@@ -267,6 +404,71 @@ mod tests {
         assert_eq!(f.check(&m[..59]), Err(Corrupt::Short));
         assert_eq!(Format::Binary.check(&m), Err(Corrupt::BadMagic));
         assert_eq!(f.header_len(), 60);
+    }
+
+    #[test]
+    fn json_format_is_json_varies_and_is_checked() {
+        let f = Format::Json;
+        assert!(f.template(10).len() == JSON_MIN_LEN);
+        for size in [
+            JSON_MIN_LEN,
+            JSON_MIN_LEN + 43,
+            JSON_MIN_LEN + 44,
+            200,
+            512,
+            4096,
+        ] {
+            let mut m = f.template(size);
+            assert_eq!(m.len(), size);
+            let mut prev: Option<Vec<u8>> = None;
+            for seq in 0..3u64 {
+                f.write(&mut m, 9, seq, 77 + seq);
+                let v: serde_json::Value = serde_json::from_slice(&m).unwrap_or_else(|e| {
+                    panic!("size {size}: {e}: {}", String::from_utf8_lossy(&m))
+                });
+                let quotes = v["q"].as_array().unwrap();
+                assert_eq!(quotes.len(), json_quotes_fit(size), "size {size}");
+                for q in quotes {
+                    let p = q["p"].as_f64().unwrap();
+                    assert!((10.0..10_000.0).contains(&p), "{p}");
+                    assert!(q["z"].as_u64().unwrap() >= 1);
+                    assert!(matches!(q["d"].as_str(), Some("B" | "S")));
+                    assert_eq!(q["s"].as_str().unwrap().len(), 4);
+                }
+                let h = f.check(&m).unwrap();
+                assert_eq!((h.publisher, h.seq, h.sent_ns), (9, seq, 77 + seq));
+                // Each message draws new quotes.
+                if let Some(p) = &prev {
+                    if !quotes.is_empty() {
+                        assert_ne!(p[JSON_BODY..], m[JSON_BODY..]);
+                    }
+                }
+                prev = Some(m.clone());
+            }
+            for i in 0..m.len() {
+                let mut c = m.clone();
+                c[i] = if c[i] == b'x' { b'y' } else { b'x' };
+                assert!(
+                    f.check(&c).is_err(),
+                    "size {size}: change at {i} undetected"
+                );
+            }
+        }
+        let mut m = f.template(512);
+        f.write(&mut m, 1, 1, 1);
+        assert_eq!(Format::Text.check(&m), Err(Corrupt::BadMagic));
+        assert_eq!(f.check(&m[..JSON_MIN_LEN - 1]), Err(Corrupt::Short));
+        // Compressible but not trivially: 512 bytes of quotes deflate (as
+        // the relay does, level 1, no context) to under half, yet far from
+        // nothing.
+        let mut z = wsrelay::protocol::deflate::Deflater::new(1, 15);
+        let mut out = Vec::new();
+        assert!(z.compress(&m, &mut out));
+        assert!(
+            out.len() < m.len() / 2 && out.len() > m.len() / 8,
+            "{}",
+            out.len()
+        );
     }
 
     #[test]

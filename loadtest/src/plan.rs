@@ -88,6 +88,10 @@ pub struct Setup {
     pub planned: usize,
     /// The pubsub scenario's settings.
     pub ps: Option<std::sync::Arc<PsSetup>>,
+    /// `wss://`: the TLS client configuration.
+    pub tls: Option<crate::transport::TlsClient>,
+    /// `--deflate`: offer permessage-deflate.
+    pub deflate: bool,
 }
 
 /// pubsub: what the workers need besides the plans.

@@ -212,10 +212,61 @@ pub struct Summary {
     pub send_lag: Lat,
     pub churn: Option<Churn>,
     pub pubsub: Option<PubSubReport>,
+    /// wss:// runs only.
+    pub tls: Option<TlsReport>,
+    pub bandwidth: Bandwidth,
     pub generator: Generator,
     pub per_second: Vec<Second>,
     pub pass: bool,
     pub problems: Vec<String>,
+}
+
+/// wss:// handshakes.
+#[derive(Serialize, Default, Debug)]
+pub struct TlsReport {
+    /// `ca-file` or `insecure` (no verification).
+    pub verification: String,
+    /// --tls-resume: sessions resumed from the client's cache.
+    pub resumption: bool,
+    pub handshakes_full: u64,
+    pub handshakes_resumed: u64,
+    /// Connections whose TLS handshake did not complete (refused
+    /// certificate, alert, server gone): also counted in `failed`.
+    pub handshake_failures: u64,
+    /// TCP connect start to the completed TLS handshake (the connections'
+    /// `handshake_latency` goes on to the WebSocket `101`).
+    pub handshake_latency: Lat,
+}
+
+/// Bytes on the wire against payload bytes, and permessage-deflate, over
+/// the whole run (connect phase, warm-up and drain included).
+#[derive(Serialize, Default, Debug)]
+pub struct Bandwidth {
+    /// --deflate was given (we offered permessage-deflate).
+    pub deflate_offered: bool,
+    /// Connections that opened with it, and without it.
+    pub deflate_negotiated: u64,
+    pub deflate_not_negotiated: u64,
+    /// Socket bytes: TLS records, HTTP handshakes, frame headers, all.
+    pub wire_in_bytes: u64,
+    pub wire_out_bytes: u64,
+    /// Data message payloads: received after inflation, sent before
+    /// compression.
+    pub payload_in_bytes: u64,
+    pub payload_out_bytes: u64,
+    pub messages_in: u64,
+    pub messages_out: u64,
+    /// Of those, how many travelled compressed (RSV1).
+    pub compressed_in: u64,
+    pub compressed_out: u64,
+    /// Compressed messages received byte-identical to one the same worker
+    /// had just inflated (the server compresses a broadcast once): the
+    /// inflated result was reused (all checks still ran on it).
+    pub inflate_reused: u64,
+    /// wire ÷ payload (below 1: compression saved more than framing and
+    /// TLS cost; 0 when nothing moved).
+    pub wire_per_payload_in: f64,
+    pub wire_per_payload_out: f64,
 }
 
 pub fn si(v: f64) -> String {
@@ -459,6 +510,55 @@ impl Summary {
             );
             lat_row(&mut o, "latency", &self.latency);
             lat_row(&mut o, "send lag (generator)", &self.send_lag);
+        }
+        if let Some(t) = &self.tls {
+            let _ = writeln!(
+                o,
+                "tls\n  {:<22} {} full, {} resumed, {} failed (verification: {}; resumption {})",
+                "handshakes",
+                t.handshakes_full,
+                t.handshakes_resumed,
+                t.handshake_failures,
+                t.verification,
+                if t.resumption { "on" } else { "off" }
+            );
+            lat_row(&mut o, "tls handshake", &t.handshake_latency);
+        }
+        let b = &self.bandwidth;
+        if b.wire_in_bytes + b.wire_out_bytes > 0 {
+            let _ = writeln!(o, "bandwidth (whole run)");
+            if b.deflate_offered {
+                let _ = writeln!(
+                    o,
+                    "  {:<22} negotiated on {} connections, not on {}",
+                    "permessage-deflate", b.deflate_negotiated, b.deflate_not_negotiated
+                );
+            }
+            let _ = writeln!(
+                o,
+                "  {:<22} {}B on the wire for {}B of payload (×{:.3}); {} of {} messages compressed{}",
+                "in",
+                si(b.wire_in_bytes as f64),
+                si(b.payload_in_bytes as f64),
+                b.wire_per_payload_in,
+                b.compressed_in,
+                b.messages_in,
+                if b.inflate_reused > 0 {
+                    format!(" ({} byte-identical copies: inflation reused)", b.inflate_reused)
+                } else {
+                    String::new()
+                }
+            );
+            let _ = writeln!(
+                o,
+                "  {:<22} {}B on the wire for {}B of payload (×{:.3}); {} of {} messages compressed",
+                "out",
+                si(b.wire_out_bytes as f64),
+                si(b.payload_out_bytes as f64),
+                b.wire_per_payload_out,
+                b.compressed_out,
+                b.messages_out
+            );
         }
         let g = &self.generator;
         let _ = writeln!(

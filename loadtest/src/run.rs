@@ -3,7 +3,7 @@
 //! assembles the summary.
 
 use crate::addr::{parse_sources, parse_url};
-use crate::cli::{Cli, Cmd, Common, PubSubArgs};
+use crate::cli::{Cli, Cmd, Common, PayloadKind, PubSubArgs};
 use crate::clock::{now_ns, SEC};
 use crate::conn::new_hist;
 use crate::payload::Format;
@@ -23,10 +23,10 @@ fn check_size(size: usize, format: Format) -> Result<usize, String> {
     if size < min {
         return Err(format!(
             "--size {size} is below the {min}-byte message header{}",
-            if format == Format::Text {
-                " (--text)"
-            } else {
-                ""
+            match format {
+                Format::Text => " (--text)",
+                Format::Json => " (--payload json)",
+                Format::Binary => "",
             }
         ));
     }
@@ -53,7 +53,12 @@ pub fn build_setup(cli: &Cli) -> Result<(Setup, serde_json::Value), String> {
     if c.duration.is_zero() {
         return Err("--duration must be positive".into());
     }
-    let format = if c.text { Format::Text } else { Format::Binary };
+    let format = match (c.text, c.payload) {
+        (true, _) | (_, Some(PayloadKind::Text)) => Format::Text,
+        (_, Some(PayloadKind::Json)) => Format::Json,
+        _ => Format::Binary,
+    };
+    let tls = tls_client(c, &target)?;
     let cpus = match &c.cpus {
         Some(s) => s
             .split(',')
@@ -203,9 +208,37 @@ pub fn build_setup(cli: &Cli) -> Result<(Setup, serde_json::Value), String> {
             budgets,
             planned,
             ps: ps_setup,
+            tls,
+            deflate: c.deflate,
         },
         params,
     ))
+}
+
+/// The TLS client for a wss:// URL; the TLS flags without one are a
+/// mistake worth saying.
+fn tls_client(
+    c: &Common,
+    target: &crate::addr::Target,
+) -> Result<Option<crate::transport::TlsClient>, String> {
+    use crate::transport::{TlsClient, Trust};
+    if !target.tls {
+        if c.ca_file.is_some() || c.insecure || c.tls_resume {
+            return Err("--ca-file, --insecure and --tls-resume need a wss:// --url".into());
+        }
+        return Ok(None);
+    }
+    let trust = match (&c.ca_file, c.insecure) {
+        (Some(f), _) => Trust::CaFile(f.clone()),
+        (None, true) => Trust::Insecure,
+        (None, false) => {
+            return Err(
+                "wss:// needs --ca-file PEM (the CA that signed the server's certificate) or --insecure (tests only: no verification)"
+                    .into(),
+            )
+        }
+    };
+    TlsClient::new(&target.hostname, &trust, c.tls_resume).map(Some)
 }
 
 fn pubsub_setup(a: &PubSubArgs, c: &Common) -> Result<PsSetup, String> {
@@ -640,6 +673,7 @@ pub fn execute(
     s.measured_s = window;
     let mut stats = crate::conn::Stats::default();
     let mut handshake = new_hist();
+    let mut tls_handshake = new_hist();
     let mut lag = new_hist();
     let mut cycle = new_hist();
     let mut unique = vec![0u64; setup.n_pubs];
@@ -663,7 +697,22 @@ pub fn execute(
         c.closes_clean += st.closes_clean;
         c.closes_unclean += st.closes_unclean;
         stats.cycles += st.cycles;
+        stats.deflate_conns += st.deflate_conns;
+        stats.plain_conns += st.plain_conns;
+        stats.wire_in += st.wire_in;
+        stats.wire_out += st.wire_out;
+        stats.payload_in += st.payload_in;
+        stats.payload_out += st.payload_out;
+        stats.compressed_in += st.compressed_in;
+        stats.compressed_out += st.compressed_out;
+        stats.inflate_reused += st.inflate_reused;
+        stats.data_in += st.data_in;
+        stats.data_out += st.data_out;
+        stats.tls_full += st.tls_full;
+        stats.tls_resumed += st.tls_resumed;
+        stats.tls_failed += st.tls_failed;
         let _ = handshake.add(&r.handshake);
+        let _ = tls_handshake.add(&r.tls_handshake);
         let _ = lag.add(&r.lag);
         let _ = cycle.add(&r.cycle);
         for (a, b) in unique.iter_mut().zip(&r.unique_by_pub) {
@@ -692,6 +741,38 @@ pub fn execute(
     }
     c.planned = setup.planned as u64;
     c.open_at_start = open_at_start;
+    let ratio = |w: u64, p: u64| if p > 0 { w as f64 / p as f64 } else { 0.0 };
+    s.bandwidth = crate::report::Bandwidth {
+        deflate_offered: setup.deflate,
+        deflate_negotiated: stats.deflate_conns,
+        deflate_not_negotiated: stats.plain_conns,
+        wire_in_bytes: stats.wire_in,
+        wire_out_bytes: stats.wire_out,
+        payload_in_bytes: stats.payload_in,
+        payload_out_bytes: stats.payload_out,
+        messages_in: stats.data_in,
+        messages_out: stats.data_out,
+        compressed_in: stats.compressed_in,
+        compressed_out: stats.compressed_out,
+        inflate_reused: stats.inflate_reused,
+        wire_per_payload_in: ratio(stats.wire_in, stats.payload_in),
+        wire_per_payload_out: ratio(stats.wire_out, stats.payload_out),
+    };
+    if setup.tls.is_some() {
+        s.tls = Some(crate::report::TlsReport {
+            verification: if common.insecure {
+                "insecure".into()
+            } else {
+                "ca-file".into()
+            },
+            resumption: common.tls_resume,
+            handshakes_full: stats.tls_full,
+            handshakes_resumed: stats.tls_resumed,
+            handshake_failures: stats.tls_failed,
+            handshake_latency: Lat::from_hist(&tls_handshake),
+        });
+    }
+    let c = &mut s.connections;
     c.close_without_server_fin = no_fin;
     c.handshake_latency = Lat::from_hist(&handshake);
     if setup.kind == Kind::Churn {

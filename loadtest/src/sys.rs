@@ -61,6 +61,8 @@ pub fn err_name(e: &std::io::Error) -> String {
         Some(libc::ENETUNREACH) => "ENETUNREACH",
         Some(libc::EHOSTUNREACH) => "EHOSTUNREACH",
         Some(n) => return format!("errno {n}"),
+        // Errors of our own making (TLS: "tls: <rustls error>") say what.
+        None if e.get_ref().is_some() => return e.to_string(),
         None => return format!("{:?}", e.kind()),
     };
     name.to_string()

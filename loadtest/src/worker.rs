@@ -5,6 +5,7 @@ use crate::clock::{now_ns, Timer, SEC};
 use crate::conn::{feed, new_hist, ConnCore, Removal, State, Stats, Tls};
 use crate::plan::{Kind, Plan, Setup};
 use crate::sys::err_name;
+use crate::transport::Stream;
 use crossbeam_channel::Sender as ChanSender;
 use hdrhistogram::Histogram;
 use mio::net::TcpStream;
@@ -129,6 +130,7 @@ pub struct WorkerResult {
     pub stats: Stats,
     pub lag: Histogram<u64>,
     pub handshake: Histogram<u64>,
+    pub tls_handshake: Histogram<u64>,
     pub cycle: Histogram<u64>,
     pub unique_by_pub: Vec<u64>,
     pub sent_by_pub: Vec<u64>,
@@ -147,7 +149,7 @@ pub struct WorkerResult {
 }
 
 struct Conn {
-    stream: TcpStream,
+    stream: Stream,
     plan: usize,
     core: ConnCore,
 }
@@ -238,6 +240,9 @@ impl Worker {
         t.budget = msg_budget;
         t.fin_wait_ns = setup.fin_wait_ns;
         t.skip_own = setup.skip_own;
+        if setup.deflate {
+            t.enable_deflate();
+        }
         t.set_format(setup.format);
         if let Some(ps) = &setup.ps {
             t.ps = Some(crate::pubsub::client::PsTls::new(
@@ -341,12 +346,18 @@ impl Worker {
                 self.run_publishers(now);
                 self.next_pub_pass = now + self.setup.tick_ns;
             }
-            let again = std::mem::take(&mut self.again);
+            let mut again = std::mem::take(&mut self.again);
             for &idx in &again {
                 self.on_readable(idx, false);
             }
-            self.again = again;
-            self.again.clear();
+            // Connections that hit MAX_READS again meanwhile are in
+            // self.again now: keep them (dropping them would leave data in
+            // their socket with no edge to come, once the peer has sent
+            // everything).
+            again.clear();
+            if self.again.is_empty() {
+                self.again = again;
+            }
             self.flush_dirty();
             self.signal(now);
             self.shared.w[self.id].publish(&self.t.stats);
@@ -536,6 +547,10 @@ impl Worker {
         };
         let _ = self.poll.registry().deregister(&mut conn.stream);
         self.free.push(idx);
+        readiness::account(&mut self.t, &mut conn.stream, conn.core.started_ns);
+        if matches!(removal, Removal::Failed(_)) && conn.stream.tls_handshaking() {
+            self.t.stats.tls_failed += 1;
+        }
         let mut c = conn.core;
         let now = now_ns();
         if let Some(mut ps) = c.ps.take() {
@@ -573,7 +588,9 @@ impl Worker {
         if let (Some(s), false) = (&c.sender, self.setup.kind == Kind::PubSub) {
             // Messages still queued here never reached the server: they
             // are not owed to anyone. All data frames of a run have one
-            // size, so the queue's length tells how many there are.
+            // size, so the queue's length tells how many there are
+            // (compressed frames are smaller: with --deflate this count
+            // is a lower bound).
             let size = self.t.template.len();
             let frame = size
                 + if size < 126 {
@@ -646,6 +663,7 @@ impl Worker {
             stats: self.t.stats,
             lag: self.lag,
             handshake: self.t.handshake,
+            tls_handshake: self.t.tls_handshake,
             cycle: self.cycle,
             unique_by_pub: self.unique_by_pub,
             sent_by_pub: self.sent_by_pub,

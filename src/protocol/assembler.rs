@@ -139,6 +139,13 @@ impl MessageAssembler {
         self.gather.as_ref().is_some_and(|g| g.kind.is_some())
     }
 
+    /// Whether the fragmented message being gathered is compressed.
+    pub fn inflating(&self) -> bool {
+        self.gather
+            .as_ref()
+            .is_some_and(|g| g.kind.is_some() && g.inflating)
+    }
+
     /// Bytes held for an unfinished fragmented message.
     pub fn buffered_bytes(&self) -> usize {
         match &self.gather {

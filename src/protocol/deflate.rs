@@ -463,6 +463,54 @@ impl Deflater {
     }
 }
 
+/// What compressing for sending did (added to the worker's metrics).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CompressStats {
+    /// Messages sent compressed.
+    pub messages: u64,
+    /// Their payload bytes before compression.
+    pub before: u64,
+    /// Their payload bytes after compression.
+    pub after: u64,
+    /// Messages of at least `min_bytes` left uncompressed because deflate
+    /// would not shrink them.
+    pub incompressible: u64,
+}
+
+/// Compresses one message of `data` (`opcode` text or binary) into a
+/// complete, unfragmented server frame with RSV1 set, when it is at least
+/// `min_bytes` long and compression makes it smaller; `None` otherwise
+/// (send it plain: RSV1 is per message).
+pub fn compress_message(
+    opcode: super::frame::OpCode,
+    data: &[u8],
+    deflater: &mut Deflater,
+    min_bytes: usize,
+    stats: &mut CompressStats,
+) -> Option<Vec<u8>> {
+    use super::frame::encode_header;
+    if data.len() < min_bytes {
+        return None;
+    }
+    // Room for the longest header (10 bytes) in front of the payload.
+    let mut out = vec![0u8; 10];
+    if !deflater.compress(data, &mut out) {
+        stats.incompressible += 1;
+        return None;
+    }
+    let len = out.len() - 10;
+    let header = encode_header(true, opcode, len, None);
+    let hb = header.as_bytes();
+    let start = 10 - hb.len();
+    out[start..10].copy_from_slice(hb);
+    out[start] |= 0x40;
+    out.drain(..start);
+    stats.messages += 1;
+    stats.before += data.len() as u64;
+    stats.after += len as u64;
+    Some(out)
+}
+
 /// Re-encodes a batch of complete server frames (as shared with
 /// uncompressed recipients) for recipients that negotiated deflate: each
 /// single-frame text or binary message of at least `min_bytes` is
@@ -473,6 +521,7 @@ pub fn compress_frames(
     frames: &[u8],
     deflater: &mut Deflater,
     min_bytes: usize,
+    stats: &mut CompressStats,
 ) -> Option<Vec<u8>> {
     use super::frame::{encode_header, FrameDecoder, OpCode, Role};
     let dec = FrameDecoder::new(Role::Client, usize::MAX >> 2);
@@ -487,13 +536,18 @@ pub fn compress_frames(
         let body = frames.get(pos + h.header_len..end)?;
         let data = matches!(h.opcode, OpCode::Text | OpCode::Binary);
         payload.clear();
-        if h.fin && data && body.len() >= min_bytes && deflater.compress(body, &mut payload) {
+        let candidate = h.fin && data && body.len() >= min_bytes;
+        if candidate && deflater.compress(body, &mut payload) {
             let header = encode_header(true, h.opcode, payload.len(), None);
             let hb = header.as_bytes();
             out.push(hb[0] | 0x40);
             out.extend_from_slice(&hb[1..]);
             out.extend_from_slice(&payload);
+            stats.messages += 1;
+            stats.before += body.len() as u64;
+            stats.after += payload.len() as u64;
         } else {
+            stats.incompressible += u64::from(candidate);
             out.extend_from_slice(&frames[pos..end]);
         }
         pos = end;

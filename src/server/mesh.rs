@@ -54,6 +54,9 @@ pub struct RoomBatch {
     pub messages: u64,
     /// Protocol subscribers' pushes, if the room has subscribers.
     pub push: Option<Arc<PushBatch>>,
+    /// The permessage-deflate encoding of `frame`, shared by every worker
+    /// the batch goes to (made once per process).
+    pub compressed: crate::server::push::Compressed,
 }
 
 /// Server API requests that concern connections on every worker.
@@ -331,6 +334,7 @@ mod tests {
             frame: Some(frame.clone()),
             messages: 1,
             push: None,
+            compressed: Default::default(),
         })
     }
 

@@ -97,6 +97,10 @@ pub struct OutboundQueue {
     pong_queued: bool,
     /// A ping is queued and not fully written.
     ping_queued: bool,
+    /// The connection negotiated permessage-deflate: messages pushed with
+    /// [`OutboundQueue::try_push_message`] go compressed when that pays
+    /// (`session::compress_reply`).
+    deflate: bool,
 }
 
 impl OutboundQueue {
@@ -143,9 +147,22 @@ impl OutboundQueue {
 
     /// Enqueues one message, framed (an echo reply), if it is admitted
     /// under `limit`.
+    /// On a connection that negotiated permessage-deflate the message goes
+    /// compressed (RSV1) when it is long enough and deflate shrinks it.
     pub fn try_push_message(&mut self, kind: MessageKind, data: &[u8], limit: usize) -> bool {
+        if self.deflate {
+            if let Some(frame) = crate::server::session::compress_reply(kind, data) {
+                return self.try_push_parts(&[&frame], limit);
+            }
+        }
         let header = encode_header(true, kind.opcode(), data.len(), None);
         self.try_push_parts(&[header.as_bytes(), data], limit)
+    }
+
+    /// Compress messages pushed with [`OutboundQueue::try_push_message`]
+    /// (the connection negotiated permessage-deflate).
+    pub fn set_deflate(&mut self, on: bool) {
+        self.deflate = on;
     }
 
     /// Enqueues the concatenation of the slices `parts` yields (it is walked

@@ -24,6 +24,35 @@ pub struct PushBatch {
     pub items: Vec<PushItem>,
     /// The stream epoch (channels with history).
     pub epoch: Option<EpochId>,
+    /// The permessage-deflate encoding of `frame`, made by the first
+    /// worker that needs it and reused by the others.
+    pub compressed: Compressed,
+}
+
+/// The compressed (permessage-deflate) encoding of a shared batch, made
+/// once per process: the first worker with a compressing recipient makes
+/// it (`Session::send_batch`) and leaves it here; every other worker that
+/// holds the same batch (a clone of the same `Arc`) reuses it. Two workers
+/// that deliver at the same moment may both make it (no worker ever waits
+/// for another); the first one stored is kept.
+#[derive(Debug, Default, Clone)]
+pub struct Compressed(std::sync::Arc<std::sync::OnceLock<Option<SharedFrame>>>);
+
+impl Compressed {
+    /// The encoding, if a worker made it: the starting value of
+    /// `Session::send_batch`'s `compressed` argument.
+    pub fn get(&self) -> Option<Option<SharedFrame>> {
+        self.0.get().cloned()
+    }
+
+    /// Keeps what a delivery loop made (`Some`), unless one is kept already.
+    pub fn keep(&self, made: &Option<Option<SharedFrame>>) {
+        if let Some(z) = made {
+            if self.0.get().is_none() {
+                let _ = self.0.set(z.clone());
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -137,6 +166,26 @@ pub fn client_info(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn compressed_is_kept_once_and_shared_by_clones() {
+        let c = Compressed::default();
+        let other_worker = c.clone();
+        assert!(c.get().is_none(), "nothing made yet");
+        c.keep(&None); // a worker without compressing receivers
+        assert!(other_worker.get().is_none());
+        let made = SharedFrame::encode(OpCode::Text, b"first");
+        c.keep(&Some(Some(made.clone())));
+        let got = other_worker.get().flatten().expect("shared");
+        assert_eq!(got.as_bytes(), made.as_bytes());
+        // A racing worker's later encoding does not replace it.
+        other_worker.keep(&Some(Some(SharedFrame::encode(OpCode::Text, b"second"))));
+        assert_eq!(c.get().flatten().unwrap().as_bytes(), made.as_bytes());
+        // "Could not be made" is kept too (plain is sent).
+        let d = Compressed::default();
+        d.keep(&Some(None));
+        assert!(matches!(d.clone().get(), Some(None)));
+    }
+
     use super::*;
 
     #[test]
@@ -184,6 +233,7 @@ mod tests {
             frame: SharedFrame::from_vec(bytes),
             items,
             epoch: None,
+            compressed: Compressed::default(),
         };
         assert_eq!(batch.offsets(), Some((3, 4)));
         let parts: Vec<&[u8]> = batch.parts(|i| i.offset > 3).collect();

@@ -11,7 +11,7 @@ use hdrhistogram::Histogram;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
-use wsrelay::protocol::{encode_client_frame, MaskRng, OpCode};
+use wsrelay::protocol::{MaskRng, OpCode};
 
 /// What every client of a run shares, read-only.
 #[derive(Debug)]
@@ -164,6 +164,8 @@ pub struct PsClient {
     pub acked_k: Vec<u64>,
     /// Publisher: publications left (recovery burst); u64::MAX: no limit.
     pub budget: u64,
+    /// The current connection negotiated permessage-deflate.
+    pub z: bool,
 }
 
 impl PsClient {
@@ -198,6 +200,7 @@ impl PsClient {
                 Vec::new()
             },
             budget: u64::MAX,
+            z: false,
         }
     }
 
@@ -219,7 +222,14 @@ impl PsClient {
         self.pending.insert(id, Pending::Connect);
         ps.scratch.clear();
         proto::connect(&mut ps.scratch, id, self.token.as_deref());
-        frame(&ps.scratch, &mut t.rng, out);
+        frame(
+            &ps.scratch,
+            self.z,
+            &mut t.zc,
+            &mut t.rng,
+            &mut t.stats,
+            out,
+        );
     }
 
     /// The connection ended: what was in flight will not be answered.
@@ -271,7 +281,14 @@ impl PsClient {
             d,
             ps.cfg.pad_to,
         );
-        frame(&ps.scratch, &mut t.rng, out);
+        frame(
+            &ps.scratch,
+            self.z,
+            &mut t.zc,
+            &mut t.rng,
+            &mut t.stats,
+            out,
+        );
         self.sent_k[k as usize] += 1;
         self.budget = self.budget.saturating_sub(1);
         t.stats.sent += 1;
@@ -298,7 +315,14 @@ impl PsClient {
                 t.stats.pings += 1;
                 ps.scratch.clear();
                 proto::pong(&mut ps.scratch);
-                frame(&ps.scratch, &mut t.rng, out);
+                frame(
+                    &ps.scratch,
+                    self.z,
+                    &mut t.zc,
+                    &mut t.rng,
+                    &mut t.stats,
+                    out,
+                );
             }
             Line::Pub {
                 channel,
@@ -393,7 +417,14 @@ impl PsClient {
                     proto::subscribe(&mut ps.scratch, id, &ps.cfg.channels[s.k as usize], recover);
                 }
                 self.waiting = self.subs.len();
-                frame(&ps.scratch, &mut t.rng, out);
+                frame(
+                    &ps.scratch,
+                    self.z,
+                    &mut t.zc,
+                    &mut t.rng,
+                    &mut t.stats,
+                    out,
+                );
             }
             (Pending::Subscribe { j, recovering }, Reply::Subscribe(r)) => {
                 let Some(sub) = self.subs.get_mut(j) else {
@@ -454,7 +485,14 @@ impl PsClient {
     }
 }
 
-/// Appends one masked text frame.
-fn frame(payload: &[u8], rng: &mut MaskRng, out: &mut Vec<u8>) {
-    encode_client_frame(true, OpCode::Text, payload, rng.mask_key(), out);
+/// Appends one masked text frame (compressed with deflate: `z`).
+fn frame(
+    payload: &[u8],
+    z: bool,
+    zc: &mut Option<crate::deflate::Compressor>,
+    rng: &mut MaskRng,
+    stats: &mut crate::conn::Stats,
+    out: &mut Vec<u8>,
+) {
+    crate::conn::data_frame(OpCode::Text, payload, z, zc, rng, stats, out);
 }

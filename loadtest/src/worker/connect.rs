@@ -76,7 +76,13 @@ impl Worker {
             self.first_attempt = now;
         }
         let global = self.plans[pi].global;
-        let mut stream = match self.open_socket(global) {
+        let opened = self
+            .open_socket(global)
+            .and_then(|s| match &self.setup.tls {
+                Some(tls) => Stream::tls(tls, s),
+                None => Ok(Stream::plain(s)),
+            });
+        let mut stream = match opened {
             Ok(s) => s,
             Err(e) => {
                 self.t.stats.failed += 1;

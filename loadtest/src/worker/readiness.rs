@@ -24,19 +24,22 @@ impl Worker {
             return;
         };
         if conn.core.state == State::Connecting {
-            match conn.stream.take_error() {
+            match conn.stream.socket().take_error() {
                 Ok(Some(e)) | Err(e) => {
                     self.remove(idx, Removal::Failed(format!("connect: {}", err_name(&e))));
                     return;
                 }
                 Ok(None) => {}
             }
-            match conn.stream.peer_addr() {
+            match conn.stream.socket().peer_addr() {
                 Ok(_) => {
                     let plan = &self.plans[conn.plan];
                     let hs = ClientHandshake::new(&mut self.t.rng);
-                    let req =
+                    let mut req =
                         hs.request(&self.setup.target.host, &self.setup.target.path(&plan.path));
+                    if self.setup.deflate {
+                        crate::deflate::add_offer(&mut req);
+                    }
                     conn.core.out.extend_from_slice(&req);
                     conn.core.hs = Some(hs);
                     conn.core.state = State::Handshake;
@@ -55,6 +58,9 @@ impl Worker {
         }
         if writable {
             self.flush(idx);
+        }
+        if let Some(conn) = self.conns.get_mut(idx).and_then(|c| c.as_mut()) {
+            account(&mut self.t, &mut conn.stream, conn.core.started_ns);
         }
     }
 
@@ -78,6 +84,7 @@ impl Worker {
                 self.rbuf[..plen].copy_from_slice(&c.partial);
             }
             let res = conn.stream.read(&mut self.rbuf[plen..]);
+            let drains = conn.stream.short_read_drains();
             match res {
                 Ok(0) => {
                     let c = &conn.core;
@@ -114,7 +121,9 @@ impl Worker {
                         self.remove(idx, r);
                         return;
                     }
-                    if !full && !hup {
+                    // (Over TLS a short read does not mean the socket is
+                    // empty: read on to WouldBlock.)
+                    if !full && !hup && drains {
                         return;
                     }
                     if round + 1 >= MAX_READS {
@@ -151,6 +160,7 @@ impl Worker {
         }
         if let Some(conn) = self.conns[idx].as_mut() {
             if let Some(ps) = conn.core.ps.as_mut() {
+                ps.z = conn.core.z;
                 ps.start(&mut self.t, &mut conn.core.out);
                 self.mark_dirty(idx);
             }
@@ -161,7 +171,7 @@ impl Worker {
             };
             let c = &mut conn.core;
             let seq = self.t.stats.cycles;
-            self.t.send(&mut c.out, c.global, seq, 0, now);
+            self.t.send(&mut c.out, c.z, c.global, seq, 0, now);
             self.mark_dirty(idx);
         } else if self.phase >= RUNNING && self.phase < CLOSING {
             self.schedule_sender(idx, true);
@@ -193,29 +203,32 @@ impl Worker {
             return;
         };
         let c = &mut conn.core;
-        while c.out_pos < c.out.len() {
+        // TLS records rustls still holds go first.
+        let mut res = conn.stream.push();
+        while res.is_ok() && c.out_pos < c.out.len() {
             match conn.stream.write(&c.out[c.out_pos..]) {
                 Ok(0) => break,
                 Ok(n) => c.out_pos += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    let name = err_name(&e);
-                    let removal = if c.state != State::Open {
-                        Removal::Failed(format!("handshake write: {name}"))
-                    } else if c.we_closed && c.close_recv {
-                        Removal::Clean
-                    } else if c.we_closed {
-                        Removal::Unclean(format!("write: {name}"))
-                    } else if let Some(r) = c.lost_reason.clone() {
-                        Removal::Lost(r)
-                    } else {
-                        Removal::Lost(format!("write: {name}"))
-                    };
-                    self.remove(idx, removal);
-                    return;
-                }
+                Err(e) => res = Err(e),
             }
+        }
+        if let Err(e) = res {
+            let name = err_name(&e);
+            let removal = if c.state != State::Open {
+                Removal::Failed(format!("handshake write: {name}"))
+            } else if c.we_closed && c.close_recv {
+                Removal::Clean
+            } else if c.we_closed {
+                Removal::Unclean(format!("write: {name}"))
+            } else if let Some(r) = c.lost_reason.clone() {
+                Removal::Lost(r)
+            } else {
+                Removal::Lost(format!("write: {name}"))
+            };
+            self.remove(idx, removal);
+            return;
         }
         if c.out_pos == c.out.len() {
             c.out.clear();
@@ -241,9 +254,29 @@ impl Worker {
             if let Some(conn) = self.conns[idx].as_mut() {
                 conn.core.in_dirty = false;
                 self.flush(idx);
+                if let Some(conn) = self.conns[idx].as_mut() {
+                    account(&mut self.t, &mut conn.stream, conn.core.started_ns);
+                }
             }
         }
         dirty.clear();
         self.dirty = dirty;
     }
+}
+
+/// Moves a stream's socket byte counts and TLS handshake outcome (kind,
+/// and time since the connection started) into the worker's figures.
+pub(super) fn account(t: &mut Tls, stream: &mut Stream, started_ns: u64) {
+    let (i, o) = stream.take_wire();
+    t.stats.wire_in += i;
+    t.stats.wire_out += o;
+    let Some((news, at)) = stream.handshake_news() else {
+        return;
+    };
+    match news {
+        crate::transport::HandshakeNews::Full => t.stats.tls_full += 1,
+        crate::transport::HandshakeNews::Resumed => t.stats.tls_resumed += 1,
+    }
+    t.tls_handshake
+        .saturating_record(at.saturating_sub(started_ns).max(1));
 }

@@ -26,7 +26,7 @@ impl Worker {
                     if !self.t.may_send || now >= send_end {
                         break;
                     }
-                    self.t.send(&mut c.out, s.id, s.seq, c.room, now);
+                    self.t.send(&mut c.out, c.z, s.id, s.seq, c.room, now);
                     s.seq += 1;
                 }
             } else if let Some(ps) = c.ps.as_mut() {
@@ -68,7 +68,7 @@ impl Worker {
                         s.blocked = true;
                         break;
                     }
-                    self.t.send(&mut c.out, s.id, s.seq, c.room, at);
+                    self.t.send(&mut c.out, c.z, s.id, s.seq, c.room, at);
                     self.lag.saturating_record((now - at).max(1));
                     s.seq += 1;
                 }

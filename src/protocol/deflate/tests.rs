@@ -299,8 +299,17 @@ fn compress_frames_reencodes_a_batch() {
     encode_frame(false, OpCode::Text, &json, &mut batch);
     encode_frame(true, OpCode::Continuation, b"x", &mut batch);
     let mut d = Deflater::new(1, 15);
-    let z = compress_frames(&batch, &mut d, 64).unwrap();
+    let mut stats = CompressStats::default();
+    let z = compress_frames(&batch, &mut d, 64, &mut stats).unwrap();
     assert!(z.len() < batch.len() / 2);
+    // Two messages compressed (the fragment and the short one are not).
+    assert_eq!(stats.messages, 2);
+    assert_eq!(stats.before, 2 * json.len() as u64);
+    assert!(
+        stats.after > 0 && stats.after < stats.before / 4,
+        "{stats:?}"
+    );
+    assert_eq!(stats.incompressible, 0);
     // Decode it as a client that negotiated deflate.
     let dec = FrameDecoder::new(Role::Client, 1 << 20).with_allowed_rsv(0x4);
     let mut bytes = z.clone();
@@ -325,9 +334,60 @@ fn compress_frames_reencodes_a_batch() {
         ]
     );
     // Not whole frames: None.
-    assert_eq!(compress_frames(&batch[..batch.len() - 1], &mut d, 64), None);
-    assert_eq!(compress_frames(&[0x81], &mut d, 64), None);
-    assert_eq!(compress_frames(&[], &mut d, 64), Some(Vec::new()));
+    let st = &mut CompressStats::default();
+    assert_eq!(
+        compress_frames(&batch[..batch.len() - 1], &mut d, 64, st),
+        None
+    );
+    assert_eq!(compress_frames(&[0x81], &mut d, 64, st), None);
+    assert_eq!(compress_frames(&[], &mut d, 64, st), Some(Vec::new()));
+}
+
+#[test]
+fn compress_message_frames_one_message_or_declines() {
+    let dec = FrameDecoder::new(Role::Client, 1 << 20).with_allowed_rsv(0x4);
+    let mut d = Deflater::new(1, 15);
+    let mut st = CompressStats::default();
+    // Every header length: 7-bit, 16-bit and 64-bit payload lengths.
+    for n in [14usize, 40, 2_000, 200_000] {
+        let msg: Vec<u8> = b"0123456789abcdef"
+            .iter()
+            .cycle()
+            .take(n * 5)
+            .copied()
+            .collect();
+        let mut f = compress_message(OpCode::Binary, &msg, &mut d, 64, &mut st).unwrap();
+        let frame = dec.decode(&mut f).unwrap().unwrap();
+        assert_eq!(frame.consumed, f.len());
+        assert!(frame.header.fin);
+        assert_eq!(frame.header.rsv, 0x4);
+        assert_eq!(frame.header.opcode, OpCode::Binary);
+        assert_eq!(client_inflate(&f[frame.payload]), msg);
+    }
+    assert_eq!(st.messages, 4);
+    assert_eq!(st.before, 5 * (14 + 40 + 2_000 + 200_000));
+    // Shorter than min_bytes: not compressed, not counted as incompressible.
+    assert_eq!(
+        compress_message(OpCode::Text, b"short", &mut d, 64, &mut st),
+        None
+    );
+    assert_eq!(st.incompressible, 0);
+    // Does not shrink: declined and counted.
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let noise: Vec<u8> = (0..1000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 32) as u8
+        })
+        .collect();
+    assert_eq!(
+        compress_message(OpCode::Binary, &noise, &mut d, 64, &mut st),
+        None
+    );
+    assert_eq!(st.incompressible, 1);
+    assert_eq!(st.messages, 4);
 }
 
 #[test]

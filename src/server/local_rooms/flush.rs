@@ -27,10 +27,13 @@ impl LocalRooms {
         // The batch's bytes move into a shared frame (no copy); the room
         // keeps no buffer between iterations.
         let raw = (publications > 0).then(|| self.frames.share(bytes));
+        // Its compressed encoding, made here if a local receiver needs it
+        // and carried to the other workers with the batch.
+        let compressed = Compressed::default();
         if let Some(frame) = &raw {
+            let mut z = None;
             let filter =
                 !self.echo_self && room.batch.frames.iter().any(|f| f.publisher != usize::MAX);
-            let mut z = None;
             for &member in &room.receivers {
                 let own = filter && out.table.published_epoch(member) == Some(room.batch.epoch);
                 let (delivery, n) = if own {
@@ -43,6 +46,7 @@ impl LocalRooms {
                 };
                 note(delivery, member, n, out.metrics, &mut self.slow);
             }
+            compressed.keep(&z);
         }
         let shared = room.shared.clone();
         let me = 1u64 << self.worker;
@@ -67,7 +71,7 @@ impl LocalRooms {
                 || Some(shared.clone()),
                 &opts,
                 frames,
-                raw.clone(),
+                (raw.clone(), compressed),
                 to_self,
             );
         } else {
@@ -83,6 +87,7 @@ impl LocalRooms {
                     frame: raw,
                     messages: publications,
                     push,
+                    compressed,
                 });
                 out.port
                     .send(out.mesh, remote, &msg, publications, out.metrics);
@@ -126,7 +131,7 @@ impl LocalRooms {
             || directory.get(channel),
             opts,
             &frames,
-            Some(raw),
+            (Some(raw), Compressed::default()),
             SelfPart::All,
         )
     }
@@ -153,6 +158,7 @@ impl LocalRooms {
             frame: Some(raw),
             messages: 1,
             push,
+            compressed: Compressed::default(),
         });
         port.send(seq.mesh, shared.worker_mask(), &msg, 1, seq.metrics);
     }
@@ -164,13 +170,14 @@ impl LocalRooms {
             return;
         };
         if let Some(frame) = &batch.frame {
-            let mut z = None;
+            let mut z = batch.compressed.get();
             for &member in &room.receivers {
                 let d = out
                     .table
                     .deliver(member, |s| s.send_batch(frame, &mut z), out.metrics);
                 note(d, member, batch.messages, out.metrics, &mut self.slow);
             }
+            batch.compressed.keep(&z);
         }
         if let Some(push) = &batch.push {
             deliver_push(room, push, out, &mut self.slow, &mut self.insufficient);
@@ -256,6 +263,7 @@ fn encode_push(
         frame: SharedFrame::from_vec(bytes),
         items,
         epoch: first.map(|p| p.epoch.clone()),
+        compressed: Compressed::default(),
     }
 }
 
@@ -293,11 +301,15 @@ fn deliver_push(
         }
     }
     let count = push.items.len() as u64;
+    // The compressed encoding of the pushes, made on first need (here or
+    // by another worker) and shared by every subscriber that negotiated
+    // permessage-deflate.
+    let mut z = push.compressed.get();
     for s in &room.subscribers {
         let f = floor.max(s.skip_upto);
         let d = if last == 0 || f == 0 || push.items.iter().all(|i| i.offset == 0 || i.offset > f) {
             out.table
-                .deliver(s.key, |x| x.send_shared(&push.frame), out.metrics)
+                .deliver(s.key, |x| x.send_batch(&push.frame, &mut z), out.metrics)
         } else {
             let parts = push.parts(move |i| i.offset == 0 || i.offset > f);
             if parts.clone().next().is_none() {
@@ -308,6 +320,7 @@ fn deliver_push(
         };
         note(d, s.key, count, out.metrics, slow);
     }
+    push.compressed.keep(&z);
 }
 
 /// Enqueues the raw frames of a batch not published by `member`, with the
@@ -389,7 +402,7 @@ fn sequence(
     room: impl FnOnce() -> Option<Arc<RoomShared>>,
     opts: &ChannelOptions,
     frames: &[BatchFrame],
-    raw: Option<SharedFrame>,
+    (raw, compressed): (Option<SharedFrame>, Compressed),
     to_self: SelfPart,
 ) -> StreamPosition {
     let data = raw.as_ref().map_or(&[][..], |f| f.as_bytes());
@@ -420,6 +433,7 @@ fn sequence(
                         frame: raw.clone(),
                         messages: publications,
                         push: push.clone(),
+                        compressed: compressed.clone(),
                     });
                     port.send(seq.mesh, remote, &msg, publications, seq.metrics);
                 }
@@ -434,6 +448,7 @@ fn sequence(
                         messages: if frame.is_some() { publications } else { 0 },
                         frame,
                         push,
+                        compressed,
                     });
                     port.send(seq.mesh, me, &msg, 0, seq.metrics);
                 }

@@ -26,7 +26,7 @@ use super::directory::{RoomDirectory, RoomShared};
 use super::frame_pool::FramePool;
 use super::http::MemberRole;
 use super::mesh::{Mesh, MeshPort, RoomBatch, WorkerMsg};
-use super::push::{self, PushBatch, PushItem};
+use super::push::{self, Compressed, PushBatch, PushItem};
 use super::session::Delivery;
 use super::table::ConnTable;
 use crate::broker::{BrokerError, BrokerMetrics, BrokerPort, Envelope, Kind};

@@ -294,7 +294,13 @@ impl Session {
         now: u64,
     ) {
         self.out.push_http(accept);
-        self.phase = Phase::Open(OpenPhase::new(&self.ctx.config, deflate, now));
+        let open = OpenPhase::new(&self.ctx.config, deflate, now);
+        if let (true, Some(s)) = (open.deflates(), self.ctx.config.deflate) {
+            // Replies are compressed per message with the worker's deflater.
+            super::open::register(&self.ctx, &s);
+            self.out.set_deflate(true);
+        }
+        self.phase = Phase::Open(open);
         let interval = self.ctx.config.ping_interval_ms;
         self.deadline = if interval == 0 { 0 } else { now + interval };
     }

@@ -33,6 +33,7 @@ use crate::protocol::{
     MessageKind, Role, SharedFrame, UpgradeRequest,
 };
 use http::{HttpPhase, Via};
+pub(crate) use open::compress_reply;
 use open::OpenPhase;
 use std::io::{self, Write};
 use std::net::IpAddr;
@@ -483,7 +484,7 @@ impl Session {
             (Phase::Open(o), Some(s)) if o.deflates() => s,
             _ => return self.send_shared(plain),
         };
-        let z = compressed.get_or_insert_with(|| open::compress_batch(plain, &settings));
+        let z = compressed.get_or_insert_with(|| open::compress_batch(plain, &self.ctx, &settings));
         match z {
             Some(z) => {
                 let z = z.clone();

@@ -5,13 +5,17 @@ use super::super::rate_limit::RateLimiter;
 use super::{Phase, Session, SessionConfig, Verdict};
 use crate::config::RateLimitPolicy;
 use crate::metrics::close_code_index;
-use crate::protocol::deflate::{compress_frames, DeflateSettings, Deflater, Inflater, Negotiated};
+use crate::protocol::deflate::{
+    compress_frames, compress_message, CompressStats, DeflateSettings, Deflater, Inflater,
+    Negotiated,
+};
 use crate::protocol::SharedFrame;
 use crate::protocol::{
     CloseAction, CloseCode, CloseHandshake, ControlFrame, Event, Inflate, MessageAssembler,
-    ProtocolError,
+    MessageKind, ProtocolError,
 };
 use std::cell::RefCell;
+use std::sync::Arc;
 
 thread_local! {
     /// The worker's inflater (a worker is a thread): serves every
@@ -19,20 +23,98 @@ thread_local! {
     /// single-frame message at a time (the assembler gives a message
     /// compressed across fragments an inflater of its own).
     static SHARED_INFLATER: RefCell<Inflater> = RefCell::new(Inflater::new());
-    /// The worker's deflater (and its level), made on first use.
-    static SHARED_DEFLATER: RefCell<Option<(u32, Deflater)>> = const { RefCell::new(None) };
+    /// The worker's deflater, made on first use, and the context of the
+    /// worker's sessions (its settings and counters): every session of a
+    /// worker shares one [`SessionContext`](super::SessionContext), so the
+    /// last one that opened with compression stands for all of them.
+    static SHARED_DEFLATER: RefCell<Option<WorkerDeflater>> = const { RefCell::new(None) };
+}
+
+struct WorkerDeflater {
+    settings: DeflateSettings,
+    deflater: Deflater,
+    ctx: Arc<super::SessionContext>,
+}
+
+/// Runs `f` with the worker's deflater for `ctx`'s settings (made or
+/// remade when they differ), then adds what it did to `ctx`'s counters.
+fn with_deflater<R>(
+    ctx: &Arc<super::SessionContext>,
+    s: &DeflateSettings,
+    f: impl FnOnce(&mut Deflater, &mut CompressStats) -> R,
+) -> R {
+    SHARED_DEFLATER.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        let w = match &mut *cell {
+            Some(w) if w.settings == *s => {
+                if !Arc::ptr_eq(&w.ctx, ctx) {
+                    w.ctx = ctx.clone();
+                }
+                w
+            }
+            slot => slot.insert(WorkerDeflater {
+                settings: *s,
+                deflater: Deflater::new(s.level, s.server_window_bits),
+                ctx: ctx.clone(),
+            }),
+        };
+        let mut stats = CompressStats::default();
+        let r = f(&mut w.deflater, &mut stats);
+        count(&ctx.metrics.deflate, &stats);
+        r
+    })
+}
+
+fn count(m: &crate::metrics::DeflateCounters, st: &CompressStats) {
+    if st.messages > 0 {
+        m.messages_out.add(st.messages);
+        m.bytes_before.add(st.before);
+        m.bytes_after.add(st.after);
+    }
+    if st.incompressible > 0 {
+        m.incompressible.add(st.incompressible);
+    }
 }
 
 /// The compressed re-encoding of a broadcast batch (made once per batch
 /// with the worker's deflater); `None` if the bytes are not whole frames.
-pub(super) fn compress_batch(plain: &SharedFrame, s: &DeflateSettings) -> Option<SharedFrame> {
+pub(super) fn compress_batch(
+    plain: &SharedFrame,
+    ctx: &Arc<super::SessionContext>,
+    s: &DeflateSettings,
+) -> Option<SharedFrame> {
+    with_deflater(ctx, s, |d, st| {
+        compress_frames(plain.as_bytes(), d, s.min_bytes, st).map(SharedFrame::from_vec)
+    })
+}
+
+/// Registers `ctx` as the worker's deflate context, so that replies
+/// queued by the handler ([`compress_reply`]) are compressed with its
+/// settings and counted in its metrics.
+pub(super) fn register(ctx: &Arc<super::SessionContext>, s: &DeflateSettings) {
+    with_deflater(ctx, s, |_, _| ());
+}
+
+/// A reply (echo, protocol reply) for a connection that negotiated
+/// permessage-deflate: the whole compressed frame, or `None` to send it
+/// plain (shorter than `compression_min_bytes`, would not shrink, or no
+/// compressing session opened on this thread). Called by the outbound
+/// queue of such a connection; per message, no context takeover, with the
+/// worker's deflater.
+pub(crate) fn compress_reply(kind: MessageKind, data: &[u8]) -> Option<Vec<u8>> {
     SHARED_DEFLATER.with(|cell| {
         let mut cell = cell.borrow_mut();
-        if cell.as_ref().is_none_or(|(level, _)| *level != s.level) {
-            *cell = Some((s.level, Deflater::new(s.level, s.server_window_bits)));
-        }
-        let (_, d) = cell.as_mut()?;
-        compress_frames(plain.as_bytes(), d, s.min_bytes).map(SharedFrame::from_vec)
+        let w = cell.as_mut()?;
+        let mut st = CompressStats::default();
+        let r = compress_message(
+            kind.opcode(),
+            data,
+            &mut w.deflater,
+            w.settings.min_bytes,
+            &mut st,
+        );
+        count(&w.ctx.metrics.deflate, &st);
+        r
     })
 }
 
@@ -145,6 +227,7 @@ impl Session {
         let Phase::Open(o) = phase else {
             return After::Stop;
         };
+        let compressed = o.deflate && (header.rsv & 0x4 != 0 || o.assembler.inflating());
         let result = match o.deflate {
             false => o.assembler.on_frame(header, payload),
             true => SHARED_INFLATER.with(|shared| {
@@ -162,6 +245,14 @@ impl Session {
         let event = match result {
             Ok(event) => event,
             Err(e) => {
+                if compressed
+                    && matches!(
+                        e,
+                        ProtocolError::BadCompressedData | ProtocolError::MessageTooLarge
+                    )
+                {
+                    ctx.metrics.deflate.inflate_failures.inc();
+                }
                 self.fail(e, now);
                 return After::Stop;
             }
@@ -173,6 +264,9 @@ impl Session {
                     return After::Continue;
                 }
                 ctx.metrics.messages_in.inc();
+                if compressed {
+                    ctx.metrics.deflate.messages_in.inc();
+                }
                 if let Some(limiter) = o.limiter.as_mut() {
                     if !limiter.allow(&ctx.config.rate, data.len(), now) {
                         ctx.metrics.rate_limited.inc();

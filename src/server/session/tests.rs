@@ -157,17 +157,34 @@ impl Harness {
         w
     }
 
-    /// Frames the server wrote.
+    /// Frames the server wrote (compressed ones inflated).
     fn frames(&mut self) -> Vec<(OpCode, Vec<u8>)> {
+        self.frames_rsv1()
+            .into_iter()
+            .map(|(op, _, data)| (op, data))
+            .collect()
+    }
+
+    /// Frames the server wrote, whether each was compressed (RSV1), and
+    /// the payload (inflated as a client that negotiated deflate would).
+    fn frames_rsv1(&mut self) -> Vec<(OpCode, bool, Vec<u8>)> {
         let mut bytes = self.output();
-        let dec = FrameDecoder::new(FrameRole::Client, 1 << 24);
+        let dec = FrameDecoder::new(FrameRole::Client, 1 << 24).with_allowed_rsv(0x4);
         let mut frames = Vec::new();
         let mut pos = 0;
         while let Ok(Some(f)) = dec.decode(&mut bytes[pos..]) {
-            frames.push((
-                f.header.opcode,
-                bytes[pos + f.payload.start..pos + f.payload.end].to_vec(),
-            ));
+            let payload = &bytes[pos + f.payload.start..pos + f.payload.end];
+            let rsv1 = f.header.rsv & 0x4 != 0;
+            let data = if rsv1 {
+                let mut inf = crate::protocol::deflate::Inflater::new();
+                let mut out = Vec::new();
+                inf.inflate(payload, &mut out, 1 << 26).unwrap();
+                inf.finish(&mut out, 1 << 26).unwrap();
+                out
+            } else {
+                payload.to_vec()
+            };
+            frames.push((f.header.opcode, rsv1, data));
             pos += f.consumed;
         }
         assert_eq!(pos, bytes.len(), "whole frames only");
@@ -872,10 +889,90 @@ fn deflate_negotiated_and_compressed_messages_inflated() {
             b"plain".to_vec()
         ]
     );
-    // Replies go out uncompressed (allowed: RSV1 is per message).
+    let metrics = t.metrics.clone();
+    let m = &metrics.deflate;
+    assert_eq!(m.messages_in.get(), 2);
+    assert_eq!(m.inflate_failures.get(), 0);
+    // Echo replies go out compressed, per message, when at least
+    // compression_min_bytes (64) long; "plain" is shorter and goes plain.
+    let frames = t.frames_rsv1();
+    assert_eq!(
+        frames,
+        vec![
+            (OpCode::Text, true, text.as_bytes().to_vec()),
+            (OpCode::Binary, true, text.as_bytes().to_vec()),
+            (OpCode::Text, false, b"plain".to_vec()),
+        ]
+    );
+    assert_eq!(m.messages_out.get(), 2);
+    assert_eq!(m.bytes_before.get(), 2 * text.len() as u64);
+    assert!(m.bytes_after.get() < m.bytes_before.get() / 10, "{m:?}");
+}
+
+#[test]
+fn replies_are_compressed_only_for_sessions_that_negotiated_deflate() {
+    // Same worker (thread), compression on, one session without an offer.
+    let (mut z, _) = open_deflate(deflate_config());
+    let mut plain = Harness::open(deflate_config(), 1);
+    let text = "hello hello hello hello hello hello hello hello hello hello ".repeat(4);
+    for t in [&mut z, &mut plain] {
+        let bytes = frame(OpCode::Text, text.as_bytes());
+        assert_eq!(t.input(&bytes, 2), bytes.len());
+    }
+    assert_eq!(
+        z.frames_rsv1(),
+        vec![(OpCode::Text, true, text.as_bytes().to_vec())]
+    );
+    assert_eq!(
+        plain.frames_rsv1(),
+        vec![(OpCode::Text, false, text.as_bytes().to_vec())]
+    );
+    // compression_min_bytes above the message: plain for everyone.
+    let cfg = SessionConfig {
+        deflate: Some(crate::protocol::deflate::DeflateSettings {
+            min_bytes: text.len() + 1,
+            ..Default::default()
+        }),
+        ..config()
+    };
+    let (mut z, _) = open_deflate(cfg);
+    let bytes = frame(OpCode::Text, text.as_bytes());
+    z.input(&bytes, 2);
+    assert_eq!(
+        z.frames_rsv1(),
+        vec![(OpCode::Text, false, text.as_bytes().to_vec())]
+    );
+}
+
+#[test]
+fn a_message_compressed_across_fragments_with_pings_between() {
+    // The client's deflate stream split over 5 frames, control frames
+    // interleaved, and bytes fed in small pieces.
+    let (mut t, _) = open_deflate(deflate_config());
+    let text: String = (0..2000).map(|i| format!("item {i}, ")).collect();
+    let z = deflated_frames(OpCode::Text, text.as_bytes(), 5);
+    // Split the encoded frames back up to put a ping after the first.
+    let dec = FrameDecoder::new(FrameRole::Server, 1 << 24).with_allowed_rsv(0x4);
+    let mut probe = z.clone();
+    let first = dec.decode(&mut probe).unwrap().unwrap().consumed;
+    let mut bytes = z[..first].to_vec();
+    bytes.extend(frame(OpCode::Ping, b"p"));
+    bytes.extend_from_slice(&z[first..]);
+    let mut fed = 0;
+    let mut pending: Vec<u8> = Vec::new();
+    for chunk in bytes.chunks(7) {
+        pending.extend_from_slice(chunk);
+        let n = t.input(&pending, 2);
+        pending.drain(..n);
+        fed += chunk.len();
+    }
+    assert_eq!(fed, bytes.len());
+    assert!(pending.is_empty());
+    assert_eq!(t.h.messages, vec![text.as_bytes().to_vec()]);
+    assert_eq!(t.metrics.deflate.messages_in.get(), 1);
     let frames = t.frames();
-    assert_eq!(frames.len(), 3);
-    assert_eq!(frames[0], (OpCode::Text, text.as_bytes().to_vec()));
+    assert_eq!(frames[0], (OpCode::Pong, b"p".to_vec()));
+    assert_eq!(frames[1], (OpCode::Text, text.as_bytes().to_vec()));
 }
 
 #[test]
@@ -910,6 +1007,23 @@ fn deflate_bomb_is_closed_with_1009() {
     let frames = t.frames();
     assert_eq!(frames[0].0, OpCode::Close);
     assert_eq!(frames[0].1[..2], 1009u16.to_be_bytes());
+    assert_eq!(t.metrics.deflate.inflate_failures.get(), 1);
+    assert_eq!(t.metrics.deflate.messages_in.get(), 0);
+}
+
+#[test]
+fn corrupt_compressed_data_is_1007_and_counted() {
+    let (mut t, _) = open_deflate(deflate_config());
+    // Block type 3 (reserved): invalid deflate.
+    let mut bytes = Vec::new();
+    encode_client_frame(true, OpCode::Binary, &[0xff, 0xff, 0xff], KEY, &mut bytes);
+    bytes[0] |= 0x40;
+    t.input(&bytes, 2);
+    assert!(t.h.messages.is_empty());
+    let frames = t.frames();
+    assert_eq!(frames[0].0, OpCode::Close);
+    assert_eq!(frames[0].1[..2], 1007u16.to_be_bytes());
+    assert_eq!(t.metrics.deflate.inflate_failures.get(), 1);
 }
 
 #[test]
@@ -930,4 +1044,7 @@ fn a_batch_is_compressed_once_and_shared_by_compressing_sessions() {
     assert_eq!(wire_a[0], 0x80 | 0x40 | 0x1, "FIN, RSV1, text");
     assert!(wire_a.len() < frame.len() / 2);
     assert_eq!(plain.output(), frame.as_bytes());
+    // Counted once (one encoding), not once per recipient.
+    assert_eq!(a.metrics.deflate.messages_out.get(), 1);
+    assert_eq!(b.metrics.deflate.messages_out.get(), 0);
 }
