@@ -780,7 +780,7 @@ mod tests {
         let mut d = Deflater::new(1, 15);
         let mut plain = msg(0, 0, 3);
         plain.extend(msg(0, 1, 3));
-        let wire = compress_frames(&plain, &mut d, 0).unwrap();
+        let wire = compress_frames(&plain, &mut d, 0, &mut Default::default()).unwrap();
         assert_eq!(wire[0] & 0x40, 0x40, "compressed");
         let mut t = Tls::new(64, 1, vec![2], 1);
         let mut a = sub_conn();
