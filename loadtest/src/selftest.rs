@@ -44,7 +44,9 @@ pub fn run(
     }
     if deflate {
         let mut d = wsrelay::protocol::deflate::Deflater::new(1, 15);
-        wire = wsrelay::protocol::deflate::compress_frames(&wire, &mut d, 0, &mut Default::default()).expect("whole frames");
+        wire =
+            wsrelay::protocol::deflate::compress_frames(&wire, &mut d, 0, &mut Default::default())
+                .expect("whole frames");
     }
     let plan = Plan {
         global: 0,
