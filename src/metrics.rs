@@ -665,6 +665,33 @@ pub fn render_prometheus(workers: &[&WorkerMetrics], gauges: &Gauges<'_>) -> Str
     o
 }
 
+/// Appends the Redis broker's families (`broker = "redis"`,
+/// docs/cluster.md) to a rendered page.
+pub fn render_broker(o: &mut String, m: &crate::broker::BrokerMetrics, shards: usize) {
+    use crate::broker::BrokerMetrics as B;
+    let up = B::get(&m.shards_up);
+    type Row = (&'static str, &'static str, &'static str, u64);
+    let rows: [Row; 13] = [
+        ("wsrelay_broker_up", "gauge", "1 while every Redis shard's connections are up; 0: degraded (cross-node delivery stopped, local delivery goes on).", u64::from(up == shards as u64)),
+        ("wsrelay_broker_shards_up", "gauge", "Redis shards whose subscriber and command connections are both up.", up),
+        ("wsrelay_broker_reconnects_total", "counter", "Redis connections made again after a loss.", B::get(&m.reconnects)),
+        ("wsrelay_broker_connect_errors_total", "counter", "Failed Redis connection attempts.", B::get(&m.connect_errors)),
+        ("wsrelay_broker_publish_errors_total", "counter", "Local publications not handed to Redis (refused at once or failed later): other nodes did not get them.", B::get(&m.publish_errors)),
+        ("wsrelay_broker_request_errors_total", "counter", "Broker requests answered with an error (of which timeouts below).", B::get(&m.request_errors)),
+        ("wsrelay_broker_timeouts_total", "counter", "Broker requests unanswered within redis_publish_timeout.", B::get(&m.timeouts)),
+        ("wsrelay_broker_inflight", "gauge", "Broker requests queued or in flight.", B::get(&m.inflight)),
+        ("wsrelay_broker_messages_in_total", "counter", "Envelopes received from Redis.", B::get(&m.messages_in)),
+        ("wsrelay_broker_dropped_total", "counter", "Envelopes dropped because a worker's broker inbox was full (missed by its subscribers).", B::get(&m.inbox_dropped)),
+        ("wsrelay_broker_decode_errors_total", "counter", "Payloads on wsrelay's Redis channels that are not envelopes.", B::get(&m.decode_errors)),
+        ("wsrelay_broker_channels", "gauge", "Redis channels this node is subscribed (or subscribing) to.", B::get(&m.channels)),
+        ("wsrelay_broker_subscribe_pending", "gauge", "SUBSCRIBEs sent and not yet confirmed (subscription lag).", B::get(&m.subscribe_pending)),
+    ];
+    for (name, kind, help, v) in rows {
+        family(o, name, kind, help);
+        let _ = writeln!(o, "{name} {v}");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -738,5 +765,27 @@ mod tests {
             assert!(text.contains(&format!("# HELP {name} ")), "{name}");
         }
         assert_eq!(totals([&a, &b]).messages_in, 7);
+    }
+
+    #[test]
+    fn broker_families_render_up_and_degraded() {
+        use std::sync::atomic::Ordering;
+        let m = crate::broker::BrokerMetrics::default();
+        m.shards_up.store(1, Ordering::Relaxed);
+        m.publish_errors.store(3, Ordering::Relaxed);
+        m.inbox_dropped.store(2, Ordering::Relaxed);
+        let mut text = String::new();
+        render_broker(&mut text, &m, 2);
+        assert!(text.contains("# TYPE wsrelay_broker_up gauge\nwsrelay_broker_up 0\n"));
+        assert!(text.contains("wsrelay_broker_shards_up 1\n"));
+        assert!(text.contains("wsrelay_broker_publish_errors_total 3\n"));
+        assert!(text.contains("wsrelay_broker_dropped_total 2\n"));
+        let mut text = String::new();
+        render_broker(&mut text, &m, 1);
+        assert!(text.contains("wsrelay_broker_up 1\n"));
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let name = line.split(['{', ' ']).next().unwrap();
+            assert!(text.contains(&format!("# HELP {name} ")), "{name}");
+        }
     }
 }

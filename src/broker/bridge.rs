@@ -38,7 +38,10 @@ pub enum BrokerEvent {
     /// from another node, or from this one when it carries a position
     /// (publications with history are delivered *only* this way, on every
     /// node including the origin, so all nodes see the same offset
-    /// order). Shared by every interested worker.
+    /// order). With a position it goes to every interested worker (each
+    /// sequences its own subscribers); without, to one: the lowest
+    /// interested worker, whose room batch reaches the node's others
+    /// through the mesh (encoded once per node).
     Message(Arc<Envelope>),
     /// Redis confirmed the subscription to `channel`: live messages flow
     /// from now on. `resubscribed`: it follows a lost connection (or a
@@ -333,6 +336,11 @@ impl BrokerPort {
     /// This node's id.
     pub fn node(&self) -> NodeId {
         self.shared.settings.node
+    }
+
+    /// The bridge's counters.
+    pub fn metrics(&self) -> &BrokerMetrics {
+        &self.shared.metrics
     }
 
     /// Whether the shard of `channel` is connected (requests into it would
@@ -918,6 +926,17 @@ fn subscriber_reader(
                     continue;
                 }
                 BrokerMetrics::inc(&shared.metrics.messages_delivered);
+                // Without a position, one worker (always the lowest with
+                // interest, so one channel's envelopes stay in order) takes
+                // it into its room batch, which reaches the node's other
+                // workers through the mesh: encoded once per node, as a
+                // local publication is. With a position (history, phase 2)
+                // every worker sequences its own subscribers.
+                let mask = if env.position.is_none() {
+                    mask & mask.wrapping_neg()
+                } else {
+                    mask
+                };
                 let env = Arc::new(env);
                 deliver(&shared, mask, &channel, || {
                     BrokerEvent::Message(env.clone())

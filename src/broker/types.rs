@@ -192,6 +192,9 @@ pub struct BrokerMetrics {
     /// channels).
     pub subscribe_commands: AtomicU64,
     pub unsubscribe_commands: AtomicU64,
+    /// Local publications the engine could not hand to the broker
+    /// (refused at once, or failed later): they reached this node only.
+    pub publish_errors: AtomicU64,
 }
 
 impl BrokerMetrics {

@@ -119,8 +119,10 @@ impl RouteSplit {
 /// What `/readyz` answers: ready while the relay accepts connections.
 /// Not ready while shutting down, or while the public side is at
 /// `max_connections` (a load balancer should send new clients elsewhere;
-/// the connections held are served as before). Once a broker exists,
-/// readiness will also require being connected to it.
+/// the connections held are served as before). Not the broker's state:
+/// every node loses Redis at once and each still serves its own clients,
+/// so that would empty the cluster (`/healthz` says degraded instead;
+/// docs/cluster.md).
 pub fn readiness(shutting_down: bool, open: usize, max_connections: usize) -> (u16, &'static str) {
     if shutting_down {
         (503, "not ready: shutting down\n")

@@ -98,7 +98,12 @@ impl ApiEngine for ApiBackend<'_> {
         } else {
             MessageKind::Binary
         };
-        self.rooms.publish(room, kind, payload, None);
+        // With a broker that refused it (Redis down, outbox full): not
+        // published anywhere, Centrifugo's "internal server error".
+        if self.rooms.publish(room, kind, payload, None).is_err() {
+            self.rooms.discard_if_unused(room, &self.shared.directory);
+            return Err(ErrorCode::Internal);
+        }
         Ok(None)
     }
 

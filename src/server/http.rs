@@ -122,6 +122,18 @@ pub fn busy() -> Vec<u8> {
     )
 }
 
+/// `POST /publish` when the broker refused the message (`broker =
+/// "redis"`: Redis down or the outbox full): published nowhere.
+pub fn broker_unavailable(e: &crate::broker::BrokerError) -> Vec<u8> {
+    http_response(
+        503,
+        "Retry-After: 1\r\n",
+        "text/plain; charset=utf-8",
+        format!("{e}: not published; retry shortly\n").as_bytes(),
+        false,
+    )
+}
+
 /// Why a publish request is refused before its body is read.
 #[derive(Debug, PartialEq, Eq)]
 pub struct PublishReject {

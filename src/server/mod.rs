@@ -60,6 +60,23 @@ pub struct Shared {
     pub hub: Hub,
     /// Which listener serves which routes (`admin_listen`, `public_routes`).
     pub routes: admin::RouteSplit,
+    /// With `broker = "redis"`: the bridge's state, for `/healthz` and
+    /// `/metrics`.
+    pub broker: Option<BrokerStatus>,
+}
+
+/// What the HTTP side sees of the broker.
+pub struct BrokerStatus {
+    pub metrics: Arc<crate::broker::BrokerMetrics>,
+    /// Redis shards (`redis_url` entries).
+    pub shards: usize,
+}
+
+impl BrokerStatus {
+    /// Every shard's connections are up.
+    pub fn is_up(&self) -> bool {
+        crate::broker::BrokerMetrics::get(&self.metrics.shards_up) == self.shards as u64
+    }
 }
 
 /// Why the relay could not start.
@@ -97,6 +114,8 @@ pub struct ServerHandle {
     /// The TLS certificate new handshakes present (`SIGHUP` reloads it).
     tls_certs: Option<Arc<tls::Certificates>>,
     reuseport: bool,
+    /// The Redis bridge (`broker = "redis"`), stopped after the workers.
+    broker: Option<crate::broker::Broker>,
 }
 
 impl ServerHandle {
@@ -152,6 +171,9 @@ impl ServerHandle {
         for t in self.threads {
             let _ = t.join();
         }
+        if let Some(b) = self.broker {
+            b.shutdown();
+        }
     }
 
     /// Counters summed over workers.
@@ -204,6 +226,13 @@ fn probe_exclusive(addr: SocketAddr) -> std::io::Result<()> {
 
 /// Starts the workers and returns once every listener is bound.
 pub fn start(config: Config) -> Result<ServerHandle, StartError> {
+    config.check_broker_features().map_err(|e| {
+        StartError::Config(
+            e.to_string()
+                .trim_start_matches("config error: ")
+                .to_string(),
+        )
+    })?;
     let workers = config.effective_workers();
     if workers == 0 || workers > MAX_WORKERS {
         return Err(StartError::Config(format!(
@@ -317,6 +346,24 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
     }
     let hub = Hub::new(&config)
         .map_err(|e| StartError::Config(format!("key \"{}\": {}", e.key, e.reason)))?;
+    let (broker, broker_ports) =
+        match crate::broker::BrokerSettings::from_config(&config).map_err(StartError::Config)? {
+            Some(settings) => {
+                let shards = settings.targets.len();
+                let (b, ports) = crate::broker::Broker::start(settings, wakers.clone())
+                    .map_err(StartError::Io)?;
+                let status = BrokerStatus {
+                    metrics: b.metrics().clone(),
+                    shards,
+                };
+                (Some((b, status)), ports.into_iter().map(Some).collect())
+            }
+            None => (None, (0..workers).map(|_| None).collect::<Vec<_>>()),
+        };
+    let (broker, broker_status) = match broker {
+        Some((b, s)) => (Some(b), Some(s)),
+        None => (None, None),
+    };
     let (mesh, receivers) = Mesh::new(wakers, config.fanout_queue_len);
     let pin = config.pin_cores;
     let shared = Arc::new(Shared {
@@ -334,6 +381,7 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
         ),
         hub,
         routes: admin::RouteSplit::from_config(&config),
+        broker: broker_status,
         config,
     });
     let cores = if pin {
@@ -342,15 +390,16 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
         Vec::new()
     };
     let mut threads = Vec::with_capacity(workers);
-    for (i, (((poll, listener), rx), tls)) in polls
+    for (i, ((((poll, listener), rx), tls), port)) in polls
         .into_iter()
         .zip(listeners)
         .zip(receivers)
         .zip(tls_listeners)
+        .zip(broker_ports)
         .enumerate()
     {
         let admin = if i == 0 { admin_listener.take() } else { None };
-        let worker = worker::Worker::new(i, poll, listener, admin, tls, shared.clone(), rx)
+        let worker = worker::Worker::new(i, poll, listener, admin, tls, shared.clone(), rx, port)
             .map_err(StartError::Io)?;
         let core = if cores.is_empty() {
             None
@@ -378,6 +427,7 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
         tls_addr,
         tls_certs,
         reuseport,
+        broker,
     })
 }
 

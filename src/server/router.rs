@@ -79,7 +79,7 @@ impl Router<'_> {
         let hub = &self.shared.hub;
         let history = hub.history.stats();
         let presence = hub.presence.counters();
-        crate::metrics::render_prometheus(
+        let mut page = crate::metrics::render_prometheus(
             &workers,
             &Gauges {
                 rooms_open: self.shared.directory.len(),
@@ -94,7 +94,11 @@ impl Router<'_> {
                     presence_entries: presence.entries as u64,
                 }),
             },
-        )
+        );
+        if let Some(b) = &self.shared.broker {
+            crate::metrics::render_broker(&mut page, &b.metrics, b.shards);
+        }
+        page
     }
 
     /// Workers other than this one with members of `room`, and whether
@@ -139,6 +143,13 @@ impl Router<'_> {
             ("GET" | "HEAD", "/healthz") => {
                 if self.shutting_down {
                     answer(http::text(503, "shutting down\n", false), false)
+                } else if self.shared.broker.as_ref().is_some_and(|b| !b.is_up()) {
+                    // Still 200: the node serves its own clients, and
+                    // every node loses Redis at once, so a 503 would take
+                    // the whole cluster out of the load balancer
+                    // (docs/cluster.md, Faults).
+                    let body = "degraded: broker down (cross-node delivery stopped)\n";
+                    answer(http::text(200, body, keep_alive), keep_alive)
                 } else {
                     answer(http::text(200, "ok\n", keep_alive), keep_alive)
                 }
@@ -210,7 +221,12 @@ impl Router<'_> {
             .publications
             .inc();
         match self.rooms.ensure(&self.shared.directory, room, options) {
-            Ok(id) => self.rooms.publish(id, kind, body, None),
+            Ok(id) => {
+                if let Err(e) = self.rooms.publish(id, kind, body, None) {
+                    self.rooms.discard_if_unused(id, &self.shared.directory);
+                    return answer(http::broker_unavailable(&e), false);
+                }
+            }
             Err(_) => return answer(http::text(503, "too many rooms\n", false), false),
         }
         let bytes = http::publish_accepted(
@@ -554,7 +570,9 @@ impl Handler for Router<'_> {
                 self.metrics.namespaces[usize::from(m.ns)]
                     .publications
                     .inc();
-                self.rooms.publish(room_id, kind, data, Some((self.key, m)));
+                // A broker error is counted; the raw protocol has no
+                // answer for it and local members still get the message.
+                let _ = self.rooms.publish(room_id, kind, data, Some((self.key, m)));
                 Verdict::Continue
             }
             Some(Attachment::Client(client)) => {

@@ -2,7 +2,8 @@
 //! socket; skipped with a message if redis-server is not installed). Two
 //! bridges in one process stand for two nodes.
 //!
-//! - delivery between nodes: order, origin filter, subscribe on demand;
+//! - delivery between nodes: order, origin filter, subscribe on demand,
+//!   one worker per node for envelopes without position;
 //! - history: contiguous offsets, stable epoch, reads since an offset,
 //!   trimming, a restarted (empty) Redis giving a new epoch;
 //! - presence across nodes and expiry of a dead node's entries;
@@ -637,4 +638,76 @@ fn channels_are_sharded_over_several_redis_servers() {
         assert_eq!(on, [shard == 0, shard == 1], "{n}");
     }
     assert!(per_shard[0] > 5 && per_shard[1] > 5, "{per_shard:?}");
+}
+
+#[test]
+fn an_envelope_without_position_goes_to_one_worker_of_a_node() {
+    if !have_redis() {
+        return;
+    }
+    use mio::{Poll, Token as MioToken, Waker};
+    use std::sync::Arc;
+    let redis = RedisServer::start();
+    let polls: Vec<Poll> = (0..2).map(|_| Poll::new().unwrap()).collect();
+    let wakers = polls
+        .iter()
+        .map(|p| Arc::new(Waker::new(p.registry(), MioToken(0)).unwrap()))
+        .collect();
+    let (broker, mut ports) =
+        wsrelay::broker::Broker::start(Node::settings(&redis.url()), wakers).unwrap();
+    let mut other = Node::start(Node::settings(&redis.url()));
+    other.wait_up("one");
+    // Events of one port within T until `n` messages arrived.
+    let messages = |port: &mut wsrelay::broker::BrokerPort, n: usize, wait: Duration| {
+        let until = Instant::now() + wait;
+        let mut ev = Vec::new();
+        let mut got = Vec::new();
+        loop {
+            port.recv_events(&mut ev);
+            for e in ev.drain(..) {
+                if let BrokerEvent::Message(m) = e {
+                    got.push(m.payload.clone());
+                }
+            }
+            if got.len() >= n || Instant::now() >= until {
+                return got;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    ports[0].interest("one", true);
+    ports[1].interest("one", true);
+    let until = Instant::now() + T;
+    while redis
+        .cli(&["PUBSUB", "NUMSUB", "wsrelay.ch.one"])
+        .lines()
+        .nth(1)
+        != Some("1")
+    {
+        assert!(Instant::now() < until, "not subscribed");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(broker.is_up());
+    for i in 0..5u8 {
+        let env = other.envelope("one", Kind::RawText, &[b'0' + i]);
+        let t = other.port.publish(&env).unwrap();
+        assert_eq!(other.reply(t, T), Ok(Reply::Published));
+    }
+    // The lowest worker with interest takes every one, in order (its room
+    // batch then reaches the node's other workers through the mesh).
+    let want: Vec<Vec<u8>> = (0..5u8).map(|i| vec![b'0' + i]).collect();
+    assert_eq!(messages(&mut ports[0], 5, T), want);
+    assert!(messages(&mut ports[1], 1, Duration::from_millis(300)).is_empty());
+    // Worker 0 loses interest: worker 1 takes over.
+    ports[0].interest("one", false);
+    let until = Instant::now() + T;
+    loop {
+        let env = other.envelope("one", Kind::RawText, b"x");
+        let t = other.port.publish(&env).unwrap();
+        assert_eq!(other.reply(t, T), Ok(Reply::Published));
+        if !messages(&mut ports[1], 1, Duration::from_millis(50)).is_empty() {
+            break;
+        }
+        assert!(Instant::now() < until, "worker 1 never took over");
+    }
 }

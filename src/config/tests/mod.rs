@@ -540,3 +540,51 @@ fn namespaces_are_checked_like_top_level_keys() {
         .to_string()
         .contains("history_ttl"));
 }
+
+#[test]
+fn redis_broker_refuses_history_and_presence_until_phase_2() {
+    let refused = |toml: &str, key: &str, scope: &str| {
+        let c = Config::from_toml_str(toml, "t.toml").unwrap();
+        c.validate().unwrap();
+        let e = c.check_broker_features().expect_err(toml).to_string();
+        assert!(e.contains(&format!("key \"{key}\"")), "{e}");
+        assert!(e.contains(scope), "{e}");
+        assert!(e.contains("not supported with the Redis broker yet"), "{e}");
+        assert!(!e.contains('\n'));
+    };
+    let redis = "broker = \"redis\"\n";
+    refused(
+        &format!("{redis}history_size = 10\nhistory_ttl = \"60s\"\n"),
+        "history_size",
+        "key \"broker\"",
+    );
+    refused(
+        &format!("{redis}presence = true\n"),
+        "presence",
+        "key \"broker\"",
+    );
+    refused(
+        &format!(
+            "{redis}[[namespaces]]\nname = \"chat\"\nhistory_size = 5\nhistory_ttl = \"1m\"\n"
+        ),
+        "history_size",
+        "namespace \"chat\"",
+    );
+    refused(
+        &format!("{redis}[[namespaces]]\nname = \"ok\"\njoin_leave = true\n[[namespaces]]\nname = \"room\"\npresence = true\n"),
+        "presence",
+        "namespace \"room\"",
+    );
+    // Without them (join_leave needs neither), and with the memory
+    // broker, the same options are fine.
+    let fine = [
+        format!("{redis}join_leave = true\n[[namespaces]]\nname = \"chat\"\njoin_leave = true\n"),
+        "history_size = 10\nhistory_ttl = \"60s\"\npresence = true\n".to_string(),
+    ];
+    for toml in fine {
+        Config::from_toml_str(&toml, "t.toml")
+            .unwrap()
+            .check_broker_features()
+            .unwrap_or_else(|e| panic!("{toml}: {e}"));
+    }
+}

@@ -249,7 +249,14 @@ impl Client {
             || self.info_json(None),
             |s| self.info_json(self.chan_info(s.room_id)),
         );
-        x.rooms.publish_json(room_id, data, Some(info));
+        // With a broker that refuses it at once (Redis down, outbox
+        // full): published nowhere, and the client gets 100 "internal
+        // server error" (temporary, Centrifugo's answer to a broker
+        // failure) in this reply (docs/cluster.md).
+        if x.rooms.publish_json(room_id, data, Some(info)).is_err() {
+            x.rooms.discard_if_unused(room_id, x.directory);
+            return Err(ErrorCode::Internal.into());
+        }
         x.metrics.namespaces[x.hub.namespace_slot(name.namespace())]
             .publications
             .inc();

@@ -29,6 +29,7 @@ use super::mesh::{Mesh, MeshPort, RoomBatch, WorkerMsg};
 use super::push::{self, Compressed, PushBatch, PushItem};
 use super::session::Delivery;
 use super::table::ConnTable;
+use crate::broker::{BrokerError, BrokerMetrics, BrokerPort, Envelope, Kind};
 use crate::config::ChannelOptions;
 use crate::metrics::WorkerMetrics;
 use crate::protocol::{encode_header, MessageKind, SharedFrame};
@@ -164,6 +165,10 @@ pub struct LocalRooms {
     insufficient: Vec<(usize, u64)>,
     /// Subscribers removed during a read: (room, slot) of their tombstones.
     dead: Vec<(u64, u32)>,
+    /// With `broker = "redis"`: this worker's end of the bridge. Local
+    /// publications go out through it; interest follows the rooms'
+    /// first and last members here (docs/cluster.md).
+    broker: Option<Box<BrokerPort>>,
 }
 
 impl LocalRooms {
@@ -182,6 +187,89 @@ impl LocalRooms {
             slow: Vec::new(),
             insufficient: Vec::new(),
             dead: Vec::new(),
+            broker: None,
+        }
+    }
+
+    /// Connects this worker's rooms to the broker (`broker = "redis"`).
+    pub fn set_broker(&mut self, port: BrokerPort) {
+        self.broker = Some(Box::new(port));
+    }
+
+    /// This worker's end of the broker, if there is one.
+    pub fn broker_mut(&mut self) -> Option<&mut BrokerPort> {
+        self.broker.as_deref_mut()
+    }
+
+    pub fn broker(&self) -> Option<&BrokerPort> {
+        self.broker.as_deref()
+    }
+
+    /// A room got its first member here: subscribe this worker to the
+    /// channel in the broker.
+    fn first_member(&mut self, room_id: u64) {
+        if let (Some(port), Some(room)) = (self.broker.as_deref_mut(), self.rooms.get(&room_id)) {
+            if room.members == 1 {
+                port.interest(&room.shared.name, true);
+            }
+        }
+    }
+
+    /// Publishes a local publication to the other nodes. Errors are
+    /// counted (`broker_publish_errors`) and returned.
+    fn send_to_broker(
+        &mut self,
+        room_id: u64,
+        kind: Kind,
+        payload: &[u8],
+        info: Option<&[u8]>,
+    ) -> Result<(), BrokerError> {
+        let (Some(port), Some(room)) = (self.broker.as_deref_mut(), self.rooms.get(&room_id))
+        else {
+            return Ok(());
+        };
+        let env = Envelope {
+            kind,
+            origin: port.node(),
+            channel: room.shared.name.to_string(),
+            position: None,
+            info: info.map(<[u8]>::to_vec),
+            payload: payload.to_vec(),
+        };
+        port.publish(&env).map(|_| ()).inspect_err(|_| {
+            BrokerMetrics::inc(&port.metrics().publish_errors);
+        })
+    }
+
+    /// Removes a room [`ensure`](Self::ensure)d for a publication that
+    /// was then refused (broker error): no members and nothing to deliver.
+    pub fn discard_if_unused(&mut self, room_id: u64, directory: &RoomDirectory) {
+        let unused = self
+            .rooms
+            .get(&room_id)
+            .is_some_and(|r| r.members == 0 && r.batch.frames.is_empty());
+        if unused {
+            if let Some(room) = self.rooms.remove(&room_id) {
+                self.ids.remove(&*room.shared.name);
+                directory.leave(&room.shared, self.worker);
+            }
+        }
+    }
+
+    /// Delivers an envelope from another node to this worker's room
+    /// `room_id` (and, through its batch, to every other worker with
+    /// members): as a local publication, but not published again.
+    pub fn deliver_envelope(&mut self, room_id: u64, env: &Envelope) {
+        let info = env.info.as_deref().map(Arc::<[u8]>::from);
+        match env.kind {
+            Kind::RawText => self.append_raw(room_id, MessageKind::Text, &env.payload, None),
+            Kind::RawBinary => self.append_raw(room_id, MessageKind::Binary, &env.payload, None),
+            Kind::Publication => self.append_json(room_id, &env.payload, info),
+            Kind::Join | Kind::Leave => {
+                if let Some(info) = info {
+                    self.append_join_leave(room_id, env.kind == Kind::Join, info);
+                }
+            }
         }
     }
 
@@ -238,14 +326,16 @@ impl LocalRooms {
         } else {
             0
         };
-        Some(Membership {
+        let m = Membership {
             room_id: room.shared.id,
             slot: slot as u32,
             receives: role.receives(),
             publishes: role.publishes(),
             published_epoch: 0,
             ns,
-        })
+        };
+        self.first_member(m.room_id);
+        Some(m)
     }
 
     /// Adds protocol subscriber `key` to channel `name`; returns the room
@@ -264,7 +354,9 @@ impl LocalRooms {
         room.members += 1;
         room.subscribers.push(Subscriber { key, skip_upto: 0 });
         room.shared.count_subscriber(true);
-        Ok((room.shared.id, (room.subscribers.len() - 1) as u32))
+        let at = (room.shared.id, (room.subscribers.len() - 1) as u32);
+        self.first_member(at.0);
+        Ok(at)
     }
 
     /// The room of `name` here for a publication, created without members
@@ -404,6 +496,9 @@ impl LocalRooms {
             if let Some(room) = self.rooms.remove(&room_id) {
                 self.ids.remove(&*room.shared.name);
                 out.directory.leave(&room.shared, self.worker);
+                if let Some(port) = self.broker.as_deref_mut() {
+                    port.interest(&room.shared.name, false);
+                }
             }
         }
     }
@@ -460,7 +555,34 @@ impl LocalRooms {
     /// member's slab key and membership (whose epoch is updated), or `None`
     /// for an HTTP publish. Nothing is delivered here: batches go out in
     /// [`LocalRooms::flush_full`] and [`LocalRooms::flush_all`].
+    ///
+    /// With a broker, the message is also published to the other nodes.
+    /// From a raw member it is delivered here whatever the broker says
+    /// (the raw protocol has no answer to give; the error is counted);
+    /// from HTTP or the API (`publisher` `None`) a broker error is
+    /// returned and nothing is delivered anywhere, so the caller can say
+    /// so (503, API error).
     pub fn publish(
+        &mut self,
+        room_id: u64,
+        kind: MessageKind,
+        data: &[u8],
+        publisher: Option<(usize, &mut Membership)>,
+    ) -> Result<(), BrokerError> {
+        let bkind = match kind {
+            MessageKind::Text => Kind::RawText,
+            MessageKind::Binary => Kind::RawBinary,
+        };
+        if publisher.is_none() {
+            self.send_to_broker(room_id, bkind, data, None)?;
+            self.append_raw(room_id, kind, data, None);
+            return Ok(());
+        }
+        self.append_raw(room_id, kind, data, publisher);
+        self.send_to_broker(room_id, bkind, data, None)
+    }
+
+    fn append_raw(
         &mut self,
         room_id: u64,
         kind: MessageKind,
@@ -494,8 +616,22 @@ impl LocalRooms {
     }
 
     /// Appends a protocol publication (`data` is JSON; `info` the
-    /// publisher's `ClientInfo`, absent for the server API).
-    pub fn publish_json(&mut self, room_id: u64, data: &[u8], info: Option<Arc<[u8]>>) {
+    /// publisher's `ClientInfo`, absent for the server API). With a
+    /// broker, it is published to the other nodes first: if the broker
+    /// refuses it (down, outbox full), nothing is delivered and the error
+    /// is returned for the client's reply.
+    pub fn publish_json(
+        &mut self,
+        room_id: u64,
+        data: &[u8],
+        info: Option<Arc<[u8]>>,
+    ) -> Result<(), BrokerError> {
+        self.send_to_broker(room_id, Kind::Publication, data, info.as_deref())?;
+        self.append_json(room_id, data, info);
+        Ok(())
+    }
+
+    fn append_json(&mut self, room_id: u64, data: &[u8], info: Option<Arc<[u8]>>) {
         let header = encode_header(true, MessageKind::Text.opcode(), data.len(), None);
         let Some(batch) = self.batch_of(room_id) else {
             return;
@@ -515,8 +651,16 @@ impl LocalRooms {
         self.after_append(room_id);
     }
 
-    /// Appends a join or leave push (subscribers only).
+    /// Appends a join or leave push (subscribers only); with a broker,
+    /// also sent to the other nodes (best effort, like a raw member's
+    /// message).
     pub fn join_leave(&mut self, room_id: u64, join: bool, info: Arc<[u8]>) {
+        let kind = if join { Kind::Join } else { Kind::Leave };
+        let _ = self.send_to_broker(room_id, kind, &[], Some(&info));
+        self.append_join_leave(room_id, join, info);
+    }
+
+    fn append_join_leave(&mut self, room_id: u64, join: bool, info: Arc<[u8]>) {
         let Some(batch) = self.batch_of(room_id) else {
             return;
         };

@@ -47,6 +47,7 @@ impl World {
             admission: Admission::new(16, 16, 64),
             hub: Hub::new(&config).unwrap(),
             routes: admin::RouteSplit::from_config(&config),
+            broker: None,
             config,
         };
         World {
@@ -167,4 +168,92 @@ fn http_publish_into_a_blocked_destination_gets_503_with_retry_after() {
     w.unblock_worker_1();
     let r = w.router(&mut replies).on_request(&req, &body);
     assert_eq!(status_and_retry_after(&r.bytes).0, 202);
+}
+
+fn get_request(path: &str) -> HttpRequest {
+    let head = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+    match parse_request(head.as_bytes(), &HandshakeLimits::default()) {
+        Ok(ParsedRequest::Http(req)) => req,
+        _ => panic!("not an HTTP request"),
+    }
+}
+
+#[test]
+fn with_the_broker_down_publishes_get_503_health_says_degraded_and_no_room_stays() {
+    use crate::broker::{Broker, BrokerMetrics, BrokerSettings};
+    let mut w = World::new();
+    let mut replies = Vec::new();
+    let health = |w: &mut World, replies: &mut Vec<u8>| {
+        let HeadVerdict::Answer(r) = w.router(replies).on_request_head(&get_request("/healthz"))
+        else {
+            panic!("/healthz is answered at the head");
+        };
+        String::from_utf8_lossy(&r.bytes).into_owned()
+    };
+    // Memory broker: as ever.
+    assert!(health(&mut w, &mut replies).ends_with("\r\n\r\nok\n"));
+
+    // A Redis that is not there: the bridge keeps trying in the
+    // background; requests fail at once.
+    let settings = BrokerSettings::for_url("unix:///nonexistent-wsrelay-test/redis.sock").unwrap();
+    let poll = mio::Poll::new().unwrap();
+    let waker = Arc::new(mio::Waker::new(poll.registry(), mio::Token(0)).unwrap());
+    let (broker, mut ports) = Broker::start(settings, vec![waker]).unwrap();
+    w.rooms.set_broker(ports.remove(0));
+    w.shared.broker = Some(crate::server::BrokerStatus {
+        metrics: broker.metrics().clone(),
+        shards: 1,
+    });
+    let (req, body) = publish_request("a", b"hello");
+    let r = w.router(&mut replies).on_request(&req, &body);
+    assert_eq!(
+        status_and_retry_after(&r.bytes),
+        (503, Some("1".to_string()))
+    );
+    let text = String::from_utf8_lossy(&r.bytes);
+    assert!(text.contains("broker unavailable: not published"), "{text}");
+    // The room made for the publication did not stay behind.
+    assert_eq!(w.rooms.id_of("a"), None);
+    assert_eq!(w.shared.directory.len(), 0);
+    assert_eq!(BrokerMetrics::get(&broker.metrics().publish_errors), 1);
+    // Degraded, still 200 (docs/cluster.md: a 503 would take every node
+    // out of the load balancer at once).
+    let h = health(&mut w, &mut replies);
+    assert!(h.starts_with("HTTP/1.1 200"), "{h}");
+    assert!(h.contains("degraded: broker down"), "{h}");
+    // The API's publish: error 100, nothing delivered, no room either.
+    {
+        use crate::pubsub::api::{ApiEngine, PublishOptions};
+        let mut api = crate::server::api_backend::ApiBackend {
+            shared: &w.shared,
+            rooms: &mut w.rooms,
+            port: &mut w.port,
+            metrics: &w.metrics,
+        };
+        let r = api.publish("b", b"\"x\"", &PublishOptions::default());
+        assert_eq!(r, Err(crate::pubsub::proto::ErrorCode::Internal));
+    }
+    assert_eq!(w.rooms.id_of("b"), None);
+    assert_eq!(w.shared.directory.len(), 0);
+    assert_eq!(BrokerMetrics::get(&broker.metrics().publish_errors), 2);
+    // A raw member's message still reaches this node (the raw protocol
+    // has no answer for the error, which is counted and returned).
+    let mut m = w
+        .rooms
+        .join(
+            &w.shared.directory,
+            "c",
+            None,
+            7,
+            crate::server::http::MemberRole::Both,
+            0,
+        )
+        .unwrap();
+    let r = w
+        .rooms
+        .publish(m.room_id, MessageKind::Text, b"raw", Some((7, &mut m)));
+    assert_eq!(r, Err(crate::broker::BrokerError::Unavailable));
+    assert_ne!(m.published_epoch, 0, "appended to this iteration's batch");
+    assert_eq!(BrokerMetrics::get(&broker.metrics().publish_errors), 3);
+    broker.shutdown();
 }

@@ -44,6 +44,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod cluster;
 mod pubsub;
 
 pub const WAKER: Token = Token(usize::MAX - 2);
@@ -90,9 +91,16 @@ pub struct Worker {
     scratch_insufficient: Vec<(usize, u64)>,
     /// Protocol clients' deadlines: connect, token and subscription expiry.
     deadlines: ClientDeadlines,
+    /// Broker events and replies of one iteration (reused).
+    scratch_broker_events: Vec<crate::broker::BrokerEvent>,
+    scratch_broker_replies: Vec<(
+        crate::broker::Token,
+        Result<crate::broker::Reply, crate::broker::BrokerError>,
+    )>,
 }
 
 impl Worker {
+    #[allow(clippy::too_many_arguments)] // the parts of one worker, each moved in
     pub fn new(
         id: usize,
         poll: Poll,
@@ -101,6 +109,7 @@ impl Worker {
         tls: Option<(TcpListener, Arc<rustls::ServerConfig>)>,
         shared: Arc<Shared>,
         rx: Receiver<WorkerMsg>,
+        broker: Option<crate::broker::BrokerPort>,
     ) -> io::Result<Worker> {
         let acceptor = Acceptor::new(listener, poll.registry(), LISTENER)?;
         let admin = match admin {
@@ -115,6 +124,10 @@ impl Worker {
         let workers = shared.mesh.len();
         let reserve = (c.max_connections / workers.max(1)).saturating_mul(5) / 4 + 1024;
         let metrics = shared.metrics[id].clone();
+        let mut rooms = LocalRooms::new(id, c.max_outbound_bytes, c.echo_self);
+        if let Some(port) = broker {
+            rooms.set_broker(port);
+        }
         Ok(Worker {
             id,
             poll,
@@ -133,7 +146,7 @@ impl Worker {
             admin_keys: Vec::new(),
             table: ConnTable::new(reserve),
             pool: BufferPool::new(c.read_buffer_bytes, c.buffer_pool_size),
-            rooms: LocalRooms::new(id, c.max_outbound_bytes, c.echo_self),
+            rooms,
             port: MeshPort::new(rx, workers),
             housekeeping: super::housekeeping::Housekeeping::new(1),
             epoch: Instant::now(),
@@ -150,6 +163,8 @@ impl Worker {
                 c.client_expired_close_delay.as_secs(),
                 c.client_expired_sub_close_delay.as_secs(),
             ),
+            scratch_broker_events: Vec::new(),
+            scratch_broker_replies: Vec::new(),
             shared,
         })
     }
@@ -196,6 +211,7 @@ impl Worker {
                 }
             }
             self.drain_inbox();
+            self.drain_broker();
             self.drain_overflow();
             self.read_ready();
             self.run_timers();
@@ -229,15 +245,19 @@ impl Worker {
     fn sleep(&mut self, events: &mut Events) -> io::Result<()> {
         let mut timeout = self.poll_timeout();
         if timeout != Some(Duration::ZERO)
-            && !self
+            && (!self
                 .shared
                 .mesh
                 .prepare_sleep(self.id, self.port.receiver())
+                || !self.rooms.broker().is_none_or(|b| b.prepare_sleep()))
         {
             timeout = Some(Duration::ZERO);
         }
         let result = self.poll.poll(events, timeout);
         self.shared.mesh.awake(self.id);
+        if let Some(b) = self.rooms.broker() {
+            b.awake();
+        }
         match result {
             Err(e) if e.kind() != io::ErrorKind::Interrupted => Err(e),
             _ => Ok(()),
@@ -249,7 +269,7 @@ impl Worker {
             return Some(Duration::ZERO);
         }
         let mut wait = self.housekeeping.due_in(self.now).min(1000);
-        if self.port.has_blocked() {
+        if self.port.has_blocked() || self.rooms.broker().is_some_and(|b| b.has_pending()) {
             wait = 1;
         }
         for t in [
