@@ -55,6 +55,7 @@ use std::io::{self, IoSlice, Write};
 use std::sync::Arc;
 use wsrelay::config::{RateLimitPolicy, SlowConsumerPolicy};
 use wsrelay::metrics::WorkerMetrics;
+use wsrelay::protocol::deflate::{DeflateSettings, Negotiated};
 use wsrelay::protocol::response::http_response;
 use wsrelay::protocol::{
     encode_client_frame, encode_header, CloseCode, FrameDecoder, HandshakeLimits, HttpRequest,
@@ -84,7 +85,6 @@ const STEPS: [u64; 16] = [
     0, 1, 2, 10, 50, 99, 100, 499, 500, 999, 1000, 5000, 10_000, 30_000, 40_000, 100_000,
 ];
 const WRITE_BUDGETS: [usize; 8] = [0, 1, 2, 7, 64, 500, 4096, usize::MAX];
-
 
 const UPGRADE_ECHO: &[u8] = b"GET /echo HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
 const CANNED: [&[u8]; 12] = [
@@ -195,7 +195,11 @@ impl Handler for Relay {
         answer(http::publish_accepted(room, 1, 0, keep_alive), keep_alive)
     }
 
-    fn on_upgrade(&mut self, req: &UpgradeRequest) -> Result<Vec<u8>, Response> {
+    fn on_upgrade(
+        &mut self,
+        req: &UpgradeRequest,
+        deflate: Option<&Negotiated>,
+    ) -> Result<Vec<u8>, Response> {
         assert!(self.attachment.is_none(), "a second upgrade");
         let route = check_upgrade(req);
         if self.shutting_down {
@@ -224,7 +228,7 @@ impl Handler for Relay {
         };
         self.attachment = Some(echo);
         let protocol = req.negotiate_protocol(&self.subprotocols);
-        Ok(req.accept_response(protocol))
+        Ok(req.accept_response_with(protocol, deflate))
     }
 
     fn on_message(
@@ -781,6 +785,9 @@ fuzz_target!(|data: &[u8]| {
         } else {
             SlowConsumerPolicy::Close
         },
+        // permessage-deflate offered (inputs whose upgrade offers it get
+        // compressed frames inflated, bombs and all).
+        deflate: (b0 & 0x20 != 0).then(DeflateSettings::default),
     };
     let now = 1;
     let ctx = SessionContext::new(cfg.clone(), Arc::new(WorkerMetrics::default()));
