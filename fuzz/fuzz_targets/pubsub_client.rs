@@ -79,7 +79,10 @@ fuzz_target!(|data: &[u8]| {
         let result = client.handle_frame(frame, &mut x, &mut out);
         let lines = frame.split(|&b| b == b'\n').count();
         let mut replies = 0;
-        for line in out.split(|&b| b == b'\n').filter(|l| !out.is_empty() || !l.is_empty()) {
+        for line in out
+            .split(|&b| b == b'\n')
+            .filter(|l| !out.is_empty() || !l.is_empty())
+        {
             let v: serde_json::Value = serde_json::from_slice(line).expect("reply is JSON");
             assert!(v.is_object(), "reply is an object");
             replies += 1;
@@ -95,7 +98,11 @@ fuzz_target!(|data: &[u8]| {
     let subs: Vec<u64> = client.subs.iter().map(|s| s.room_id).collect();
     for room_id in subs {
         if let Some(name) = rooms.name_of(room_id).map(str::to_owned) {
-            let i = client.subs.iter().position(|s| s.room_id == room_id).unwrap();
+            let i = client
+                .subs
+                .iter()
+                .position(|s| s.room_id == room_id)
+                .unwrap();
             let sub = client.subs.swap_remove(i);
             client.leave_effects(&name, &sub, hub, &mut rooms, &metrics);
         }
