@@ -16,22 +16,9 @@ const BIN: &str = env!("CARGO_BIN_EXE_wsrelay");
 const API_KEY: &str = "cluster-api-key";
 const PUBLISH_TOKEN: &str = "cluster-publish-token";
 
-/// Whether redis-server and redis-cli are installed; tests skip (with a
-/// message) if not.
-pub fn have_redis() -> bool {
-    let ok = ["redis-server", "redis-cli"].iter().all(|bin| {
-        Command::new(bin)
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success())
-    });
-    if !ok {
-        eprintln!(
-            "SKIPPED: redis-server or redis-cli is not installed (apt-get install redis-server)"
-        );
-    }
-    ok
-}
+#[path = "../common/redis_server.rs"]
+mod redis_server;
+pub use redis_server::{have_redis, RedisServer};
 
 fn temp_dir(what: &str) -> PathBuf {
     static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
@@ -45,68 +32,7 @@ fn temp_dir(what: &str) -> PathBuf {
     dir
 }
 
-/// redis-server on a unix socket in a temp dir, no persistence.
-pub struct RedisServer {
-    dir: PathBuf,
-}
-
 impl RedisServer {
-    pub fn start() -> RedisServer {
-        let s = RedisServer {
-            dir: temp_dir("cluster-redis"),
-        };
-        s.launch();
-        s
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.dir.join("redis.sock")
-    }
-
-    pub fn url(&self) -> String {
-        format!("unix://{}", self.socket().display())
-    }
-
-    /// Starts redis-server (again, empty) on the same socket.
-    pub fn launch(&self) {
-        let _ = std::fs::remove_file(self.socket());
-        let st = Command::new("redis-server")
-            .args(["--port", "0", "--unixsocket"])
-            .arg(self.socket())
-            .args([
-                "--daemonize",
-                "yes",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--pidfile",
-            ])
-            .arg(self.dir.join("redis.pid"))
-            .arg("--dir")
-            .arg(&self.dir)
-            .arg("--logfile")
-            .arg(self.dir.join("redis.log"))
-            .status()
-            .expect("redis-server");
-        assert!(st.success());
-        let until = Instant::now() + Duration::from_secs(10);
-        while self.cli(&["PING"]).trim() != "PONG" {
-            assert!(Instant::now() < until, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    pub fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new("redis-cli")
-            .arg("-s")
-            .arg(self.socket())
-            .args(args)
-            .output()
-            .expect("redis-cli");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
     /// Nodes subscribed to `channel` (their subscriber connections).
     pub fn numsub(&self, channel: &str) -> usize {
         let out = self.cli(&["PUBSUB", "NUMSUB", &format!("wsrelay.ch.{channel}")]);
@@ -126,22 +52,6 @@ impl RedisServer {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-    }
-
-    /// SHUTDOWN NOSAVE; waits until the socket is gone.
-    pub fn shutdown(&self) {
-        let _ = self.cli(&["SHUTDOWN", "NOSAVE"]);
-        let until = Instant::now() + Duration::from_secs(10);
-        while self.socket().exists() && Instant::now() < until {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.shutdown();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
