@@ -121,9 +121,14 @@ fn publications_on_one_node_reach_every_node_in_order_once() {
                 "node {node}: subscriber, {src}: {pubs:?}"
             );
         }
-        // Raw members and subscribers of a node see the same messages in
-        // the same order (one batch, encoded once per kind of receiver).
-        assert_eq!(raws, pubs, "node {node}");
+        // Raw members and subscribers of a receiving node see the same
+        // messages in the same order (Redis's order, relayed by one
+        // worker). Not on the origin: there each publisher's worker
+        // delivers its own publications at once, so two receivers on
+        // different workers may interleave publishers differently.
+        if node > 0 {
+            assert_eq!(raws, pubs, "node {node}");
+        }
     }
     // Every node saw the Redis order: the same sequence everywhere but
     // on the origin, which delivered its own publications at once.

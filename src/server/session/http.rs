@@ -229,9 +229,14 @@ impl Session {
                         .forwarded(ForwardedSource::ProxyProtocol)
                         .inc();
                 }
-                if let Err(refusal) = h.on_client(client) {
-                    self.answer(refusal, now);
-                    return input.len();
+                // A source that is itself a trusted proxy is not the client:
+                // the request's forwarding headers name it (`client_of`), so
+                // it is not counted against a per-IP limit in between.
+                if !self.ctx.trusted.contains(client) {
+                    if let Err(refusal) = h.on_client(client) {
+                        self.answer(refusal, now);
+                        return input.len();
+                    }
                 }
                 header.len.saturating_sub(held)
             }

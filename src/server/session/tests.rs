@@ -748,6 +748,29 @@ fn proxy_header_in_pieces_then_the_handshake_deadline() {
 }
 
 #[test]
+fn a_proxy_header_naming_a_trusted_hop_leaves_the_client_to_the_request() {
+    // HAProxy in front of an inner trusted proxy: the header names the
+    // inner proxy, which is not the client and is never counted as one.
+    let mut t = via_proxy(1, Some(1_000));
+    let header = b"PROXY TCP4 10.1.1.1 10.0.0.1 5000 443\r\n";
+    assert_eq!(t.input(header, 2), header.len());
+    assert!(t.h.clients.is_empty(), "{:?}", t.h.clients);
+    let upgrade = [
+        &UPGRADE[..UPGRADE.len() - 2],
+        b"X-Forwarded-For: 203.0.113.9\r\n\r\n",
+    ]
+    .concat();
+    assert_eq!(t.input(&upgrade, 3), upgrade.len());
+    assert_eq!(t.h.clients, [ip("203.0.113.9")]);
+    assert!(t.s.is_websocket());
+    // Without forwarding headers the inner proxy is the client after all.
+    let mut t = via_proxy(1, Some(1_000));
+    t.input(header, 2);
+    t.input_all(b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n", 3);
+    assert_eq!(t.h.clients, [ip("10.1.1.1")]);
+}
+
+#[test]
 fn proxy_header_deadline_and_truncation_are_counted() {
     let mut t = via_proxy(1, Some(1_000));
     t.input(b"PROXY TCP4", 2);
