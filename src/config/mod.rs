@@ -289,41 +289,6 @@ impl Config {
         self.check_cross_keys()
     }
 
-    /// With `broker = "redis"`, history, recovery and presence are not
-    /// wired through Redis yet (docs/cluster.md, phase 2): a channel
-    /// option that needs them is refused at start (`server::run`) rather
-    /// than silently kept on one node. Not part of [`Config::validate`],
-    /// whose layers may still be overridden by later ones, nor of each
-    /// layer's checks: it is a limit of this build, not of the keys.
-    pub fn check_broker_features(&self) -> Result<(), ConfigError> {
-        if self.broker != "redis" {
-            return Ok(());
-        }
-        let top = ChannelOptions::of(self);
-        let scopes = std::iter::once((None, &top)).chain(
-            self.namespaces
-                .iter()
-                .map(|n| (Some(n.name.as_str()), &n.options)),
-        );
-        for (ns, o) in scopes {
-            let key = if o.history_size > 0 {
-                "history_size"
-            } else if o.presence {
-                "presence"
-            } else {
-                continue;
-            };
-            let at = match ns {
-                None => format!("key \"{key}\""),
-                Some(n) => format!("namespace {n:?}: key \"{key}\""),
-            };
-            return Err(ConfigError::invalid(format!(
-                "{at} conflicts with key \"broker\" = \"redis\": history, recovery and presence are not supported with the Redis broker yet (docs/cluster.md); set {key} off or use broker = \"memory\""
-            )));
-        }
-        Ok(())
-    }
-
     /// Rules that involve two keys (documented in docs/configuration.md,
     /// "Rules between keys").
     fn check_cross_keys(&self) -> Result<(), ConfigError> {

@@ -71,6 +71,25 @@ impl ApiEngine for ApiBackend<'_> {
             metrics: self.metrics,
             worker: self.rooms.worker(),
         };
+        if options.has_history() && self.rooms.broker().is_some() {
+            // Kept and sequenced in Redis (or, with `skip_history`, sent
+            // live without a position): refused at once when Redis is
+            // down. The answer has no position: it is given when Redis
+            // accepted the request, before it assigned one (docs/cluster.md).
+            let room = self
+                .rooms
+                .ensure(&self.shared.directory, channel, options)
+                .map_err(|_| ErrorCode::LimitExceeded)?;
+            let sent = if opts.skip_history {
+                self.rooms.publish_live(room, payload)
+            } else {
+                self.rooms
+                    .publish_remote(room, crate::broker::Kind::Publication, payload, None)
+                    .map(|_| ())
+            };
+            self.rooms.discard_if_unused(room, &self.shared.directory);
+            return sent.map(|()| None).map_err(|_| ErrorCode::Internal);
+        }
         if options.has_history() && opts.skip_history {
             // Delivered live, not kept: no offset (as in Centrifugo).
             self.rooms
@@ -115,7 +134,10 @@ impl ApiEngine for ApiBackend<'_> {
         reverse: bool,
     ) -> Result<HistoryResult, ErrorCode> {
         let options = self.hub().options(channel)?;
-        if !options.has_history() {
+        if !options.has_history() || self.rooms.broker().is_some() {
+            // With Redis the history is there, and the API answers
+            // synchronously: not available through the API yet (the
+            // client protocol's `history` reads it; docs/cluster.md).
             return Err(ErrorCode::NotAvailable);
         }
         let now = self.hub().now_ms();
@@ -145,19 +167,27 @@ impl ApiEngine for ApiBackend<'_> {
         if !options.has_history() {
             return Err(ErrorCode::NotAvailable);
         }
+        if let Some(port) = self.rooms.broker_mut() {
+            // Removed in Redis: the next read or publication starts a new
+            // epoch, and subscribers recover from it (`recovered: false`).
+            port.remove_history(channel)
+                .map_err(|_| ErrorCode::Internal)?;
+            return Ok(());
+        }
         self.hub().history.remove(channel);
         Ok(())
     }
 
     fn presence(&mut self, channel: &str) -> Result<Vec<ClientInfo>, ErrorCode> {
-        if !self.hub().options(channel)?.presence {
+        // With Redis, presence is there: see `history`.
+        if !self.hub().options(channel)?.presence || self.rooms.broker().is_some() {
             return Err(ErrorCode::NotAvailable);
         }
         Ok(self.hub().presence.presence(channel))
     }
 
     fn presence_stats(&mut self, channel: &str) -> Result<PresenceStats, ErrorCode> {
-        if !self.hub().options(channel)?.presence {
+        if !self.hub().options(channel)?.presence || self.rooms.broker().is_some() {
             return Err(ErrorCode::NotAvailable);
         }
         Ok(self.hub().presence.stats(channel))

@@ -7,6 +7,7 @@ pub mod accept;
 pub mod admin;
 pub mod admission;
 pub mod api_backend;
+pub mod awaiting;
 pub mod buffer_pool;
 pub mod client;
 pub mod client_deadlines;
@@ -226,13 +227,6 @@ fn probe_exclusive(addr: SocketAddr) -> std::io::Result<()> {
 
 /// Starts the workers and returns once every listener is bound.
 pub fn start(config: Config) -> Result<ServerHandle, StartError> {
-    config.check_broker_features().map_err(|e| {
-        StartError::Config(
-            e.to_string()
-                .trim_start_matches("config error: ")
-                .to_string(),
-        )
-    })?;
     let workers = config.effective_workers();
     if workers == 0 || workers > MAX_WORKERS {
         return Err(StartError::Config(format!(

@@ -46,6 +46,8 @@ pub struct Router<'a> {
     pub shutting_down: bool,
     /// Replies of a protocol client's frame (reused buffer).
     pub replies: &'a mut Vec<u8>,
+    /// Protocol commands waiting for Redis.
+    pub awaiting: &'a mut crate::server::awaiting::Awaiting,
     /// The listener the connection came in on.
     pub listener: Listener,
 }
@@ -222,8 +224,12 @@ impl Router<'_> {
             .inc();
         match self.rooms.ensure(&self.shared.directory, room, options) {
             Ok(id) => {
-                if let Err(e) = self.rooms.publish(id, kind, body, None) {
-                    self.rooms.discard_if_unused(id, &self.shared.directory);
+                let published = self.rooms.publish(id, kind, body, None);
+                // Made for this publication, and nothing batched here (a
+                // refusal, or history in Redis: delivered when it comes
+                // back): not kept.
+                self.rooms.discard_if_unused(id, &self.shared.directory);
+                if let Err(e) = published {
                     return answer(http::broker_unavailable(&e), false);
                 }
             }
@@ -584,6 +590,7 @@ impl Handler for Router<'_> {
                     ping_secs: ping_secs(self.shared.config.ping_interval),
                     now_secs: Hub::unix_secs(),
                     metrics: self.metrics,
+                    awaiting: self.awaiting,
                 };
                 self.replies.clear();
                 if kind != MessageKind::Text {

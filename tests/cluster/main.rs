@@ -6,12 +6,13 @@
 //! traffic flows (local delivery goes on, publishes that need the broker
 //! fail fast, `/healthz` and `/metrics` say degraded, cross-node delivery
 //! resumes after the restart); `CLIENT KILL TYPE pubsub` (resubscribed);
-//! join/leave pushes across nodes; subscription on demand; history and
-//! presence refused at start.
+//! join/leave pushes across nodes; subscription on demand; history,
+//! recovery and presence across nodes (`history.rs`).
 //!
 //! Skipped, with a message, only when redis-server is not installed
 //! (`.ci/run` installs it).
 
+mod history;
 mod support;
 
 use serde_json::json;
@@ -21,7 +22,7 @@ use support::*;
 const CH: &str = "news";
 const N: usize = 12;
 /// A namespace with join/leave pushes (they need no presence).
-const JL: &str = "[[namespaces]]\nname = \"jl\"\njoin_leave = true\n\
+pub(crate) const JL: &str = "[[namespaces]]\nname = \"jl\"\njoin_leave = true\n\
     allow_subscribe_for_client = true\nallow_subscribe_for_anonymous = true\n";
 
 /// Starts Redis and three nodes; `None` (test skipped) without redis.
@@ -316,26 +317,4 @@ fn join_and_leave_reach_other_nodes() {
     assert!(watcher
         .push_of("leave", &id, Duration::from_millis(100))
         .is_none());
-}
-
-#[test]
-fn history_and_presence_are_refused_with_the_redis_broker() {
-    if !have_redis() {
-        return;
-    }
-    for (extra, key) in [
-        ("history_size = 10\nhistory_ttl = \"60s\"\n", "history_size"),
-        (
-            "[[namespaces]]\nname = \"chat\"\npresence = true\n",
-            "presence",
-        ),
-    ] {
-        let (code, stderr) = Node::refused("unix:///nonexistent/redis.sock", extra);
-        assert_eq!(code, Some(2), "{stderr}");
-        assert!(stderr.contains(&format!("key \"{key}\"")), "{stderr}");
-        assert!(
-            stderr.contains("not supported with the Redis broker yet"),
-            "{stderr}"
-        );
-    }
 }

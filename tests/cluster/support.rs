@@ -105,42 +105,6 @@ impl Node {
         }
     }
 
-    /// Runs a node that must refuse to start: (exit code, stderr).
-    pub fn refused(redis_url: &str, extra: &str) -> (Option<i32>, String) {
-        let dir = temp_dir("cluster-refused");
-        let cfg = config_file(&dir, free_port(), redis_url, extra);
-        let mut child = Command::new(BIN)
-            .arg("-c")
-            .arg(&cfg)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("wsrelay");
-        let until = Instant::now() + Duration::from_secs(10);
-        let status = loop {
-            if let Some(s) = child.try_wait().unwrap() {
-                break s;
-            }
-            if Instant::now() > until {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("wsrelay started although it should have refused");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        let mut err = String::new();
-        child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut err)
-            .unwrap();
-        let _ = std::fs::remove_dir_all(&dir);
-        (status.code(), err)
-    }
-
     /// Waits until `/healthz` answers with a body starting with `body`.
     pub fn wait_health(&self, body: &str) {
         let until = Instant::now() + Duration::from_secs(10);
@@ -336,6 +300,46 @@ impl Client {
         loop {
             let about = |p: &Value| p[kind]["info"]["client"] == id;
             if let Some(i) = self.pushes.iter().position(about) {
+                return self.pushes.remove(i);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            self.pump(Duration::from_millis(100));
+        }
+    }
+
+    /// Up to `want` `pub` objects (data, offset, info) in `channel`,
+    /// waiting at most `timeout` for them; other pushes kept.
+    pub fn pub_objects(&mut self, channel: &str, want: usize, timeout: Duration) -> Vec<Value> {
+        let deadline = Instant::now() + timeout;
+        let mut out = Vec::new();
+        loop {
+            let mut rest = VecDeque::new();
+            while let Some(p) = self.pushes.pop_front() {
+                if p["channel"] == channel && p.get("pub").is_some() && out.len() < want {
+                    out.push(p["pub"].clone());
+                } else {
+                    rest.push_back(p);
+                }
+            }
+            self.pushes = rest;
+            if out.len() >= want || Instant::now() >= deadline {
+                return out;
+            }
+            self.pump(
+                Duration::from_millis(100).min(deadline.saturating_duration_since(Instant::now())),
+            );
+        }
+    }
+
+    /// The next push about `channel` with key `kind` (`unsubscribe`, ...)
+    /// within `timeout`, other pushes kept.
+    pub fn channel_push(&mut self, kind: &str, channel: &str, timeout: Duration) -> Option<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let hit = |p: &Value| p["channel"] == channel && p.get(kind).is_some();
+            if let Some(i) = self.pushes.iter().position(hit) {
                 return self.pushes.remove(i);
             }
             if Instant::now() >= deadline {

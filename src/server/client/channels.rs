@@ -58,6 +58,10 @@ impl Client {
             Some(c)
         };
         let joined = self.join_channel(req, claims, x)?;
+        if joined.is_pending() {
+            // Answered once its history read from Redis is.
+            return self.await_subscription(id, &req.channel, joined, None, x);
+        }
         separate(out);
         encode_subscribe_reply(id, &joined.result(), out);
         Ok(())
@@ -84,7 +88,15 @@ impl Client {
         }
         let chan_info: Option<Arc<[u8]>> =
             claims.as_ref().and_then(|c| c.info.clone()).map(Into::into);
-        if opts.presence {
+        let remote = x.rooms.broker().is_some();
+        if remote && (opts.has_history() || opts.presence) {
+            // Its position or presence is in Redis: refused at once while
+            // the channel's shard is down (error 100, temporary).
+            if !x.rooms.broker().is_some_and(|b| b.is_up(channel)) {
+                return Err(ErrorCode::Internal.into());
+            }
+        }
+        if opts.presence && !remote {
             x.hub
                 .presence
                 .join(
@@ -98,11 +110,22 @@ impl Client {
                     }
                 })?;
         }
-        let (room_id, slot) = match x.rooms.subscribe(x.directory, channel, opts.clone(), x.key) {
+        // With Redis, a subscription that needs it (presence to join, a
+        // position to read) is pending until Redis answered.
+        let subscribed = if remote && (opts.has_history() || opts.presence) {
+            x.rooms
+                .subscribe_pending(x.directory, channel, opts.clone(), x.key)
+                .map(|(slot, p)| (p.room_id, slot, Some(p)))
+        } else {
+            x.rooms
+                .subscribe(x.directory, channel, opts.clone(), x.key)
+                .map(|(room, slot)| (room, slot, None))
+        };
+        let (room_id, slot, pending) = match subscribed {
             Ok(r) => r,
             Err(_) => {
-                if opts.presence {
-                    x.hub.presence.leave(channel, &self.id);
+                if opts.presence && !remote {
+                    self.presence_leave(channel, x.hub, x.rooms);
                 }
                 return Err(ErrorCode::LimitExceeded.into());
             }
@@ -137,10 +160,27 @@ impl Client {
             offset: 0,
             publications: Vec::new(),
             data: claims.and_then(|c| c.data),
+            pending: None,
+            since: None,
+            read: false,
+            join_presence: false,
         };
         if opts.has_history() {
             joined.recoverable = opts.force_recovery || req.recoverable || req.recover;
             joined.positioned = joined.recoverable || opts.force_positioning || req.positioned;
+        }
+        if let Some(p) = pending {
+            joined.pending = Some(p);
+            joined.join_presence = opts.presence;
+            joined.read = opts.has_history();
+            joined.since =
+                (opts.has_history() && req.recover && joined.recoverable).then(|| StreamPosition {
+                    offset: req.offset,
+                    epoch: req.epoch.as_ref().into(),
+                });
+            return Ok(joined);
+        }
+        if opts.has_history() {
             let now = x.hub.now_ms();
             let top = if req.recover && joined.recoverable {
                 let since = StreamPosition {
@@ -211,7 +251,7 @@ impl Client {
             .unsubscribes
             .inc();
         if sub.presence {
-            hub.presence.leave(channel, &self.id);
+            self.presence_leave(channel, hub, rooms);
         }
         if sub.join_leave {
             rooms.join_leave(
@@ -222,12 +262,15 @@ impl Client {
         }
     }
 
+    /// Publishes; `Ok(true)`: reply now, `Ok(false)`: the reply comes
+    /// when Redis has kept the publication (a channel with history there).
     pub(super) fn publish(
         &mut self,
+        id: u32,
         channel: &str,
         data: &[u8],
         x: &mut Exec<'_>,
-    ) -> Result<(), Fail> {
+    ) -> Result<bool, Fail> {
         let name =
             ChannelName::parse(channel, x.hub.max_channel_bytes).map_err(|e| e.reply_error())?;
         let opts = x.hub.options_of_namespace(name.namespace())?;
@@ -249,6 +292,9 @@ impl Client {
             || self.info_json(None),
             |s| self.info_json(self.chan_info(s.room_id)),
         );
+        if x.rooms.is_remote_history(room_id) {
+            return self.publish_remote(id, room_id, data, info, name.namespace(), x);
+        }
         // With a broker that refuses it at once (Redis down, outbox
         // full): published nowhere, and the client gets 100 "internal
         // server error" (temporary, Centrifugo's answer to a broker
@@ -261,7 +307,7 @@ impl Client {
             .publications
             .inc();
         self.publisher = true;
-        Ok(())
+        Ok(true)
     }
 
     /// Checks a history or presence read: the channel exists and the
@@ -302,20 +348,33 @@ pub(super) enum Read {
 }
 
 /// A subscription's answer.
-pub(super) struct Joined {
+#[derive(Debug)]
+pub struct Joined {
     expires_at: u64,
     ttl: u32,
     recoverable: bool,
     positioned: bool,
     was_recovering: bool,
-    recovered: bool,
-    epoch: String,
-    offset: u64,
-    publications: Vec<Publication>,
+    pub(super) recovered: bool,
+    pub(super) epoch: String,
+    pub(super) offset: u64,
+    pub(super) publications: Vec<Publication>,
     data: Option<Vec<u8>>,
+    /// Subscribed as pending: the stream's position comes from Redis.
+    pub(super) pending: Option<crate::server::local_rooms::PendingSlot>,
+    /// Where it recovers from (pending only).
+    pub(super) since: Option<StreamPosition>,
+    /// Pending: its position is read from Redis (a channel with history).
+    pub(super) read: bool,
+    /// Pending: it joins the channel's presence in Redis first.
+    pub(super) join_presence: bool,
 }
 
 impl Joined {
+    pub(super) fn is_pending(&self) -> bool {
+        self.pending.is_some()
+    }
+
     pub(super) fn result(&self) -> SubscribeResult<'_, Publication> {
         SubscribeResult {
             expires: self.expires_at != 0,

@@ -7,6 +7,7 @@
 //! a channel and a room are the same thing, so raw members and protocol
 //! subscribers see each other's messages.
 
+use super::awaiting::Awaiting;
 use super::directory::RoomDirectory;
 use super::local_rooms::LocalRooms;
 use super::push;
@@ -27,7 +28,10 @@ use crate::pubsub::proto::{
 use std::sync::Arc;
 
 mod channels;
+mod remote;
+pub use channels::Joined;
 use channels::{encode_presence, Read};
+pub use remote::{send_read, Completion, ConnectReply};
 
 /// The server's version in connect replies.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -83,6 +87,8 @@ pub struct Exec<'a> {
     /// Wall-clock seconds (token expiry).
     pub now_secs: u64,
     pub metrics: &'a WorkerMetrics,
+    /// Commands waiting for Redis (`broker = "redis"`).
+    pub awaiting: &'a mut Awaiting,
 }
 
 /// A command refused with a reply error, or the connection ended.
@@ -202,9 +208,10 @@ impl Client {
             }
             CommandBody::Publish(req) => {
                 let data = req.data.ok_or(ErrorCode::BadRequest)?;
-                self.publish(&req.channel, data.get().as_bytes(), x)?;
-                separate(out);
-                encode_empty_reply(id, EmptyResult::Publish, out);
+                if self.publish(id, &req.channel, data.get().as_bytes(), x)? {
+                    separate(out);
+                    encode_empty_reply(id, EmptyResult::Publish, out);
+                }
                 Ok(())
             }
             CommandBody::History(req) => {
@@ -216,6 +223,9 @@ impl Client {
                 let limit = usize::try_from(req.limit).ok();
                 if !opts.has_history() {
                     return Err(ErrorCode::NotAvailable.into());
+                }
+                if x.rooms.broker().is_some() {
+                    return self.history_remote(id, &req.channel, since, limit, req.reverse, x);
                 }
                 let now = x.hub.now_ms();
                 let r = x
@@ -245,6 +255,9 @@ impl Client {
                 if !opts.presence {
                     return Err(ErrorCode::NotAvailable.into());
                 }
+                if x.rooms.broker().is_some() {
+                    return self.presence_remote(id, &req.channel, false, x);
+                }
                 let clients = x.hub.presence.presence(&req.channel);
                 separate(out);
                 encode_presence(id, &clients, out);
@@ -254,6 +267,9 @@ impl Client {
                 let opts = self.readable(&req.channel, x, Read::Presence)?;
                 if !opts.presence {
                     return Err(ErrorCode::NotAvailable.into());
+                }
+                if x.rooms.broker().is_some() {
+                    return self.presence_remote(id, &req.channel, true, x);
                 }
                 let s = x.hub.presence.stats(&req.channel);
                 separate(out);
@@ -358,6 +374,19 @@ impl Client {
                 }
                 subs.push((channel.as_str(), r));
             }
+        }
+        if subs.iter().any(|(_, r)| r.is_pending()) {
+            // Server-side subscriptions to channels with history in
+            // Redis: the reply waits for their reads.
+            let reply = ConnectReply {
+                id,
+                client: self.id.clone(),
+                expires: self.expires_at != 0,
+                ttl: ttl(self.expires_at, x.now_secs),
+                ping: x.ping_secs,
+                subs: subs.into_iter().map(|(c, r)| (c.to_string(), r)).collect(),
+            };
+            return self.defer_connect(reply, x, out);
         }
         for (channel, r) in &subs {
             results.push((*channel, r.result()));

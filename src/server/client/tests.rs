@@ -43,6 +43,7 @@ struct World {
     directory: RoomDirectory,
     rooms: LocalRooms,
     metrics: WorkerMetrics,
+    awaiting: crate::server::awaiting::Awaiting,
 }
 
 impl World {
@@ -52,6 +53,7 @@ impl World {
             directory: RoomDirectory::new(100),
             rooms: LocalRooms::new(0, 1 << 20, false),
             metrics: WorkerMetrics::default(),
+            awaiting: Default::default(),
         }
     }
 
@@ -65,6 +67,7 @@ impl World {
             ping_secs: 25,
             now_secs: NOW,
             metrics: &self.metrics,
+            awaiting: &mut self.awaiting,
         };
         let mut out = Vec::new();
         let r = client.handle_frame(frame.as_bytes(), &mut x, &mut out);

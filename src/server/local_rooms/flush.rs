@@ -52,7 +52,11 @@ impl LocalRooms {
         let me = 1u64 << self.worker;
         let frames = &room.batch.frames;
         let data = raw.as_ref().map_or(&[][..], |f| f.as_bytes());
-        if let Some(opts) = room.history().cloned() {
+        // With Redis, a channel with history is sequenced there: what is
+        // batched here has no offset (join, leave, `skip_history`) and
+        // travels like any other batch.
+        let local_history = room.history().filter(|_| room.remote.is_none()).cloned();
+        if let Some(opts) = local_history {
             let local_subscribers = !room.subscribers.is_empty();
             let to_self = if local_subscribers {
                 SelfPart::PushOnly
@@ -271,7 +275,7 @@ fn encode_push(
 /// history: publications at or below what a subscriber already has are
 /// filtered out; a hole or an epoch change marks every subscriber here
 /// for recovery instead (see the module docs).
-fn deliver_push(
+pub(super) fn deliver_push(
     room: &mut LocalRoom,
     push: &PushBatch,
     out: &mut Fanout<'_>,
@@ -288,8 +292,11 @@ fn deliver_push(
         let fresh = c.next == 1 && first == 1;
         if c.next != 0 && !fresh && (c.epoch.as_ref() != Some(epoch) || first > c.next) {
             for s in &room.subscribers {
-                insufficient.push((s.key, room.shared.id));
+                if s.pending == 0 {
+                    insufficient.push((s.key, room.shared.id));
+                }
             }
+            remote::stream_broke(&mut room.remote);
             c.next = top + 1;
             c.epoch = Some(epoch.clone());
             return;
@@ -305,7 +312,7 @@ fn deliver_push(
     // by another worker) and shared by every subscriber that negotiated
     // permessage-deflate.
     let mut z = push.compressed.get();
-    for s in &room.subscribers {
+    for s in room.subscribers.iter().filter(|s| s.pending == 0) {
         let f = floor.max(s.skip_upto);
         let d = if last == 0 || f == 0 || push.items.iter().all(|i| i.offset == 0 || i.offset > f) {
             out.table

@@ -39,7 +39,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 mod flush;
+mod remote;
 pub use flush::Sequencer;
+pub use remote::{publication_of, Activation, PendingSlot};
 
 /// A batch is delivered early once it would hold more than this many bytes.
 const ROOM_BATCH_BYTES: usize = 64 * 1024;
@@ -68,6 +70,11 @@ struct Subscriber {
     /// Publications up to this offset reached the client another way (its
     /// subscribe reply's recovery): not delivered again.
     skip_upto: u64,
+    /// Non-zero while the subscription waits for its history read from
+    /// Redis (`broker = "redis"`): it receives nothing yet, what arrives
+    /// meanwhile is held for it (see `remote.rs`). The number names this
+    /// one subscription, so a late answer never activates a newer one.
+    pending: u32,
 }
 
 /// Where a worker's delivery of a channel with history stands.
@@ -92,6 +99,9 @@ struct LocalRoom {
     /// The channel's options, when its namespace is configured.
     options: Option<Arc<ChannelOptions>>,
     cursor: StreamCursor,
+    /// With `broker = "redis"`, a channel with history: its stream as this
+    /// worker follows it from Redis.
+    remote: Option<Box<remote::RemoteStream>>,
 }
 
 impl LocalRoom {
@@ -165,6 +175,11 @@ pub struct LocalRooms {
     insufficient: Vec<(usize, u64)>,
     /// Subscribers removed during a read: (room, slot) of their tombstones.
     dead: Vec<(u64, u32)>,
+    /// Rooms with envelopes from Redis to deliver (channels with history).
+    incoming: Vec<u64>,
+    /// Names the next pending subscription (never 0).
+    next_pending: u32,
+    max_outbound_bytes: usize,
     /// With `broker = "redis"`: this worker's end of the bridge. Local
     /// publications go out through it; interest follows the rooms'
     /// first and last members here (docs/cluster.md).
@@ -187,6 +202,9 @@ impl LocalRooms {
             slow: Vec::new(),
             insufficient: Vec::new(),
             dead: Vec::new(),
+            incoming: Vec::new(),
+            next_pending: 0,
+            max_outbound_bytes,
             broker: None,
         }
     }
@@ -296,6 +314,9 @@ impl LocalRooms {
                         subscribers: Vec::new(),
                         members: 0,
                         batch: Batch::default(),
+                        remote: (self.broker.is_some()
+                            && options.as_ref().is_some_and(|o| o.has_history()))
+                        .then(Box::default),
                         options,
                         cursor: StreamCursor::default(),
                     },
@@ -352,7 +373,11 @@ impl LocalRooms {
     ) -> Result<(u64, u32), TooManyRooms> {
         let room = self.room(directory, name, Some(options))?;
         room.members += 1;
-        room.subscribers.push(Subscriber { key, skip_upto: 0 });
+        room.subscribers.push(Subscriber {
+            key,
+            skip_upto: 0,
+            pending: 0,
+        });
         room.shared.count_subscriber(true);
         let at = (room.shared.id, (room.subscribers.len() - 1) as u32);
         self.first_member(at.0);
@@ -380,6 +405,10 @@ impl LocalRooms {
         };
         if let Some(s) = room.subscribers.get_mut(slot as usize) {
             if s.key != DEAD {
+                if s.pending != 0 {
+                    s.pending = 0;
+                    remote::pending_ended(&mut room.remote);
+                }
                 s.key = DEAD;
                 room.shared.count_subscriber(false);
                 self.dead.push((room_id, slot));
@@ -464,7 +493,10 @@ impl LocalRooms {
         };
         let slot = slot as usize;
         if slot < room.subscribers.len() {
-            room.subscribers.swap_remove(slot);
+            let gone = room.subscribers.swap_remove(slot);
+            if gone.pending != 0 {
+                remote::pending_ended(&mut room.remote);
+            }
             room.shared.count_subscriber(false);
             if let Some(moved) = room.subscribers.get(slot) {
                 out.table
@@ -573,6 +605,11 @@ impl LocalRooms {
             MessageKind::Text => Kind::RawText,
             MessageKind::Binary => Kind::RawBinary,
         };
+        if self.is_remote_history(room_id) {
+            // Kept and sequenced in Redis; delivered here when it comes
+            // back, like everywhere else.
+            return self.publish_remote(room_id, bkind, data, None).map(|_| ());
+        }
         if publisher.is_none() {
             self.send_to_broker(room_id, bkind, data, None)?;
             self.append_raw(room_id, kind, data, None);
@@ -626,6 +663,11 @@ impl LocalRooms {
         data: &[u8],
         info: Option<Arc<[u8]>>,
     ) -> Result<(), BrokerError> {
+        if self.is_remote_history(room_id) {
+            return self
+                .publish_remote(room_id, Kind::Publication, data, info.as_deref())
+                .map(|_| ());
+        }
         self.send_to_broker(room_id, Kind::Publication, data, info.as_deref())?;
         self.append_json(room_id, data, info);
         Ok(())
@@ -720,6 +762,7 @@ impl LocalRooms {
         self.pending.shrink_to(keep);
         self.insufficient.shrink_to(keep);
         self.dead.shrink_to(keep);
+        self.incoming.shrink_to(keep);
     }
 
     /// Local subscriber count and raw member count of every room here

@@ -20,6 +20,7 @@ struct World {
     /// Worker 1's inbox (never drained unless a test says so).
     inbox_1: crossbeam_channel::Receiver<WorkerMsg>,
     metrics: WorkerMetrics,
+    awaiting: crate::server::awaiting::Awaiting,
     _polls: Vec<mio::Poll>,
 }
 
@@ -56,12 +57,14 @@ impl World {
             inbox_1,
             metrics: WorkerMetrics::default(),
             shared,
+            awaiting: Default::default(),
             _polls: polls,
         }
     }
 
     fn router<'a>(&'a mut self, replies: &'a mut Vec<u8>) -> Router<'a> {
         Router {
+            awaiting: &mut self.awaiting,
             shared: &self.shared,
             rooms: &mut self.rooms,
             port: &mut self.port,

@@ -91,6 +91,10 @@ pub struct Worker {
     scratch_insufficient: Vec<(usize, u64)>,
     /// Protocol clients' deadlines: connect, token and subscription expiry.
     deadlines: ClientDeadlines,
+    /// Protocol commands waiting for Redis (`broker = "redis"`).
+    awaiting: crate::server::awaiting::Awaiting,
+    /// When this worker next refreshes its clients' presence in Redis.
+    presence_refresh_at: u64,
     /// Broker events and replies of one iteration (reused).
     scratch_broker_events: Vec<crate::broker::BrokerEvent>,
     scratch_broker_replies: Vec<(
@@ -165,6 +169,8 @@ impl Worker {
             ),
             scratch_broker_events: Vec::new(),
             scratch_broker_replies: Vec::new(),
+            awaiting: Default::default(),
+            presence_refresh_at: 0,
             shared,
         })
     }
@@ -216,6 +222,7 @@ impl Worker {
             self.read_ready();
             self.run_timers();
             self.run_client_deadlines();
+            self.refresh_presence();
             self.housekeeping();
             self.flush_rooms();
             if self.acceptor.wants_retry(self.now) {
@@ -519,6 +526,7 @@ impl Worker {
             ctx,
             replies,
             admin_keys,
+            awaiting,
             ..
         } = self;
         let Some(conn) = table.get_mut(key) else {
@@ -542,6 +550,7 @@ impl Worker {
             }
         }
         let mut router = Router {
+            awaiting,
             shared,
             rooms,
             port,

@@ -54,6 +54,7 @@ impl Worker {
                 ping_secs: 0,
                 now_secs: Hub::unix_secs(),
                 metrics: &self.metrics,
+                awaiting: &mut self.awaiting,
             };
             client.unsubscribe(room_id, &mut x, Some((code, &mut push)));
         }
@@ -195,7 +196,7 @@ impl Worker {
 }
 
 /// One text frame holding `json`.
-fn frame_of(json: &[u8]) -> Vec<u8> {
+pub(super) fn frame_of(json: &[u8]) -> Vec<u8> {
     let header = encode_header(true, OpCode::Text, json.len(), None);
     let mut v = Vec::with_capacity(header.as_bytes().len() + json.len());
     v.extend_from_slice(header.as_bytes());
