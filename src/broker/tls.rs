@@ -120,6 +120,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// A TLS failure as an I/O error that says what happened, with the usual
 /// remedy for a certificate rustls did not accept.
 fn tls_error(during: &str, e: rustls::Error) -> io::Error {
+    use rustls::AlertDescription;
     use rustls::CertificateError::{NotValidForName, NotValidForNameContext};
     let hint = match e {
         rustls::Error::InvalidCertificate(NotValidForName | NotValidForNameContext { .. }) => {
@@ -128,6 +129,15 @@ fn tls_error(during: &str, e: rustls::Error) -> io::Error {
         rustls::Error::InvalidCertificate(_) => {
             " (is redis_tls_ca the CA that signed the server's certificate?)"
         }
+        rustls::Error::AlertReceived(AlertDescription::CertificateRequired) => {
+            " (Redis requires a client certificate: set redis_tls_cert and redis_tls_key)"
+        }
+        rustls::Error::AlertReceived(
+            AlertDescription::BadCertificate
+            | AlertDescription::UnknownCA
+            | AlertDescription::CertificateUnknown
+            | AlertDescription::CertificateExpired,
+        ) => " (Redis refused redis_tls_cert: is it signed by a CA in Redis' tls-ca-cert-file, and valid?)",
         _ => "",
     };
     io::Error::new(
