@@ -535,6 +535,81 @@ mod tests {
     }
 
     #[test]
+    fn a_writer_blocked_on_a_full_socket_does_not_hold_up_the_reader() {
+        let pki = Pki::new(&["localhost"]);
+        let config = pki.server_config();
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        // Reads nothing after the handshake until the client's reader got
+        // what it sent: the client's writer stays blocked meanwhile.
+        let server = std::thread::spawn(move || {
+            let (mut sock, _) = l.accept().unwrap();
+            let mut conn = rustls::ServerConnection::new(config).unwrap();
+            while conn.is_handshaking() {
+                conn.complete_io(&mut sock).unwrap();
+            }
+            go_rx.recv().unwrap();
+            conn.writer().write_all(b"while you write").unwrap();
+            while conn.wants_write() {
+                conn.write_tls(&mut sock).unwrap();
+            }
+            done_rx.recv().unwrap();
+            let mut sink = vec![0; 64 * 1024];
+            let mut s = rustls::Stream::new(&mut conn, &mut sock);
+            loop {
+                match s.read(&mut sink) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        });
+        let config = client_config(&pki.ca, "", "").unwrap();
+        let mut writer = connect(addr, config, "localhost").unwrap();
+        let mut reader = writer.try_clone().unwrap();
+        let closer = writer.try_clone().unwrap();
+        let written = Arc::new(AtomicUsize::new(0));
+        let w = written.clone();
+        // Far more than the kernel buffers of both ends hold.
+        const TOTAL: usize = 256 << 20;
+        let writing = std::thread::spawn(move || {
+            let chunk = vec![7u8; 64 * 1024];
+            while w.load(Ordering::SeqCst) < TOTAL {
+                if writer.write_all(&chunk).is_err() {
+                    return;
+                }
+                w.fetch_add(chunk.len(), Ordering::SeqCst);
+            }
+        });
+        // Until the writer stopped making progress (blocked in write).
+        let mut last = usize::MAX;
+        while written.load(Ordering::SeqCst) != last {
+            last = written.load(Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        assert!(last < TOTAL, "the socket never filled");
+        go_tx.send(()).unwrap();
+        let (got_tx, got_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut got = [0u8; 15];
+            let r = reader.read_exact(&mut got).map(|()| got);
+            let _ = got_tx.send(r);
+        });
+        let got = got_rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the reader was held up by the blocked writer")
+            .unwrap();
+        assert_eq!(&got, b"while you write");
+        assert!(!writing.is_finished(), "the writer was still blocked");
+        done_tx.send(()).unwrap();
+        // The writer need not send its 256 MiB: stop it.
+        closer.shutdown();
+        writing.join().unwrap();
+        server.join().unwrap();
+    }
+
+    #[test]
     fn a_certificate_it_cannot_trust_is_refused_with_the_remedy() {
         let pki = Pki::new(&["localhost"]);
         let other = Pki::new(&["localhost"]);
