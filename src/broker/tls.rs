@@ -109,7 +109,8 @@ pub struct TlsStream {
     inbox: Vec<u8>,
     start: usize,
     end: usize,
-    /// Records taken out of rustls, to write.
+    /// Records taken out of rustls, to write: at most rustls' send
+    /// buffer limit (64 KiB) per `write`, which takes no more plaintext.
     outbox: Vec<u8>,
 }
 
@@ -314,9 +315,6 @@ impl Write for TlsStream {
         // A partial write (timeout) leaves a broken record stream: the
         // bridge then shuts the connection down, as on the plain path.
         self.sock.write_all(&self.outbox)?;
-        if self.outbox.capacity() > 4 * READ_CHUNK {
-            self.outbox = Vec::new();
-        }
         Ok(n)
     }
 
