@@ -79,8 +79,11 @@ fn init_logging(config: &Config) {
 fn check_nofile(config: &Config) {
     match server::raise_nofile_limit() {
         Ok((soft, hard)) => {
-            let overhead =
-                server::nofile_overhead(config.effective_workers(), config.admin_listen.is_some());
+            let overhead = server::nofile_overhead(
+                config.effective_workers(),
+                config.admin_listen.is_some(),
+                wsrelay::broker::descriptors(config),
+            );
             if let Some(w) = logs::nofile_warning(soft, hard, config.max_connections, overhead) {
                 log::warn!("{w}");
             }

@@ -1,8 +1,10 @@
-//! One Redis connection over a std socket we own (TCP or unix), with the
-//! `redis` crate's RESP parser and command packing. The socket is cloned so
-//! that one thread blocks reading while another writes: redis-rs' own sync
-//! `Connection`/`PubSub` cannot subscribe while a read is blocked, which is
-//! why the bridge drives the socket itself.
+//! One Redis connection over a std socket we own (TCP, TLS over TCP or
+//! unix), with the `redis` crate's RESP parser and command packing. The
+//! socket is cloned so that one thread blocks reading while another
+//! writes: redis-rs' own sync `Connection`/`PubSub` cannot subscribe while
+//! a read is blocked, which is why the bridge drives the socket itself.
+//! Both connection kinds use [`Stream`], so plain and TLS share every line
+//! of the bridge; TLS clones share one rustls connection (`tls.rs`).
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
@@ -11,16 +13,20 @@ use std::time::Duration;
 
 use redis::{ConnectionAddr, Value};
 
+use super::tls::TlsStream;
 use super::RedisTarget;
 
 /// A connected socket.
 #[derive(Debug)]
 pub enum Stream {
     Tcp(TcpStream),
+    Tls(TlsStream),
     Unix(UnixStream),
 }
 
 impl Stream {
+    /// Connects (each address of the host within `timeout`) and, for
+    /// `rediss://`, runs the TLS handshake within `timeout` more.
     pub fn connect(target: &RedisTarget, timeout: Duration) -> io::Result<Stream> {
         match target.info.addr() {
             ConnectionAddr::Tcp(host, port) => {
@@ -29,7 +35,16 @@ impl Stream {
                     match TcpStream::connect_timeout(&addr, timeout) {
                         Ok(s) => {
                             s.set_nodelay(true)?;
-                            return Ok(Stream::Tcp(s));
+                            let Some(tls) = &target.tls else {
+                                return Ok(Stream::Tcp(s));
+                            };
+                            let config = tls.config.clone().ok_or_else(|| {
+                                io::Error::other(
+                                    "rediss:// without a TLS configuration (redis_tls_ca)",
+                                )
+                            })?;
+                            return TlsStream::handshake(s, config, tls.name.clone(), timeout)
+                                .map(Stream::Tls);
                         }
                         Err(e) => last = e,
                     }
@@ -47,6 +62,7 @@ impl Stream {
     pub fn try_clone(&self) -> io::Result<Stream> {
         Ok(match self {
             Stream::Tcp(s) => Stream::Tcp(s.try_clone()?),
+            Stream::Tls(s) => Stream::Tls(s.try_clone()?),
             Stream::Unix(s) => Stream::Unix(s.try_clone()?),
         })
     }
@@ -54,6 +70,7 @@ impl Stream {
     pub fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
         match self {
             Stream::Tcp(s) => s.set_read_timeout(t),
+            Stream::Tls(s) => s.socket().set_read_timeout(t),
             Stream::Unix(s) => s.set_read_timeout(t),
         }
     }
@@ -61,6 +78,7 @@ impl Stream {
     pub fn set_write_timeout(&self, t: Option<Duration>) -> io::Result<()> {
         match self {
             Stream::Tcp(s) => s.set_write_timeout(t),
+            Stream::Tls(s) => s.socket().set_write_timeout(t),
             Stream::Unix(s) => s.set_write_timeout(t),
         }
     }
@@ -69,6 +87,10 @@ impl Stream {
     pub fn shutdown(&self) {
         let _ = match self {
             Stream::Tcp(s) => s.shutdown(Shutdown::Both),
+            Stream::Tls(s) => {
+                s.shutdown();
+                Ok(())
+            }
             Stream::Unix(s) => s.shutdown(Shutdown::Both),
         };
     }
@@ -78,6 +100,7 @@ impl Read for Stream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             Stream::Tcp(s) => s.read(buf),
+            Stream::Tls(s) => s.read(buf),
             Stream::Unix(s) => s.read(buf),
         }
     }
@@ -87,6 +110,7 @@ impl Write for Stream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
             Stream::Tcp(s) => s.write(buf),
+            Stream::Tls(s) => s.write(buf),
             Stream::Unix(s) => s.write(buf),
         }
     }

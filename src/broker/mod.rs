@@ -12,7 +12,7 @@
 //!
 //! Several Redis URLs shard channels by [`shard_of`] (jump consistent hash
 //! of the channel name): every node must list the same URLs in the same
-//! order.
+//! order. `rediss://` URLs connect over TLS ([`tls`]).
 
 pub mod bridge;
 mod conn;
@@ -20,6 +20,7 @@ pub mod envelope;
 pub mod scripts;
 pub mod sequence;
 pub mod subscriptions;
+mod tls;
 mod types;
 
 pub use bridge::{Broker, BrokerEvent, BrokerPort};
@@ -29,44 +30,101 @@ pub use subscriptions::{SubCommand, Subscriptions};
 pub use types::{BrokerError, BrokerMetrics, HistoryReply, PresenceEntry, Reply, Token};
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::Config;
+
+/// Descriptors the bridge holds per Redis shard (`redis_url` entry), for
+/// the open-files reserve: two connections (subscriber, command), each
+/// one socket cloned twice (the writer's, the reader thread's, the clone
+/// kept to unblock that reader at shutdown), plus one per connection for
+/// a reader thread still letting go of the previous socket while a
+/// reconnect opens the next.
+pub const DESCRIPTORS_PER_SHARD: u64 = 2 * (3 + 1);
+
+/// The descriptors `config`'s broker needs (0 with `broker = "memory"`).
+pub fn descriptors(config: &Config) -> u64 {
+    if config.broker == "redis" {
+        config.redis_url.len() as u64 * DESCRIPTORS_PER_SHARD
+    } else {
+        0
+    }
+}
+
+/// Whether `url` asks for TLS (`rediss://`, `valkeys://`).
+pub fn is_tls_url(url: &str) -> bool {
+    let scheme = url.split("://").next().unwrap_or("");
+    scheme.eq_ignore_ascii_case("rediss") || scheme.eq_ignore_ascii_case("valkeys")
+}
 
 /// One Redis server, parsed from a `redis_url` entry.
 #[derive(Clone)]
 pub struct RedisTarget {
     pub url: String,
     pub(crate) info: redis::ConnectionInfo,
+    /// `rediss://`: TLS, and to what.
+    pub(crate) tls: Option<TlsTarget>,
+}
+
+/// TLS to one Redis server.
+#[derive(Clone, Debug)]
+pub(crate) struct TlsTarget {
+    /// The URL host: the name (or IP address) the certificate must carry.
+    pub name: rustls::pki_types::ServerName<'static>,
+    /// From `redis_tls_*`, set by [`BrokerSettings::from_config`] (a
+    /// URL alone is checked without reading files).
+    pub config: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl fmt::Debug for RedisTarget {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Never print the password.
-        write!(f, "RedisTarget({:?})", self.info.addr())
+        let tls = if self.tls.is_some() { ", TLS" } else { "" };
+        write!(f, "RedisTarget({:?}{tls})", self.info.addr())
     }
 }
 
 impl RedisTarget {
-    /// `redis://[[user]:password@]host[:port][/db]` or
-    /// `unix:///path[?db=N&pass=P]` (redis-rs' URL syntax); TLS
-    /// (`rediss://`) is not supported by the bridge.
+    /// `redis://[[user]:password@]host[:port][/db]`,
+    /// `rediss://...` (TLS; `valkey://`, `valkeys://` alike) or
+    /// `unix:///path[?db=N&pass=P]` (redis-rs' URL syntax).
     pub fn parse(url: &str) -> Result<RedisTarget, String> {
         use redis::IntoConnectionInfo;
-        if url.starts_with("rediss://") || url.starts_with("valkeys://") {
-            return Err("TLS to Redis (rediss://) is not supported".to_string());
-        }
-        let info = url
+        let tls = is_tls_url(url);
+        // redis-rs parses rediss:// only with its own TLS features (which
+        // we do not use): parse the same URL as redis://, TLS is ours.
+        let plain = if tls {
+            if url.contains('#') {
+                return Err("certificate checks cannot be turned off (#insecure or any fragment); trust the server's CA with redis_tls_ca".to_string());
+            }
+            let rest = &url[url.find("://").map_or(0, |i| i + 3)..];
+            format!("redis://{rest}")
+        } else {
+            url.to_string()
+        };
+        let info = plain
+            .as_str()
             .into_connection_info()
             .map_err(|e| format!("not a Redis URL: {e}"))?;
-        match info.addr() {
-            redis::ConnectionAddr::Tcp(..) | redis::ConnectionAddr::Unix(_) => {}
-            _ => return Err("only redis:// and unix:// URLs are supported".to_string()),
-        }
+        let tls = match (info.addr(), tls) {
+            (redis::ConnectionAddr::Tcp(host, _), true) => Some(TlsTarget {
+                name: tls::server_name(host)?,
+                config: None,
+            }),
+            (redis::ConnectionAddr::Tcp(..) | redis::ConnectionAddr::Unix(_), false) => None,
+            _ => return Err("only redis://, rediss:// and unix:// URLs are supported".to_string()),
+        };
         Ok(RedisTarget {
             url: url.to_string(),
             info,
+            tls,
         })
+    }
+
+    /// Whether this server is reached over TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
     }
 }
 
@@ -93,11 +151,20 @@ impl BrokerSettings {
         if c.broker != "redis" {
             return Ok(None);
         }
-        let targets = c
+        let mut targets = c
             .redis_url
             .iter()
             .map(|u| RedisTarget::parse(u))
             .collect::<Result<Vec<_>, _>>()?;
+        if targets.iter().any(RedisTarget::is_tls) {
+            // Read (and checked) once, at start: a bad file refuses start.
+            let config = tls::client_config(&c.redis_tls_ca, &c.redis_tls_cert, &c.redis_tls_key)?;
+            for t in &mut targets {
+                if let Some(tls) = &mut t.tls {
+                    tls.config = Some(config.clone());
+                }
+            }
+        }
         Ok(Some(BrokerSettings {
             targets,
             prefix: c.redis_prefix.clone(),
@@ -178,7 +245,39 @@ mod tests {
         let u = RedisTarget::parse("unix:///tmp/r.sock?db=2").unwrap();
         assert_eq!(u.info.redis_settings().db(), 2);
         assert!(matches!(u.info.addr(), redis::ConnectionAddr::Unix(_)));
-        assert!(RedisTarget::parse("rediss://h:1").is_err());
+        assert!(!u.is_tls() && !t.is_tls());
+        assert!(RedisTarget::parse("http://h:1").is_err());
+        assert!(RedisTarget::parse("nonsense").is_err());
+    }
+
+    #[test]
+    fn tls_urls_parse_with_their_server_name() {
+        use rustls::pki_types::ServerName;
+        let t = RedisTarget::parse("rediss://:pw@redis.example:6380/4").unwrap();
+        assert!(t.is_tls());
+        assert_eq!(t.info.redis_settings().db(), 4);
+        assert_eq!(t.info.redis_settings().password(), Some("pw"));
+        assert!(
+            matches!(t.info.addr(), redis::ConnectionAddr::Tcp(h, 6380) if h == "redis.example")
+        );
+        let name = &t.tls.as_ref().unwrap().name;
+        assert_eq!(name, &ServerName::try_from("redis.example").unwrap());
+        let s = format!("{t:?}");
+        assert!(s.contains("TLS") && !s.contains("pw"), "{s}");
+        // IP literals (v4, v6) become IP server names.
+        for (url, ip) in [
+            ("valkeys://10.0.0.7:6379", "10.0.0.7"),
+            ("rediss://[::1]:6379/0", "::1"),
+        ] {
+            let t = RedisTarget::parse(url).unwrap();
+            let name = &t.tls.as_ref().unwrap().name;
+            assert!(matches!(name, ServerName::IpAddress(_)), "{url}: {name:?}");
+            assert_eq!(name, &ServerName::try_from(ip).unwrap());
+        }
+        assert!(is_tls_url("REDISS://h") && !is_tls_url("redis://h") && !is_tls_url("unix:///r"));
+        let e = RedisTarget::parse("rediss://h:1/#insecure").unwrap_err();
+        assert!(e.contains("cannot be turned off"), "{e}");
+        assert!(RedisTarget::parse("rediss://:1").is_err());
         assert!(RedisTarget::parse("http://h:1").is_err());
         assert!(RedisTarget::parse("nonsense").is_err());
     }
@@ -216,5 +315,56 @@ mod tests {
         let s = BrokerSettings::for_url("redis://127.0.0.1:1/0").unwrap();
         assert_eq!(s.pubsub_channel("a:b"), "wsrelay.ch.a:b");
         assert_eq!(s.key("meta", "x"), "wsrelay.meta.x");
+        assert!(s.targets[0].tls.is_none());
+        // TLS files are read at start: a missing CA refuses start, and
+        // every TLS target gets the configuration (plain ones none).
+        let c = Config {
+            broker: "redis".to_string(),
+            redis_url: vec![
+                "rediss://127.0.0.1:1/0".to_string(),
+                "redis://127.0.0.1:2/0".to_string(),
+            ],
+            redis_tls_ca: "/nonexistent/ca.pem".to_string(),
+            ..Config::default()
+        };
+        let e = BrokerSettings::from_config(&c).unwrap_err();
+        assert!(e.starts_with("redis_tls_ca \"/nonexistent/ca.pem\""), "{e}");
+        let dir = std::env::temp_dir().join(format!("wsrelay-broker-ca-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca = dir.join("ca.pem");
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        std::fs::write(&ca, cert.cert.pem()).unwrap();
+        let c = Config {
+            redis_tls_ca: ca.to_str().unwrap().to_string(),
+            ..c
+        };
+        let s = BrokerSettings::from_config(&c).unwrap().unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(s.targets[0].tls.as_ref().unwrap().config.is_some());
+        assert!(s.targets[1].tls.is_none());
+    }
+
+    #[test]
+    fn the_open_files_reserve_counts_broker_connections() {
+        let memory = Config::default();
+        assert_eq!(descriptors(&memory), 0, "no broker, no descriptors");
+        let c = Config {
+            broker: "redis".to_string(),
+            redis_url: vec!["redis://a:1".to_string(), "rediss://b:1".to_string()],
+            ..Config::default()
+        };
+        // Two connections per shard, three descriptors each (tests/broker
+        // counts them on a live bridge) and one spare each for a reconnect.
+        assert_eq!(DESCRIPTORS_PER_SHARD, 8);
+        assert_eq!(descriptors(&c), 16);
+        let base = crate::server::nofile_overhead(4, true, 0);
+        assert_eq!(
+            crate::server::nofile_overhead(4, true, descriptors(&c)),
+            base + 16
+        );
+        // And it is what decides the warning at the limit.
+        let need = 1000 + base + 16;
+        assert!(crate::logs::nofile_warning(need, need, 1000, base + 16).is_none());
+        assert!(crate::logs::nofile_warning(need - 1, need, 1000, base + 16).is_some());
     }
 }

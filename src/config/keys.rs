@@ -282,14 +282,20 @@ config_keys! {
         "Channel namespaces (`name:` prefix): a list of tables, each `name` plus any channel option key above";
     broker: String as Text = "memory".to_string(), Rule(check_broker, "`memory`, `redis`"),
         "Broker between nodes: `memory` (one node, nothing else to run) or `redis` (many nodes share raw rooms and channels without history through redis_url; history_size and presence are refused with it until phase 2; docs/cluster.md)";
-    redis_url: Vec<String> as List = vec!["redis://127.0.0.1:6379/0".to_string()], Rule(check_redis_urls, "`redis://[user:password@]host:port/db` or `unix:///path?db=N` URLs, no duplicates"),
-        "With broker = redis: Redis URLs (comma-separated); several = channels sharded over them by jump consistent hash of the channel name (same list, same order on every node)";
+    redis_url: Vec<String> as List = vec!["redis://127.0.0.1:6379/0".to_string()], Rule(check_redis_urls, "`redis://[user:password@]host:port/db`, `rediss://...` (TLS) or `unix:///path?db=N` URLs, no duplicates"),
+        "With broker = redis: Redis URLs (comma-separated); `rediss://` (or `valkeys://`) = TLS, see redis_tls_ca; several = channels sharded over them by jump consistent hash of the channel name (same list, same order on every node)";
     redis_prefix: String as Text = "wsrelay".to_string(), Rule(check_redis_prefix, "1-64 bytes, no spaces or control characters"),
         "With broker = redis: prefix of every Redis key and Pub/Sub channel wsrelay uses (several clusters can share one Redis)";
     redis_publish_timeout: Duration as Dur = ms(300), Range(ms(1), Duration::from_secs(60)),
         "With broker = redis: a publish (or history/presence call) not answered within this fails with `broker unavailable`; Redis down or the outbox full fails at once";
     redis_connect_timeout: Duration as Dur = Duration::from_secs(1), Range(ms(1), Duration::from_secs(60)),
-        "With broker = redis: time allowed to connect and authenticate to Redis";
+        "With broker = redis: time allowed to connect, finish the TLS handshake and authenticate to Redis";
+    redis_tls_ca: String as Text = String::new(), Any,
+        "With rediss:// (or valkeys://) URLs: path of the PEM file of the CA certificate(s) that signed the Redis servers' certificates (required: the system's store is not used); the URL host must be named in the certificate";
+    redis_tls_cert: String as Text = String::new(), Any,
+        "With rediss:// URLs and Redis requiring client certificates (tls-auth-clients yes): path of this node's PEM certificate chain; needs redis_tls_key; empty = no client certificate";
+    redis_tls_key: String as Text = String::new(), Any,
+        "With redis_tls_cert: path of the PEM private key of redis_tls_cert (RSA, ECDSA or Ed25519; PKCS#8, PKCS#1 or SEC1)";
     redis_reconnect_max_delay: Duration as Dur = Duration::from_secs(2), Range(ms(1), Duration::from_secs(600)),
         "With broker = redis: reconnect backoff doubles from 50ms up to this";
     redis_subscribe_linger: Duration as Dur = Duration::from_secs(5), Range(Duration::ZERO, DAY),

@@ -376,6 +376,28 @@ impl Config {
                 ));
             }
         }
+        if self.redis_tls_cert.is_empty() != self.redis_tls_key.is_empty() {
+            let (set, empty) = if self.redis_tls_key.is_empty() {
+                ("redis_tls_cert", "redis_tls_key")
+            } else {
+                ("redis_tls_key", "redis_tls_cert")
+            };
+            return Err(ConfigError::keys(
+                set,
+                empty,
+                format!("is set but {empty} is empty; a client certificate for Redis needs both the chain and its key"),
+            ));
+        }
+        if self.broker == "redis"
+            && self.redis_tls_ca.is_empty()
+            && self.redis_url.iter().any(|u| crate::broker::is_tls_url(u))
+        {
+            return Err(ConfigError::keys(
+                "redis_url",
+                "redis_tls_ca",
+                "has a rediss:// URL but redis_tls_ca is empty; give the PEM file of the CA that signed the Redis server's certificate (the system's certificate store is not used)",
+            ));
+        }
         if self.rate_limit_burst != 0 && self.rate_limit_messages == 0 {
             return Err(ConfigError::keys(
                 "rate_limit_burst",

@@ -452,13 +452,14 @@ pub fn raise_nofile_limit() -> std::io::Result<(u64, u64)> {
 }
 
 /// Descriptors a relay needs beyond its connections: listeners, epoll and
-/// waker descriptors per worker, stdio and some slack, and the admin
-/// listener with its connections when there is one.
-pub fn nofile_overhead(workers: usize, admin: bool) -> u64 {
+/// waker descriptors per worker, stdio and some slack, the admin listener
+/// with its connections when there is one, and the Redis broker's
+/// (`broker::descriptors`, 0 without it).
+pub fn nofile_overhead(workers: usize, admin: bool, broker: u64) -> u64 {
     let admin = if admin {
         1 + admin::ADMIN_MAX_CONNECTIONS as u64
     } else {
         0
     };
-    64 + 3 * workers as u64 + admin
+    64 + 3 * workers as u64 + admin + broker
 }

@@ -9,9 +9,11 @@
 //! - presence across nodes and expiry of a dead node's entries;
 //! - faults: Redis down (fail fast, reconnect, resubscribe with "maybe
 //!   missed"), `CLIENT KILL TYPE pubsub`, `DEBUG SLEEP` (callers never
-//!   block, requests time out, memory bounded).
+//!   block, requests time out, memory bounded);
+//! - TLS (`rediss://`, in `tls.rs`).
 
 mod support;
+mod tls;
 
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;

@@ -26,10 +26,17 @@ pub fn have_redis() -> bool {
 /// allowed from local clients (the stall tests use `DEBUG SLEEP`).
 pub struct RedisServer {
     dir: PathBuf,
+    /// More redis-server arguments (TLS), given again on every launch.
+    extra: Vec<String>,
 }
 
 impl RedisServer {
     pub fn start() -> RedisServer {
+        RedisServer::start_with(&[])
+    }
+
+    /// With more redis-server arguments (e.g. `--tls-port` and its files).
+    pub fn start_with(extra: &[String]) -> RedisServer {
         static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let dir = std::env::temp_dir().join(format!(
             "wsrelay-redis-{}-{}",
@@ -38,7 +45,10 @@ impl RedisServer {
         ));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let s = RedisServer { dir };
+        let s = RedisServer {
+            dir,
+            extra: extra.to_vec(),
+        };
         s.launch();
         s
     }
@@ -64,12 +74,17 @@ impl RedisServer {
             .arg(&self.dir)
             .arg("--logfile")
             .arg(self.dir.join("redis.log"))
+            .args(&self.extra)
             .status()
             .expect("redis-server");
         assert!(st.success());
         let until = Instant::now() + Duration::from_secs(10);
         while self.cli(&["PING"]).trim() != "PONG" {
-            assert!(Instant::now() < until, "redis-server did not start");
+            assert!(
+                Instant::now() < until,
+                "redis-server did not start: {}",
+                std::fs::read_to_string(self.dir.join("redis.log")).unwrap_or_default()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }

@@ -97,6 +97,9 @@ fn alt() -> Config {
         redis_prefix: "alt".to_string(),
         redis_publish_timeout: Duration::from_millis(250),
         redis_connect_timeout: Duration::from_millis(3000),
+        redis_tls_ca: "/alt/redis-ca.pem".into(),
+        redis_tls_cert: "/alt/redis-node.pem".into(),
+        redis_tls_key: "/alt/redis-node.key".into(),
         redis_reconnect_max_delay: Duration::from_millis(4000),
         redis_subscribe_linger: Duration::from_millis(1500),
         redis_outbox_len: 1000,
@@ -198,6 +201,9 @@ fn third() -> Config {
         redis_prefix: "third".to_string(),
         redis_publish_timeout: Duration::from_millis(999),
         redis_connect_timeout: Duration::from_millis(700),
+        redis_tls_ca: "/third/redis-ca.pem".into(),
+        redis_tls_cert: "/third/redis-node.pem".into(),
+        redis_tls_key: "/third/redis-node.key".into(),
         redis_reconnect_max_delay: Duration::from_millis(30000),
         redis_subscribe_linger: Duration::from_millis(60000),
         redis_outbox_len: 1,
@@ -518,6 +524,36 @@ fn cross_key_errors_name_both_keys() {
         "tls_listen",
         "listen",
     );
+    check(
+        &|c| c.redis_tls_cert = "node.pem".into(),
+        "redis_tls_cert",
+        "redis_tls_key",
+    );
+    check(
+        &|c| c.redis_tls_key = "node.key".into(),
+        "redis_tls_key",
+        "redis_tls_cert",
+    );
+    check(
+        &|c| {
+            c.broker = "redis".into();
+            c.redis_url = vec!["redis://a:1".into(), "rediss://b:1".into()];
+        },
+        "redis_url",
+        "redis_tls_ca",
+    );
+    // A rediss:// URL is only checked against its CA when it is used.
+    let unused = Config {
+        redis_url: vec!["rediss://b:1".into()],
+        ..Config::default()
+    };
+    unused.validate().unwrap();
+    let tls = Config {
+        broker: "redis".into(),
+        redis_tls_ca: "ca.pem".into(),
+        ..unused
+    };
+    tls.validate().unwrap();
     // Allowed: equal frame and message limits, a byte limit of exactly one
     // max-size message, and a pong wait longer than the ping interval
     // (one ping is outstanding at a time, so nothing piles up).
