@@ -111,6 +111,19 @@ impl Awaiting {
         self.parked.remove(channel).unwrap_or_default()
     }
 
+    /// Takes the parked calls of channels `down` says are unreachable
+    /// (their shard lost Redis while they waited: they fail at once
+    /// rather than wait for the reconnection).
+    pub fn unpark_where(&mut self, down: impl Fn(&str) -> bool) -> Vec<Call> {
+        if self.parked.is_empty() {
+            return Vec::new();
+        }
+        let gone: Vec<Box<str>> = self.parked.keys().filter(|c| down(c)).cloned().collect();
+        gone.into_iter()
+            .flat_map(|c| self.parked.remove(&c).unwrap_or_default())
+            .collect()
+    }
+
     /// Keeps a connect reply until its `waiting` subscriptions are
     /// answered; returns the id they refer to.
     pub fn hold_connect(&mut self, c: PendingConnect) -> Token {

@@ -256,3 +256,54 @@ fn redis_restarted_empty_gives_a_new_epoch_and_recovered_false() {
     let live = sub.pub_objects(ch, 3, Duration::from_secs(2));
     assert_eq!(seen(&live), vec![(2, "n2".to_string())]);
 }
+
+fn token(claims: Value) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(b"cluster-secret").unwrap(),
+    )
+    .unwrap()
+}
+
+#[test]
+fn server_side_subscriptions_wait_for_redis_and_recover_on_another_node() {
+    let Some((_redis, nodes)) = nodes() else {
+        return;
+    };
+    let (ch, room) = ("hist:inbox", "pres:room");
+    let t = token(json!({"sub": "bob", "channels": [ch, room]}));
+    let (mut bob, r) = Client::connect_with(nodes[1].addr, json!({"token": t}));
+    let subs = &r["connect"]["subs"];
+    assert_eq!(subs[ch]["recoverable"], true, "{r}");
+    let epoch = subs[ch]["epoch"].as_str().unwrap_or_default().to_string();
+    assert!(!epoch.is_empty(), "{r}");
+    assert!(subs[room].is_object(), "{r}");
+    // Its presence is in Redis once the connect reply is out.
+    let mut watcher = Client::connected(nodes[0].addr);
+    let p = watcher.call(json!({"presence": {"channel": room}}));
+    assert_eq!(p["presence"]["presence"][&bob.id]["user"], "bob", "{p}");
+    let mut publisher = Client::connected(nodes[0].addr);
+    for i in 1..=3 {
+        publish(&mut publisher, ch, &format!("m{i}"));
+    }
+    assert_eq!(
+        seen(&bob.pub_objects(ch, 3, Duration::from_secs(5))),
+        expect(1..=3)
+    );
+    drop(bob);
+    publish(&mut publisher, ch, "m4");
+    // Reconnecting elsewhere with its position: the missed ones, in the
+    // connect reply.
+    let sub = json!({ ch: {"recover": true, "offset": 3, "epoch": epoch} });
+    let (mut again, r) = Client::connect_with(nodes[2].addr, json!({"token": t, "subs": sub}));
+    let s = &r["connect"]["subs"][ch];
+    assert_eq!(s["recovered"], true, "{r}");
+    let got: Vec<Value> = s["publications"].as_array().cloned().unwrap_or_default();
+    assert_eq!(seen(&got), expect(4..=4));
+    publish(&mut publisher, ch, "m5");
+    assert_eq!(
+        seen(&again.pub_objects(ch, 2, Duration::from_secs(2))),
+        expect(5..=5)
+    );
+}

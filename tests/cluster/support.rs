@@ -245,6 +245,13 @@ pub struct Client {
 
 impl Client {
     pub fn connected(addr: SocketAddr) -> Client {
+        let (c, r) = Client::connect_with(addr, json!({}));
+        assert!(r.get("connect").is_some(), "connect failed: {r}");
+        c
+    }
+
+    /// Connects with this `connect` request; returns the reply too.
+    pub fn connect_with(addr: SocketAddr, connect: Value) -> (Client, Value) {
         let mut c = Client {
             id: String::new(),
             ws: ws_connect(addr, "/connection/websocket"),
@@ -252,13 +259,12 @@ impl Client {
             pushes: VecDeque::new(),
             replies: VecDeque::new(),
         };
-        let r = c.call(json!({"connect": {}}));
-        assert!(r.get("connect").is_some(), "connect failed: {r}");
+        let r = c.call(json!({ "connect": connect }));
         c.id = r["connect"]["client"]
             .as_str()
             .unwrap_or_default()
             .to_string();
-        c
+        (c, r)
     }
 
     fn pump(&mut self, timeout: Duration) {

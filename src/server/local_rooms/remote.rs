@@ -42,6 +42,52 @@ pub(super) struct RemoteStream {
     pending: u32,
 }
 
+impl RemoteStream {
+    /// What a pending subscriber answered from a read at `top` still
+    /// needs of what was held, and the last offset it then has.
+    fn handover(&self, top: &StreamPosition) -> (Activation, u64) {
+        let mut a = Activation {
+            frames: Vec::new(),
+            insufficient: self.broken,
+        };
+        let mut last = top.offset;
+        for b in &self.held {
+            if b.epoch.as_ref() != Some(&top.epoch) {
+                // The stream changed since the read (or before it).
+                a.insufficient = true;
+                continue;
+            }
+            if let Some((_, hi)) = b.offsets() {
+                last = last.max(hi);
+            }
+            for part in b.parts(|i| i.offset > top.offset) {
+                a.frames.extend_from_slice(part);
+            }
+        }
+        if a.insufficient {
+            a.frames.clear();
+        }
+        (a, last)
+    }
+
+    /// Keeps a delivered batch for the pending subscribers; past
+    /// `max_bytes` they recover instead.
+    fn hold(&mut self, push: Arc<PushBatch>, max_bytes: usize) {
+        if self.pending == 0 || self.broken {
+            return;
+        }
+        let size = push.frame.as_bytes().len();
+        if self.held_bytes + size > max_bytes {
+            self.broken = true;
+            self.held = Vec::new();
+            self.held_bytes = 0;
+        } else {
+            self.held.push(push);
+            self.held_bytes += size;
+        }
+    }
+}
+
 /// A pending subscriber left (answered, unsubscribed or gone).
 pub(super) fn pending_ended(remote: &mut Option<Box<RemoteStream>>) {
     if let Some(r) = remote {
@@ -264,17 +310,7 @@ impl LocalRooms {
         let push = Arc::new(encode_positioned(&room.shared.name, envs));
         deliver_push(room, &push, out, &mut self.slow, &mut self.insufficient);
         if let Some(r) = room.remote.as_mut() {
-            if r.pending > 0 && !r.broken {
-                let size = push.frame.as_bytes().len();
-                if r.held_bytes + size > max_held {
-                    // More arrived than a subscriber may hold: they
-                    // recover instead.
-                    stream_broke(&mut room.remote);
-                } else {
-                    r.held.push(push);
-                    r.held_bytes += size;
-                }
-            }
+            r.hold(push, max_held);
         }
     }
 
@@ -319,27 +355,10 @@ impl LocalRooms {
         if room.subscribers.get(slot as usize)?.pending != id || id == 0 {
             return None;
         }
-        let mut a = Activation::default();
-        let mut last = top.offset;
-        if let Some(r) = room.remote.as_ref() {
-            a.insufficient = r.broken;
-            for b in &r.held {
-                if b.epoch.as_ref() != Some(&top.epoch) {
-                    // The stream changed since the read.
-                    a.insufficient = true;
-                    continue;
-                }
-                if let Some((_, hi)) = b.offsets() {
-                    last = last.max(hi);
-                }
-                for part in b.parts(|i| i.offset > top.offset) {
-                    a.frames.extend_from_slice(part);
-                }
-            }
-        }
-        if a.insufficient {
-            a.frames.clear();
-        }
+        let (a, last) = match room.remote.as_deref() {
+            Some(r) => r.handover(top),
+            None => (Activation::default(), top.offset),
+        };
         if let Some(s) = room.subscribers.get_mut(slot as usize) {
             s.pending = 0;
             s.skip_upto = last;
@@ -412,4 +431,125 @@ pub fn publication_of(env: &Envelope) -> Option<Publication> {
         offset: *offset,
         payload: obj.into(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::NodeId;
+
+    fn env(offset: u64, epoch: &str, data: &str) -> Arc<Envelope> {
+        Arc::new(Envelope {
+            kind: Kind::Publication,
+            origin: NodeId([7; 16]),
+            channel: "c".into(),
+            position: Some((offset, epoch.into())),
+            info: None,
+            payload: data.as_bytes().to_vec(),
+        })
+    }
+
+    fn pushes(envs: &[Arc<Envelope>]) -> Arc<PushBatch> {
+        Arc::new(encode_positioned("c", envs))
+    }
+
+    fn top(offset: u64, epoch: &str) -> StreamPosition {
+        StreamPosition {
+            offset,
+            epoch: epoch.into(),
+        }
+    }
+
+    /// The offsets in a run of push frames.
+    fn offsets_in(frames: &[u8]) -> Vec<u64> {
+        let text = String::from_utf8_lossy(frames);
+        text.match_indices("\"offset\":")
+            .map(|(i, m)| {
+                text[i + m.len()..]
+                    .chars()
+                    .take_while(char::is_ascii_digit)
+                    .collect::<String>()
+                    .parse()
+                    .unwrap()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn runs_split_at_holes_and_epoch_changes() {
+        let e = [
+            env(1, "a", "1"),
+            env(2, "a", "2"),
+            env(4, "a", "4"),
+            env(1, "b", "1"),
+        ];
+        assert!(follows(&e[0], &e[1]));
+        assert!(!follows(&e[1], &e[2]), "a hole");
+        assert!(!follows(&e[2], &e[3]), "another epoch");
+        let p = encode_positioned("c", &e[..2]);
+        assert_eq!(p.offsets(), Some((1, 2)));
+        assert_eq!(p.epoch.as_ref().map(EpochId::as_str), Some("a"));
+        assert_eq!(offsets_in(p.frame.as_bytes()), [1, 2]);
+        let pubs: Vec<u64> = e
+            .iter()
+            .filter_map(|e| publication_of(e))
+            .map(|p| p.offset)
+            .collect();
+        assert_eq!(pubs, [1, 2, 4, 1]);
+    }
+
+    #[test]
+    fn a_read_takes_over_exactly_what_was_held_after_its_top() {
+        let mut r = RemoteStream {
+            pending: 1,
+            ..RemoteStream::default()
+        };
+        r.hold(pushes(&[env(3, "a", "3"), env(4, "a", "4")]), 1 << 20);
+        r.hold(pushes(&[env(5, "a", "5")]), 1 << 20);
+        // Read before any of it: all of it follows the reply.
+        let (a, last) = r.handover(&top(2, "a"));
+        assert!(!a.insufficient);
+        assert_eq!(offsets_in(&a.frames), [3, 4, 5]);
+        assert_eq!(last, 5);
+        // Read in the middle: only what came after.
+        let (a, last) = r.handover(&top(4, "a"));
+        assert_eq!(offsets_in(&a.frames), [5]);
+        assert_eq!(last, 5);
+        // Read after all of it (live delivery lags the read): nothing
+        // held is needed, and later live ones up to 9 are skipped.
+        let (a, last) = r.handover(&top(9, "a"));
+        assert!(a.frames.is_empty() && !a.insufficient);
+        assert_eq!(last, 9);
+    }
+
+    #[test]
+    fn a_broken_stream_or_another_epoch_sends_the_subscriber_to_recovery() {
+        let mut r = RemoteStream {
+            pending: 1,
+            ..RemoteStream::default()
+        };
+        r.hold(pushes(&[env(1, "b", "1")]), 1 << 20);
+        let (a, _) = r.handover(&top(7, "a"));
+        assert!(a.insufficient && a.frames.is_empty());
+        // Held beyond its bound: broken, nothing kept.
+        let mut r = RemoteStream {
+            pending: 2,
+            ..RemoteStream::default()
+        };
+        let big = pushes(&[env(1, "a", &"x".repeat(100))]);
+        r.hold(big.clone(), 150);
+        r.hold(big, 150);
+        assert!(r.broken && r.held.is_empty() && r.held_bytes == 0);
+        assert!(r.handover(&top(0, "a")).0.insufficient);
+        // Nothing is held while nobody is pending; the last one to leave
+        // forgets the breakage.
+        let mut remote = Some(Box::new(r));
+        pending_ended(&mut remote);
+        assert!(remote.as_ref().is_some_and(|r| r.broken));
+        pending_ended(&mut remote);
+        let r = remote.as_mut().unwrap();
+        assert!(!r.broken && r.pending == 0);
+        r.hold(pushes(&[env(2, "a", "2")]), 1 << 20);
+        assert!(r.held.is_empty());
+    }
 }

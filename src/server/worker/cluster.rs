@@ -91,6 +91,11 @@ impl Worker {
             }
         }
         self.scratch_broker_events = events;
+        if let Some(port) = self.rooms.broker() {
+            for call in self.awaiting.unpark_where(|c| !port.is_up(c)) {
+                self.complete_call(call, Err(BrokerError::Unavailable));
+            }
+        }
         let (mut out, rooms) = self.fanout();
         rooms.flush_full(&mut out);
         rooms.flush_incoming(&mut out);
