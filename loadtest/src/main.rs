@@ -6,6 +6,7 @@ mod cli;
 mod clock;
 mod conn;
 mod deflate;
+mod nodes;
 mod payload;
 mod plan;
 mod plot;
