@@ -89,6 +89,13 @@ pub struct Common {
     /// Cap on messages sent in total (churn: on cycles); stops early.
     #[arg(long, global = true)]
     pub max_messages: Option<u64>,
+    /// Pause between the connect phase and the load. For clusters: a
+    /// node subscribes to the broker asynchronously when a channel gets
+    /// its first local member, so publications sent before the broker
+    /// confirmed reach only the publisher's node (counted as lost).
+    #[arg(long, global = true, default_value = "0s", value_parser = parse_duration)]
+    #[serde(serialize_with = "secs", skip_serializing_if = "Duration::is_zero")]
+    pub settle: Duration,
     /// Load applied before measuring starts; excluded from the figures.
     #[arg(long, global = true, default_value = "0s", value_parser = parse_duration)]
     #[serde(serialize_with = "secs")]

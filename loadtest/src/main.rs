@@ -4,6 +4,8 @@
 mod addr;
 mod cli;
 mod clock;
+#[cfg(test)]
+mod cluster_tests;
 mod conn;
 mod deflate;
 mod nodes;

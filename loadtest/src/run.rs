@@ -614,6 +614,9 @@ pub fn execute(
     }
     let connect_end = now_ns();
     let open_at_start = shared.sum(|w| &w.open_now);
+    if !common.settle.is_zero() {
+        std::thread::sleep(common.settle);
+    }
 
     // Load.
     let t0 = now_ns() + 20_000_000;
