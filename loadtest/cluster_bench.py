@@ -99,6 +99,13 @@ def commandstats(r):
     return out
 
 
+def busy_ticks():
+    """Busy ticks of the whole machine (all cores), from /proc/stat."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    return sum(v) - v[3] - v[4]  # less idle and iowait
+
+
 def cpu_ticks(pid):
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -232,7 +239,7 @@ class Sampler(threading.Thread):
     def run(self):
         while not self.stop.is_set():
             t = time.time()
-            ticks = [cpu_ticks(p) for p in self.pids]
+            ticks = [cpu_ticks(p) for p in self.pids] + [busy_ticks()]
             cs = commandstats(self.r)
             self.samples.append((t, ticks, cs))
             self.stop.wait(0.1)
@@ -265,6 +272,14 @@ def cpu_s(sampler, t0, t1, i):
     if i == 0:
         return sampler.delta(t0, t1, lambda s: s[2]["_cpu"])
     return sampler.delta(t0, t1, lambda s: (s[1][i] or 0) / CLK)
+
+
+def foreign_pct(sampler, t0, t1, ours_s, gen_pct):
+    """CPU used by everything else on the machine in the window (other
+    jobs on a shared machine), % of one core: busy − Redis − relays −
+    generator."""
+    busy = sampler.delta(t0, t1, lambda s: s[1][-1] / CLK)
+    return 100 * (busy - ours_s) / (t1 - t0) - gen_pct
 
 
 def run_gen(args, out, name, gen_args):
@@ -330,6 +345,8 @@ def fanout_run(args, cl, out, r, subscribers, name):
         "redis_cpu_us_per_publish": 1e6 * redis_cpu / pubs if pubs else None,
         "relay_cpu_pct": [100 * c / win for c in relay_cpu],
         "relay_cpu_pct_total": 100 * sum(relay_cpu) / win,
+        "other_load_pct": foreign_pct(smp, t0, t1, sum(relay_cpu) + cpu_s(smp, t0, t1, 0),
+                                      j["generator"]["cpu_percent_of_one_core"]),
         "relay_cpu_ns_per_delivery": 1e9 * sum(relay_cpu) / (deliveries_s * win)
         if deliveries_s else None,
         "command": " ".join(cmd),
@@ -384,6 +401,8 @@ def churn_run(args, cl, out, linger, r):
         "redis_cpu_pct": 100 * redis_cpu / win,
         "relay_cpu_pct": [100 * c / win for c in relay_cpu],
         "relay_cpu_pct_total": 100 * sum(relay_cpu) / win,
+        "other_load_pct": foreign_pct(smp, t0, t1, sum(relay_cpu) + redis_cpu,
+                                      j["generator"]["cpu_percent_of_one_core"]),
         "window_s": win,
         "command": " ".join(cmd),
     }
@@ -539,18 +558,19 @@ def table(res):
         row("Redis CPU per PUBLISH (to 3 subscribed nodes)", lambda m: f"{m['redis_cpu_us_per_publish']:.1f} µs")
         row("relay CPU (3 nodes together)", lambda m: f"{m['relay_cpu_pct_total']:.0f}% of a core")
         row("relay CPU per delivery", lambda m: f"{m['relay_cpu_ns_per_delivery']:.0f} ns")
+        row("other jobs on the machine (not ours)", lambda m: f"{m['other_load_pct']:.0f}% of a core")
         row("generator CPU, send lag p99", lambda m: f"{m['generator_cpu_pct']:.0f}% of a core, {m['send_lag_p99_us'] / 1e3:.2f} ms")
         o.append("")
     c = res.get("churn")
     if c:
         o += ["## Subscribe-on-demand under churn (reconnecting subscribers, one channel each)", "",
-              "| redis_subscribe_linger | reconnects/s | Redis commands/s | SUBSCRIBE/s | UNSUBSCRIBE/s | Redis CPU | relay CPU (3 nodes) |",
-              "|---|---|---|---|---|---|---|"]
+              "| redis_subscribe_linger | reconnects/s | Redis commands/s | SUBSCRIBE/s | UNSUBSCRIBE/s | Redis CPU | relay CPU (3 nodes) | other jobs |",
+              "|---|---|---|---|---|---|---|---|"]
         for linger, v in c.items():
             m = v["median"]
             o.append(f"| {linger} | {m['reconnects_per_s']:.0f} | {m['redis_commands_per_s']:.0f} | "
                      f"{m['redis_subscribe_per_s']:.0f} | {m['redis_unsubscribe_per_s']:.0f} | "
-                     f"{m['redis_cpu_pct']:.1f}% | {m['relay_cpu_pct_total']:.0f}% |")
+                     f"{m['redis_cpu_pct']:.1f}% | {m['relay_cpu_pct_total']:.0f}% | {m['other_load_pct']:.0f}% |")
         o.append("")
     h = res.get("history_memory")
     if h:
