@@ -456,6 +456,38 @@ def memory_per_entry(cl, repo):
     return out
 
 
+def memory_per_subscription(cl, n=20000):
+    """Redis memory per subscribed channel: the first node subscribing to a
+    channel (the channel's entry and the subscriber's), then each further
+    node (one more subscriber of a known channel)."""
+    names = [f"wsrelay.ch.room:chat-{i:06d}" for i in range(n)]
+
+    def used(r):
+        return int(re.search(rb"used_memory:(\d+)", r.cmd("INFO", "memory")).group(1))
+
+    probe = Resp(cl.sock)
+    out = {"channels": n}
+    subs = []
+    for label in ("first_node_bytes_per_channel", "next_node_bytes_per_channel"):
+        before = used(probe)
+        c = Resp(cl.sock)
+        for i in range(0, n, 500):
+            batch = names[i:i + 500]
+            c.s.sendall(b"".join(
+                [b"*%d\r\n$9\r\nSUBSCRIBE\r\n" % (len(batch) + 1)] +
+                [b"$%d\r\n%s\r\n" % (len(x), x.encode()) for x in batch]))
+            for _ in batch:
+                c._read()
+        subs.append(c)
+        out[label] = (used(probe) - before) / n
+    for c in subs:
+        c.close()
+    probe.close()
+    log(f"  subscriptions: {out['first_node_bytes_per_channel']:.0f} B per channel for the first node "
+        f"subscribed, {out['next_node_bytes_per_channel']:.0f} B for each further node ({n} channels)")
+    return out
+
+
 # --- summary ---------------------------------------------------------------------
 
 
@@ -513,6 +545,7 @@ def main():
                     and not isinstance(runs[0][k], bool)}}
         if "memory" not in skip:
             result["history_memory"] = memory_per_entry(cl, repo)
+            result["subscription_memory"] = memory_per_subscription(cl)
     finally:
         cl.stop_nodes()
         cl.stop_redis()
@@ -581,6 +614,11 @@ def table(res):
             o.append(f"| {x['payload']} | {x['data_bytes']} | {x['envelope_bytes']} | {x['published']} | "
                      f"{x['maxlen']} | {x['bytes_per_entry']:.0f} | {x['used_memory_delta_per_entry']:.0f} |")
         o.append("")
+    sm = res.get("subscription_memory")
+    if sm:
+        o += [f"Redis memory per subscribed channel ({sm['channels']:,} channels): "
+              f"{sm['first_node_bytes_per_channel']:.0f} B for the first node, "
+              f"{sm['next_node_bytes_per_channel']:.0f} B for each further node.", ""]
     return "\n".join(o) + "\n"
 
 
