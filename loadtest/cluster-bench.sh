@@ -12,7 +12,7 @@
 #     (default) and 0: Redis commands/s (INFO commandstats), Redis CPU, relay CPU;
 #   - memory per history entry: the relay's publish-with-history script on a capped stream.
 # Loopback only; every run is bounded (--duration, timeouts) and stops by itself; the whole
-# script takes about 3 minutes with --runs 3 (hard limit: 10 minutes).
+# script takes a few minutes with --runs 3 (hard limit: 10 minutes).
 #
 #   cargo build --release -p wsrelay -p wsrelay-load
 #   loadtest/cluster-bench.sh [--runs N] [--secs S] [--out DIR] [--skip fanout,churn,memory]
