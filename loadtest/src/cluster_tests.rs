@@ -187,8 +187,12 @@ fn fanout_over_three_nodes_on_redis() {
         assert_eq!(r.received, 600);
         assert_eq!(r.latency.count, 600);
     }
-    let pubs: Vec<u64> = n.nodes.iter().map(|r| r.publishers).collect();
-    assert_eq!(pubs, vec![1, 1, 0]);
+    let pubs: Vec<(u64, u64)> = n
+        .nodes
+        .iter()
+        .map(|r| (r.connections, r.publishers))
+        .collect();
+    assert_eq!(pubs, vec![(4, 1), (4, 1), (3, 0)]);
     // Of each publisher's 3 receivers one is on its own node.
     assert_eq!(n.same_node_latency.count, 600);
     assert_eq!(n.cross_node_latency.count, 1200);

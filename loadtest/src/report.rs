@@ -242,7 +242,9 @@ pub struct NodesReport {
 #[derive(Serialize, Default, Debug)]
 pub struct NodeReport {
     pub url: String,
-    /// Receiving connections (subscribers, members) planned on it.
+    /// Connections planned on it, of which receivers (subscribers,
+    /// members) and publishers.
+    pub connections: u64,
     pub receivers: u64,
     pub publishers: u64,
     /// Messages received there in the measured window, per second.
@@ -439,9 +441,10 @@ fn nodes_table(o: &mut String, n: &NodesReport) {
     for (i, r) in n.nodes.iter().enumerate() {
         let _ = writeln!(
             o,
-            "  node {} {}: {} receivers, {} publishers; received {}/s",
+            "  node {} {}: {} connections ({} receivers, {} publishers); received {}/s",
             i + 1,
             r.url,
+            r.connections,
             r.receivers,
             r.publishers,
             si(r.received_per_s)

@@ -1068,6 +1068,7 @@ fn nodes_report(
         .collect();
     for p in setup.plans.iter().flatten() {
         let r = &mut per[p.node as usize];
+        r.connections += 1;
         if p.tracks || !p.channels.is_empty() {
             r.receivers += 1;
         }
