@@ -1,13 +1,22 @@
 //! Command line.
 
 use crate::clock::parse_duration;
-use clap::{Args, Parser, Subcommand};
+use clap::{ArgAction, Args, Parser, Subcommand};
 use serde::Serialize;
 use std::path::PathBuf;
 use std::time::Duration;
 
 fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_f64(d.as_secs_f64())
+}
+
+/// One URL serializes as a string (as before several were allowed), more
+/// as a list.
+fn one_or_many<S: serde::Serializer>(v: &[String], s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        [one] => s.serialize_str(one),
+        many => serde::Serialize::serialize(many, s),
+    }
 }
 
 #[derive(Parser, Debug)]
@@ -34,8 +43,24 @@ pub struct Common {
     pub threads: usize,
     /// Server base URL (loopback only): ws:// or wss:// (TLS: needs
     /// --ca-file or --insecure); a path here prefixes every route.
-    #[arg(long, global = true, default_value = "ws://127.0.0.1:9001")]
-    pub url: String,
+    /// Repeat for several nodes of a cluster: receiving connections are
+    /// spread over them (round robin per room/channel, or --split), and
+    /// the report gains a per-node section.
+    #[arg(long, global = true, default_value = "ws://127.0.0.1:9001", action = ArgAction::Append)]
+    #[serde(serialize_with = "one_or_many")]
+    pub url: Vec<String>,
+    /// fanout, pubsub: node(s) the publishers connect to (repeatable;
+    /// publisher k uses the (k mod n)-th); default: the first --url. A URL
+    /// that is not a --url is a node that only gets publishers.
+    #[arg(long, global = true, action = ArgAction::Append)]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub publish_url: Vec<String>,
+    /// With several --url: receiving connections per --url, in order,
+    /// e.g. `1000,1000,1000` (must add up to the receivers); default:
+    /// round robin.
+    #[arg(long, global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub split: Option<String>,
     /// wss://: trust the server certificates this CA (PEM file) signed.
     /// The server name checked (and sent as SNI) is the URL's host.
     #[arg(long, global = true)]
@@ -64,6 +89,13 @@ pub struct Common {
     /// Cap on messages sent in total (churn: on cycles); stops early.
     #[arg(long, global = true)]
     pub max_messages: Option<u64>,
+    /// Pause between the connect phase and the load. For clusters: a
+    /// node subscribes to the broker asynchronously when a channel gets
+    /// its first local member, so publications sent before the broker
+    /// confirmed reach only the publisher's node (counted as lost).
+    #[arg(long, global = true, default_value = "0s", value_parser = parse_duration)]
+    #[serde(serialize_with = "secs", skip_serializing_if = "Duration::is_zero")]
+    pub settle: Duration,
     /// Load applied before measuring starts; excluded from the figures.
     #[arg(long, global = true, default_value = "0s", value_parser = parse_duration)]
     #[serde(serialize_with = "secs")]
@@ -377,6 +409,34 @@ mod tests {
         // --help says loudly what --insecure is for.
         let help = Cli::command().render_long_help().to_string();
         assert!(help.contains("FOR TESTS ONLY"), "{help}");
+    }
+
+    #[test]
+    fn several_urls_publish_urls_and_split() {
+        let c = Cli::try_parse_from(["x", "fanout"]).unwrap();
+        assert_eq!(c.common.url, vec!["ws://127.0.0.1:9001".to_string()]);
+        let j = serde_json::to_value(&c.common).unwrap();
+        // One URL: the JSON is as it always was.
+        assert_eq!(j["url"], "ws://127.0.0.1:9001");
+        assert!(j.get("publish_url").is_none() && j.get("split").is_none());
+        let c = Cli::try_parse_from([
+            "x",
+            "--url",
+            "ws://127.0.0.1:1",
+            "--url",
+            "ws://127.0.0.1:2",
+            "fanout",
+            "--publish-url",
+            "ws://127.0.0.1:2",
+            "--split",
+            "2,2",
+        ])
+        .unwrap();
+        assert_eq!(c.common.url.len(), 2);
+        assert_eq!(c.common.publish_url, vec!["ws://127.0.0.1:2".to_string()]);
+        let j = serde_json::to_value(&c.common).unwrap();
+        assert_eq!(j["url"][1], "ws://127.0.0.1:2");
+        assert_eq!(j["split"], "2,2");
     }
 
     #[test]

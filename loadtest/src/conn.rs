@@ -72,6 +72,8 @@ pub struct ConnCore {
     pub state: State,
     pub gen: u32,
     pub global: u32,
+    /// Node this connection is open to (index into the run's targets).
+    pub node: u16,
     pub room: u32,
     pub tracks: bool,
     pub churn: bool,
@@ -112,6 +114,7 @@ impl ConnCore {
             state: State::Connecting,
             gen,
             global: plan.global,
+            node: plan.node,
             room: plan.room,
             tracks: plan.tracks,
             churn: plan.churn,
@@ -260,6 +263,8 @@ pub struct Tls {
     pub fin_wait_ns: u64,
     /// The pubsub scenario's per-worker state.
     pub ps: Option<crate::pubsub::client::PsTls>,
+    /// Several nodes: accounting per receiving node.
+    pub nodes: Option<crate::nodes::NodeTrack>,
 }
 
 pub fn new_hist() -> Histogram<u64> {
@@ -291,6 +296,7 @@ impl Tls {
             close_timeout_ns,
             fin_wait_ns: close_timeout_ns,
             ps: None,
+            nodes: None,
         }
     }
 
@@ -572,7 +578,7 @@ pub fn feed(c: &mut ConnCore, buf: &mut [u8], now: u64, t: &mut Tls) -> Fed {
                 let mut on_data = |piece: &[u8], t: &mut Tls| {
                     if c.tracks {
                         let own = c.sender.as_ref().map(|s| s.id);
-                        on_tracked(c.room, own, &mut c.trackers, piece, now, t);
+                        on_tracked(c.room, c.node, own, &mut c.trackers, piece, now, t);
                         // Closed loop: one message back, one more out.
                         if let Some(s) = c.sender.as_mut() {
                             if s.closed_loop() && t.may_send && !c.close_sent && now < t.send_end {
@@ -679,6 +685,7 @@ fn protocol_error(
 #[inline]
 fn on_tracked(
     room: u32,
+    node: u16,
     own: Option<u32>,
     trackers: &mut [SeqTracker],
     data: &[u8],
@@ -703,8 +710,10 @@ fn on_tracked(
     }
     t.stats.recv += 1;
     t.stats.recv_bytes += data.len() as u64;
-    if trackers[idx].record(h.seq) != Seen::Duplicate {
-        t.stats.delivered += 1;
+    let new = trackers[idx].record(h.seq) != Seen::Duplicate;
+    t.stats.delivered += new as u64;
+    if let Some(n) = t.nodes.as_mut() {
+        n.record(node, h.publisher, new, now, h.sent_ns);
     }
     t.hist
         .saturating_record(now.saturating_sub(h.sent_ns).max(1));
@@ -718,6 +727,7 @@ mod tests {
     fn sub_conn() -> ConnCore {
         let plan = Plan {
             global: 0,
+            node: 0,
             path: "/rooms/x".into(),
             room: 0,
             publisher: None,
@@ -918,6 +928,7 @@ mod tests {
     fn closed_loop_sends_one_per_echo() {
         let plan = Plan {
             global: 3,
+            node: 0,
             path: "/echo".into(),
             room: 3,
             publisher: Some(crate::plan::PubPlan {

@@ -4,8 +4,11 @@
 mod addr;
 mod cli;
 mod clock;
+#[cfg(test)]
+mod cluster_tests;
 mod conn;
 mod deflate;
+mod nodes;
 mod payload;
 mod plan;
 mod plot;

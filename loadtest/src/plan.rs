@@ -40,6 +40,8 @@ pub struct PubPlan {
 pub struct Plan {
     /// Index over all connections of the run (picks the source address).
     pub global: u32,
+    /// Node (index into the run's targets) this connection opens to.
+    pub node: u16,
     pub path: String,
     pub room: u32,
     pub publisher: Option<PubPlan>,
@@ -55,7 +57,8 @@ pub struct Plan {
 #[derive(Clone, Debug)]
 pub struct Setup {
     pub kind: Kind,
-    pub target: Target,
+    /// The nodes (one unless several `--url`s); each plan names its own.
+    pub targets: Vec<Target>,
     pub sources: Vec<IpAddr>,
     pub size: usize,
     pub format: crate::payload::Format,
@@ -92,6 +95,17 @@ pub struct Setup {
     pub tls: Option<crate::transport::TlsClient>,
     /// `--deflate`: offer permessage-deflate.
     pub deflate: bool,
+    /// Several nodes: per-node accounting (None with one node).
+    pub nodes: Option<NodesSetup>,
+}
+
+/// Several nodes: what per-node accounting needs.
+#[derive(Clone, Debug)]
+pub struct NodesSetup {
+    /// Publisher id → node it publishes on.
+    pub pub_node: std::sync::Arc<Vec<u16>>,
+    /// Fanout: tracked receivers per node and room ([node][room]).
+    pub subs_in_room: Vec<Vec<u32>>,
 }
 
 /// pubsub: what the workers need besides the plans.
@@ -161,6 +175,7 @@ pub fn echo_plans(c: usize, rate: Option<f64>, path: &str) -> Vec<Plan> {
     (0..c)
         .map(|g| Plan {
             global: g as u32,
+            node: 0,
             path: path.to_string(),
             room: g as u32,
             publisher: Some(PubPlan {
@@ -216,6 +231,7 @@ pub fn fanout_plans(
             subs_in_room[r] += 1;
             plans.push(Plan {
                 global: m as u32,
+                node: 0,
                 path: room_path(r, ""),
                 room: r as u32,
                 publisher: Some(pub_plan(m)),
@@ -230,6 +246,7 @@ pub fn fanout_plans(
             subs_in_room[r] += 1;
             plans.push(Plan {
                 global: j as u32,
+                node: 0,
                 path: room_path(r, "sub"),
                 room: r as u32,
                 publisher: None,
@@ -242,6 +259,7 @@ pub fn fanout_plans(
             let r = k % rooms;
             plans.push(Plan {
                 global: (subs + k) as u32,
+                node: 0,
                 path: room_path(r, "pub"),
                 room: r as u32,
                 publisher: Some(pub_plan(k)),
@@ -269,6 +287,7 @@ pub fn idle_plans(c: usize, path: &str, churn: bool) -> Vec<Plan> {
     (0..c)
         .map(|g| Plan {
             global: g as u32,
+            node: 0,
             path: path.to_string(),
             room: 0,
             publisher: None,
@@ -304,6 +323,7 @@ pub fn pubsub_plans(
             .collect();
         plans.push(Plan {
             global: i as u32,
+            node: 0,
             path: path.to_string(),
             room: 0,
             publisher: None,
@@ -315,6 +335,7 @@ pub fn pubsub_plans(
     for k in 0..pubs {
         plans.push(Plan {
             global: (conns + k) as u32,
+            node: 0,
             path: path.to_string(),
             room: 0,
             publisher: Some(PubPlan {

@@ -212,6 +212,9 @@ pub struct Summary {
     pub send_lag: Lat,
     pub churn: Option<Churn>,
     pub pubsub: Option<PubSubReport>,
+    /// Several `--url`s: figures per receiving node (absent with one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<NodesReport>,
     /// wss:// runs only.
     pub tls: Option<TlsReport>,
     pub bandwidth: Bandwidth,
@@ -219,6 +222,42 @@ pub struct Summary {
     pub per_second: Vec<Second>,
     pub pass: bool,
     pub problems: Vec<String>,
+}
+
+/// Several nodes: deliveries per receiving node, and the latency of
+/// publications received on their publisher's node against another's.
+#[derive(Serialize, Default, Debug)]
+pub struct NodesReport {
+    pub nodes: Vec<NodeReport>,
+    /// Publisher and subscriber on the same node (no broker hop).
+    pub same_node_latency: Lat,
+    /// Publisher and subscriber on different nodes (through the broker).
+    pub cross_node_latency: Lat,
+    /// The measured window on the wall clock (Unix seconds), for reading
+    /// server CPU (/proc) or Redis INFO over exactly this window.
+    pub window_unix_s: [f64; 2],
+}
+
+/// One node's figures (as a receiver; `publishers` connect there).
+#[derive(Serialize, Default, Debug)]
+pub struct NodeReport {
+    pub url: String,
+    /// Connections planned on it, of which receivers (subscribers,
+    /// members) and publishers.
+    pub connections: u64,
+    pub receivers: u64,
+    pub publishers: u64,
+    /// Messages received there in the measured window, per second.
+    pub received_per_s: f64,
+    /// Over the run (warm-up and drain included), as `messages`.
+    pub received: u64,
+    pub expected: u64,
+    pub delivered_unique: u64,
+    pub lost: u64,
+    pub duplicated: u64,
+    pub reordered: u64,
+    /// Publisher's intended send time → receipt here, after the warm-up.
+    pub latency: Lat,
 }
 
 /// wss:// handshakes.
@@ -397,6 +436,30 @@ fn pubsub_table(o: &mut String, p: &PubSubReport) {
     reasons(o, "push", &p.other_pushes);
 }
 
+fn nodes_table(o: &mut String, n: &NodesReport) {
+    let _ = writeln!(o, "nodes ({})", n.nodes.len());
+    for (i, r) in n.nodes.iter().enumerate() {
+        let _ = writeln!(
+            o,
+            "  node {} {}: {} connections ({} receivers, {} publishers); received {}/s",
+            i + 1,
+            r.url,
+            r.connections,
+            r.receivers,
+            r.publishers,
+            si(r.received_per_s)
+        );
+        let _ = writeln!(
+            o,
+            "    {:<20} expected {}  delivered {}  lost {}  dup {}  reordered {}",
+            "integrity", r.expected, r.delivered_unique, r.lost, r.duplicated, r.reordered
+        );
+        lat_row(o, "  latency", &r.latency);
+    }
+    lat_row(o, "same-node latency", &n.same_node_latency);
+    lat_row(o, "cross-node latency", &n.cross_node_latency);
+}
+
 impl Summary {
     pub fn table(&self) -> String {
         let mut o = String::new();
@@ -458,6 +521,9 @@ impl Summary {
         }
         if let Some(p) = &self.pubsub {
             pubsub_table(&mut o, p);
+        }
+        if let Some(n) = &self.nodes {
+            nodes_table(&mut o, n);
         }
         if m.sent > 0 || m.received > 0 {
             if self.pubsub.is_some() {

@@ -2,13 +2,14 @@
 //! through the phases (connect, load, drain, close), prints progress and
 //! assembles the summary.
 
-use crate::addr::{parse_sources, parse_url};
+use crate::addr::parse_sources;
 use crate::cli::{Cli, Cmd, Common, PayloadKind, PubSubArgs};
 use crate::clock::{now_ns, SEC};
 use crate::conn::new_hist;
+use crate::nodes::parse_placement;
 use crate::payload::Format;
-use crate::plan::PsSetup;
 use crate::plan::{self, Kind, Setup};
+use crate::plan::{NodesSetup, PsSetup};
 use crate::pubsub::client::{PsConfig, TokenMode};
 use crate::report::{si, us, Churn, Generator, Lat, PubSubReport, Recovery, Second, Summary};
 use crate::sys;
@@ -39,7 +40,8 @@ fn check_size(size: usize, format: Format) -> Result<usize, String> {
 /// Builds the run's setup from the command line.
 pub fn build_setup(cli: &Cli) -> Result<(Setup, serde_json::Value), String> {
     let c = &cli.common;
-    let target = parse_url(&c.url)?;
+    let place = parse_placement(&c.url, &c.publish_url, c.split.as_deref())?;
+    let target = place.targets[0].clone();
     let sources = match &c.source {
         Some(s) => parse_sources(s)?,
         None => Vec::new(),
@@ -173,6 +175,8 @@ pub fn build_setup(cli: &Cli) -> Result<(Setup, serde_json::Value), String> {
     if all.is_empty() {
         return Err("nothing to connect".into());
     }
+    let mut all = all;
+    let nodes = place_nodes(cli, &place, &mut all, rooms as usize, n_pubs)?;
     let planned = all.len();
     let threads = c.threads.min(planned);
     let plans = plan::deal(all, threads);
@@ -184,7 +188,7 @@ pub fn build_setup(cli: &Cli) -> Result<(Setup, serde_json::Value), String> {
     Ok((
         Setup {
             kind,
-            target,
+            targets: place.targets,
             sources,
             size,
             format,
@@ -210,9 +214,68 @@ pub fn build_setup(cli: &Cli) -> Result<(Setup, serde_json::Value), String> {
             ps: ps_setup,
             tls,
             deflate: c.deflate,
+            nodes,
         },
         params,
     ))
+}
+
+/// Puts every connection on its node (`--url`, `--publish-url`,
+/// `--split`); with several nodes, what the per-node accounting needs.
+fn place_nodes(
+    cli: &Cli,
+    place: &crate::nodes::Placement,
+    plans: &mut [plan::Plan],
+    rooms: usize,
+    n_pubs: usize,
+) -> Result<Option<NodesSetup>, String> {
+    let publishes = match &cli.cmd {
+        Cmd::Fanout(a) => !a.all_publish,
+        Cmd::PubSub(_) => true,
+        _ => false,
+    };
+    if !cli.common.publish_url.is_empty() && !publishes {
+        return Err(
+            "--publish-url is for fanout (without --all-publish) and pubsub, which have publishers"
+                .into(),
+        );
+    }
+    // Receivers are dealt round robin per room (fanout) or per pass over
+    // the channels (pubsub), so every room/channel has members everywhere.
+    let group = match &cli.cmd {
+        Cmd::Fanout(_) => rooms,
+        Cmd::PubSub(a) => a.channels.div_ceil(a.subs.max(1)),
+        _ => 1,
+    };
+    crate::nodes::assign(plans, place, group)?;
+    if !place.several() {
+        return Ok(None);
+    }
+    let n = place.targets.len();
+    let mut pub_node = vec![
+        0u16;
+        n_pubs.max(match &cli.cmd {
+            Cmd::PubSub(a) => a.publishers,
+            _ => 0,
+        })
+    ];
+    let mut subs_in_room = vec![vec![0u32; rooms.max(1)]; n];
+    for p in plans.iter() {
+        if let Some(s) = &p.publisher {
+            if let Some(v) = pub_node.get_mut(s.id as usize) {
+                *v = p.node;
+            }
+        }
+        if p.tracks {
+            if let Some(v) = subs_in_room[p.node as usize].get_mut(p.room as usize) {
+                *v += 1;
+            }
+        }
+    }
+    Ok(Some(NodesSetup {
+        pub_node: Arc::new(pub_node),
+        subs_in_room,
+    }))
 }
 
 /// The TLS client for a wss:// URL; the TLS flags without one are a
@@ -494,7 +557,17 @@ pub fn execute(
     let setup = Arc::new(setup);
     let threads = setup.threads;
     let channels = setup.ps.as_ref().map_or(0, |p| p.cfg.channels.len());
-    let shared = Arc::new(Shared::new(threads, channels));
+    let nodes = if setup.nodes.is_some() {
+        setup.targets.len()
+    } else {
+        1
+    };
+    let shared = Arc::new(Shared::new(threads, channels, nodes));
+    // Wall clock against the monotonic one, for the window's Unix times.
+    let unix_at_0 = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+        - now_ns() as f64 / 1e9;
     let (tx, rx) = crossbeam_channel::unbounded::<Interval>();
     let run_start = (now_ns(), sys::cpu_ns());
     let mut handles = Vec::new();
@@ -541,6 +614,9 @@ pub fn execute(
     }
     let connect_end = now_ns();
     let open_at_start = shared.sum(|w| &w.open_now);
+    if !common.settle.is_zero() {
+        std::thread::sleep(common.settle);
+    }
 
     // Load.
     let t0 = now_ns() + 20_000_000;
@@ -664,7 +740,7 @@ pub fn execute(
         tool: format!("wsrelay-load {}", env!("CARGO_PKG_VERSION")),
         scenario: setup.kind.name().into(),
         params,
-        url: common.url.clone(),
+        url: common.url.join(" "),
         threads,
         warmup_s: setup.warmup_ns as f64 / 1e9,
         ..Default::default()
@@ -864,6 +940,15 @@ pub fn execute(
         nofile_hard: limits.1,
     };
 
+    if let Some(ns) = &setup.nodes {
+        let mut n = nodes_report(&setup, ns, &results, &sent_by_pub, &shared, window);
+        n.window_unix_s = [
+            unix_at_0 + m0.at as f64 / 1e9,
+            unix_at_0 + m1.at as f64 / 1e9,
+        ];
+        s.nodes = Some(n);
+    }
+
     if let Some(ps) = &setup.ps {
         let r = pubsub_report(ps, &results, &shared, reconnect_at);
         let m = &mut s.messages;
@@ -950,6 +1035,118 @@ pub fn execute(
     }
     s.pass = s.problems.is_empty();
     s
+}
+
+/// Several nodes: each receiving node's deliveries, loss, duplicates,
+/// order and latency. Fanout: publisher p's messages are owed to the
+/// tracked members of its room on each node (without the publisher itself
+/// with --all-publish); pubsub: each acknowledged publication to the
+/// subscriptions its channel had on each node after the connect phase.
+fn nodes_report(
+    setup: &Setup,
+    ns: &NodesSetup,
+    results: &[crate::worker::WorkerResult],
+    sent_by_pub: &[u64],
+    shared: &Shared,
+    window: f64,
+) -> crate::report::NodesReport {
+    let n = setup.targets.len();
+    let mut out = crate::report::NodesReport::default();
+    let (mut same, mut cross) = (new_hist(), new_hist());
+    let mut per: Vec<crate::report::NodeReport> = setup
+        .targets
+        .iter()
+        .map(|t| crate::report::NodeReport {
+            url: format!(
+                "{}://{}{}",
+                if t.tls { "wss" } else { "ws" },
+                t.host,
+                t.prefix
+            ),
+            ..Default::default()
+        })
+        .collect();
+    for p in setup.plans.iter().flatten() {
+        let r = &mut per[p.node as usize];
+        r.connections += 1;
+        if p.tracks || !p.channels.is_empty() {
+            r.receivers += 1;
+        }
+        if p.publisher.is_some() {
+            r.publishers += 1;
+        }
+    }
+    // pubsub: acknowledged publications per (publisher, channel).
+    let c = setup.ps.as_ref().map_or(0, |p| p.cfg.channels.len());
+    let mut acked: Vec<u64> = Vec::new();
+    for w in results {
+        if let Some(p) = &w.ps {
+            acked.resize(acked.len().max(p.acked_pk.len()), 0);
+            for (a, b) in acked.iter_mut().zip(&p.acked_pk) {
+                *a += b;
+            }
+        }
+    }
+    let mut hists: Vec<Histogram<u64>> = (0..n).map(|_| new_hist()).collect();
+    let mut unique: Vec<Vec<u64>> = vec![Vec::new(); n];
+    for w in results {
+        let Some(t) = &w.nodes else { continue };
+        let _ = same.add(&t.same);
+        let _ = cross.add(&t.cross);
+        for (i, a) in t.per.iter().enumerate() {
+            let r = &mut per[i];
+            r.received += a.received;
+            r.received_per_s += a.window_received as f64 / window;
+            r.duplicated += a.dup;
+            r.reordered += a.reordered;
+            let _ = hists[i].add(&a.hist);
+            let u = &mut unique[i];
+            u.resize(u.len().max(a.unique.len()), 0);
+            for (x, y) in u.iter_mut().zip(&a.unique) {
+                *x += y;
+            }
+        }
+    }
+    let rooms = setup.rooms.max(1) as usize;
+    for (i, r) in per.iter_mut().enumerate() {
+        let owed: Vec<u64> = if setup.ps.is_some() {
+            // Slot p × C + k.
+            acked
+                .iter()
+                .enumerate()
+                .map(|(slot, &a)| {
+                    let k = slot % c.max(1);
+                    a * shared
+                        .ps_subs_node
+                        .get(i * c + k)
+                        .map_or(0, |x| x.load(Acquire))
+                })
+                .collect()
+        } else {
+            sent_by_pub
+                .iter()
+                .enumerate()
+                .map(|(p, &sent)| {
+                    let mut subs = ns.subs_in_room[i].get(p % rooms).copied().unwrap_or(0) as u64;
+                    if setup.skip_own && ns.pub_node.get(p) == Some(&(i as u16)) {
+                        subs = subs.saturating_sub(1);
+                    }
+                    sent * subs
+                })
+                .collect()
+        };
+        for (slot, &e) in owed.iter().enumerate() {
+            let u = unique[i].get(slot).copied().unwrap_or(0);
+            r.expected += e;
+            r.delivered_unique += u;
+            r.lost += e.saturating_sub(u);
+        }
+        r.latency = Lat::from_hist(&hists[i]);
+    }
+    out.nodes = per;
+    out.same_node_latency = Lat::from_hist(&same);
+    out.cross_node_latency = Lat::from_hist(&cross);
+    out
 }
 
 /// Sums the workers' pubsub figures; loss per (publisher, channel) is

@@ -50,6 +50,7 @@ pub fn run(
     }
     let plan = Plan {
         global: 0,
+        node: 0,
         path: "/selftest".into(),
         room: 0,
         publisher: None,
@@ -121,6 +122,7 @@ pub fn run_pubsub(time: std::time::Duration) -> SelftestResult {
     }
     let plan = Plan {
         global: 0,
+        node: 0,
         path: "/connection/websocket".into(),
         room: 0,
         publisher: None,

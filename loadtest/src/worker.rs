@@ -94,12 +94,16 @@ pub struct Shared {
     pub w: Vec<WorkerAtomics>,
     /// pubsub: subscriptions per channel made in the connect phase.
     pub ps_subs: Arc<Vec<AtomicU64>>,
+    /// The same per node (index node × channels + channel); empty with
+    /// one node.
+    pub ps_subs_node: Arc<Vec<AtomicU64>>,
     /// pubsub recovery burst: when the dropped clients reconnect (0: not yet).
     pub reconnect_at: AtomicU64,
 }
 
 impl Shared {
-    pub fn new(threads: usize, channels: usize) -> Shared {
+    pub fn new(threads: usize, channels: usize, nodes: usize) -> Shared {
+        let per_node = if nodes > 1 { nodes * channels } else { 0 };
         Shared {
             phase: AtomicU8::new(CONNECTING),
             t0: AtomicU64::new(0),
@@ -108,6 +112,7 @@ impl Shared {
             done_sending: AtomicUsize::new(0),
             w: (0..threads).map(|_| WorkerAtomics::default()).collect(),
             ps_subs: Arc::new((0..channels).map(|_| AtomicU64::new(0)).collect()),
+            ps_subs_node: Arc::new((0..per_node).map(|_| AtomicU64::new(0)).collect()),
             reconnect_at: AtomicU64::new(0),
         }
     }
@@ -146,6 +151,8 @@ pub struct WorkerResult {
     pub first_attempt_ns: u64,
     pub last_open_ns: u64,
     pub ps: Option<PsResult>,
+    /// Several nodes: per receiving node.
+    pub nodes: Option<crate::nodes::NodeTrack>,
 }
 
 struct Conn {
@@ -245,9 +252,23 @@ impl Worker {
         }
         t.set_format(setup.format);
         if let Some(ps) = &setup.ps {
-            t.ps = Some(crate::pubsub::client::PsTls::new(
-                ps.cfg.clone(),
-                shared.ps_subs.clone(),
+            let mut p = crate::pubsub::client::PsTls::new(ps.cfg.clone(), shared.ps_subs.clone());
+            if setup.nodes.is_some() {
+                p.subs_count_node = Some(shared.ps_subs_node.clone());
+            }
+            t.ps = Some(p);
+        }
+        if let Some(n) = &setup.nodes {
+            // Tracker slots: publisher id (fanout), publisher × channel
+            // (pubsub).
+            let slots = match &setup.ps {
+                Some(ps) => ps.publishers * ps.cfg.channels.len(),
+                None => setup.n_pubs,
+            };
+            t.nodes = Some(crate::nodes::NodeTrack::new(
+                setup.targets.len(),
+                n.pub_node.clone(),
+                slots,
             ));
         }
         let queue = if setup.kind == Kind::Churn {
@@ -459,6 +480,10 @@ impl Worker {
             self.t0 = self.shared.t0.load(Acquire);
             self.send_end = self.shared.send_end.load(Acquire);
             self.t.send_end = self.send_end;
+            if let Some(n) = self.t.nodes.as_mut() {
+                n.from_ns = self.t0 + self.setup.warmup_ns;
+                n.to_ns = self.send_end;
+            }
             self.t.may_send = self.t.budget > 0
                 && matches!(self.setup.kind, Kind::Echo | Kind::Fanout | Kind::PubSub)
                 && self.send_end > self.t0;
@@ -607,6 +632,15 @@ impl Worker {
             }
         }
         let rooms = self.setup.rooms as usize;
+        if let Some(a) = self
+            .t
+            .nodes
+            .as_mut()
+            .and_then(|n| n.per.get_mut(c.node as usize))
+        {
+            let room = c.room as usize;
+            a.fold(&c.trackers, |i| i * rooms + room);
+        }
         for (i, tr) in c.trackers.iter().enumerate() {
             let p = i * rooms + c.room as usize;
             if let Some(v) = self.unique_by_pub.get_mut(p) {
@@ -660,6 +694,7 @@ impl Worker {
         let ps = self.ps_result();
         WorkerResult {
             ps,
+            nodes: self.t.nodes.take(),
             stats: self.t.stats,
             lag: self.lag,
             handshake: self.t.handshake,

@@ -281,7 +281,7 @@ config_keys! {
     namespaces: Vec<Namespace> as Namespaces = Vec::new(), Any,
         "Channel namespaces (`name:` prefix): a list of tables, each `name` plus any channel option key above";
     broker: String as Text = "memory".to_string(), Rule(check_broker, "`memory`, `redis`"),
-        "Broker between nodes: `memory` (one node, nothing else to run) or `redis` (many nodes share raw rooms and channels without history through redis_url; history_size and presence are refused with it until phase 2; docs/cluster.md)";
+        "Broker between nodes: `memory` (one node, nothing else to run) or `redis` (many nodes share rooms and channels, with their history, recovery and presence, through redis_url; docs/cluster.md)";
     redis_url: Vec<String> as List = vec!["redis://127.0.0.1:6379/0".to_string()], Rule(check_redis_urls, "`redis://[user:password@]host:port/db`, `rediss://...` (TLS) or `unix:///path?db=N` URLs, no duplicates"),
         "With broker = redis: Redis URLs (comma-separated); `rediss://` (or `valkeys://`) = TLS, see redis_tls_ca; several = channels sharded over them by jump consistent hash of the channel name (same list, same order on every node)";
     redis_prefix: String as Text = "wsrelay".to_string(), Rule(check_redis_prefix, "1-64 bytes, no spaces or control characters"),

@@ -97,6 +97,8 @@ pub struct PsTls {
     /// Per channel: subscriptions made during the connect phase (over
     /// all workers); each acknowledged publication is owed to them.
     pub subs_count: Arc<Vec<AtomicU64>>,
+    /// Several nodes: the same per node, index node × channels + channel.
+    pub subs_count_node: Option<Arc<Vec<AtomicU64>>>,
     /// Still in the connect phase: successful subscribes are counted.
     pub initial: bool,
     pub st: PsStats,
@@ -114,6 +116,7 @@ impl PsTls {
         PsTls {
             cfg,
             subs_count,
+            subs_count_node: None,
             initial: true,
             st: PsStats::default(),
             ack: new_hist(),
@@ -166,6 +169,8 @@ pub struct PsClient {
     pub budget: u64,
     /// The current connection negotiated permessage-deflate.
     pub z: bool,
+    /// Node this client connects to (several `--url`s).
+    pub node: u16,
 }
 
 impl PsClient {
@@ -201,6 +206,7 @@ impl PsClient {
             },
             budget: u64::MAX,
             z: false,
+            node: 0,
         }
     }
 
@@ -345,8 +351,19 @@ impl PsClient {
                     Got::New(d) | Got::Reordered(d) => {
                         t.stats.delivered += 1;
                         t.hist.saturating_record(now.saturating_sub(d.t).max(1));
+                        if let Some(n) = t.nodes.as_mut() {
+                            n.record(self.node, d.p, true, now, d.t);
+                        }
                     }
-                    Got::Duplicate => {}
+                    Got::Duplicate => {
+                        if let Some(a) = t
+                            .nodes
+                            .as_mut()
+                            .and_then(|n| n.per.get_mut(self.node as usize))
+                        {
+                            a.received += 1;
+                        }
+                    }
                     Got::Misrouted => t.stats.misrouted += 1,
                     Got::Foreign => t.stats.corrupted += 1,
                 }
@@ -433,6 +450,12 @@ impl PsClient {
                 if ps.initial && !recovering && self.reconnect_ns == 0 {
                     if let Some(c) = ps.subs_count.get(sub.k as usize) {
                         c.fetch_add(1, Relaxed);
+                    }
+                    if let Some(per) = &ps.subs_count_node {
+                        let i = self.node as usize * ps.cfg.channels.len() + sub.k as usize;
+                        if let Some(c) = per.get(i) {
+                            c.fetch_add(1, Relaxed);
+                        }
                     }
                 }
                 ps.st.subscribe_ok += 1;

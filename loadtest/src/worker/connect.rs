@@ -25,8 +25,8 @@ impl Worker {
         }
     }
 
-    pub(super) fn open_socket(&self, global: u32) -> io::Result<TcpStream> {
-        let addr = self.setup.target.addr;
+    pub(super) fn open_socket(&self, global: u32, node: u16) -> io::Result<TcpStream> {
+        let addr = self.setup.targets[node as usize].addr;
         let sources = &self.setup.sources;
         let stream = if sources.is_empty() {
             TcpStream::connect(addr)?
@@ -75,9 +75,9 @@ impl Worker {
         if self.first_attempt == 0 {
             self.first_attempt = now;
         }
-        let global = self.plans[pi].global;
+        let (global, node) = (self.plans[pi].global, self.plans[pi].node);
         let opened = self
-            .open_socket(global)
+            .open_socket(global, node)
             .and_then(|s| match &self.setup.tls {
                 Some(tls) => Stream::tls(tls, s),
                 None => Ok(Stream::plain(s)),

@@ -71,6 +71,7 @@ impl Worker {
                     plan.publisher.as_ref().map(|p| p.id),
                     token,
                 );
+                c.node = plan.node;
                 if let (Some(b), true) = (setup.burst, c.publisher.is_some()) {
                     c.budget = b * setup.cfg.channels.len() as u64;
                 }
@@ -220,6 +221,16 @@ impl Worker {
             let Some(client) = self.parked[pi].as_ref() else {
                 continue;
             };
+            let node = self
+                .t
+                .nodes
+                .as_mut()
+                .and_then(|n| n.per.get_mut(client.node as usize));
+            if let Some(a) = node {
+                for s in &client.subs {
+                    a.fold(&s.pubs, |pb| pb * c + s.k as usize);
+                }
+            }
             for s in &client.subs {
                 r.acc.add(&s.acc);
                 for (pb, tr) in s.pubs.iter().enumerate() {

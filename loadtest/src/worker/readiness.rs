@@ -35,8 +35,8 @@ impl Worker {
                 Ok(_) => {
                     let plan = &self.plans[conn.plan];
                     let hs = ClientHandshake::new(&mut self.t.rng);
-                    let mut req =
-                        hs.request(&self.setup.target.host, &self.setup.target.path(&plan.path));
+                    let target = &self.setup.targets[plan.node as usize];
+                    let mut req = hs.request(&target.host, &target.path(&plan.path));
                     if self.setup.deflate {
                         crate::deflate::add_offer(&mut req);
                     }
