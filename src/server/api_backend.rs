@@ -72,21 +72,16 @@ impl ApiEngine for ApiBackend<'_> {
             worker: self.rooms.worker(),
         };
         if options.has_history() && self.rooms.broker().is_some() {
-            // Kept and sequenced in Redis (or, with `skip_history`, sent
-            // live without a position): refused at once when Redis is
-            // down. The answer has no position: it is given when Redis
-            // accepted the request, before it assigned one (docs/cluster.md).
+            // Kept in Redis: `api_redis` publishes it and answers with its
+            // position. Here only `skip_history`: sent live without one.
+            if !opts.skip_history {
+                return Err(ErrorCode::Internal);
+            }
             let room = self
                 .rooms
                 .ensure(&self.shared.directory, channel, options)
                 .map_err(|_| ErrorCode::LimitExceeded)?;
-            let sent = if opts.skip_history {
-                self.rooms.publish_live(room, payload)
-            } else {
-                self.rooms
-                    .publish_remote(room, crate::broker::Kind::Publication, payload, None)
-                    .map(|_| ())
-            };
+            let sent = self.rooms.publish_live(room, payload);
             self.rooms.discard_if_unused(room, &self.shared.directory);
             return sent.map(|()| None).map_err(|_| ErrorCode::Internal);
         }
@@ -135,9 +130,8 @@ impl ApiEngine for ApiBackend<'_> {
     ) -> Result<HistoryResult, ErrorCode> {
         let options = self.hub().options(channel)?;
         if !options.has_history() || self.rooms.broker().is_some() {
-            // With Redis the history is there, and the API answers
-            // synchronously: not available through the API yet (the
-            // client protocol's `history` reads it; docs/cluster.md).
+            // With Redis the history is there: such reads are answered by
+            // `api_redis` (recorded, fetched, replayed), never from here.
             return Err(ErrorCode::NotAvailable);
         }
         let now = self.hub().now_ms();

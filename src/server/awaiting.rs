@@ -9,8 +9,9 @@
 //! outbox; a subscription waiting for its channel to go live is bounded by
 //! the client's channel limit.
 
-use crate::broker::Token;
+use crate::broker::{BrokerError, Reply, Token};
 use crate::pubsub::history::StreamPosition;
+use crate::server::api_redis::{PendingApi, Slot};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -87,6 +88,11 @@ pub struct Awaiting {
     /// Connect replies waiting for their subscriptions, by a local id.
     connects: HashMap<Token, PendingConnect>,
     next_connect: Token,
+    /// Server API requests waiting for their reads (`api_redis.rs`), by a
+    /// local id, and the reads' tokens (request id, slot).
+    apis: HashMap<u64, PendingApi>,
+    api_reads: HashMap<Token, (u64, usize)>,
+    next_api: u64,
 }
 
 impl Awaiting {
@@ -140,9 +146,42 @@ impl Awaiting {
         self.connects.remove(&id)
     }
 
+    /// Keeps an API request until its reads (`tokens`: token, slot) are
+    /// answered.
+    pub fn hold_api(&mut self, p: PendingApi, tokens: &[(Token, usize)]) {
+        self.next_api = self.next_api.wrapping_add(1);
+        for &(token, slot) in tokens {
+            self.api_reads.insert(token, (self.next_api, slot));
+        }
+        self.apis.insert(self.next_api, p);
+    }
+
+    /// Records the answer to an API read: the request once it has all.
+    /// `Err(answer)`: `token` is not an API read.
+    pub fn answer_api(
+        &mut self,
+        token: Token,
+        answer: Result<Reply, BrokerError>,
+    ) -> Result<Option<PendingApi>, Result<Reply, BrokerError>> {
+        let Some((id, slot)) = self.api_reads.remove(&token) else {
+            return Err(answer);
+        };
+        let Some(p) = self.apis.get_mut(&id) else {
+            return Ok(None);
+        };
+        if let Some(s) = p.slots.get_mut(slot) {
+            *s = Slot::Answered(answer);
+        }
+        p.waiting = p.waiting.saturating_sub(1);
+        if p.waiting > 0 {
+            return Ok(None);
+        }
+        Ok(self.apis.remove(&id))
+    }
+
     /// Calls waiting (for metrics and tests).
     pub fn len(&self) -> usize {
-        self.calls.len() + self.parked.values().map(Vec::len).sum::<usize>()
+        self.calls.len() + self.parked.values().map(Vec::len).sum::<usize>() + self.apis.len()
     }
 
     pub fn is_empty(&self) -> bool {

@@ -7,6 +7,7 @@ pub mod accept;
 pub mod admin;
 pub mod admission;
 pub mod api_backend;
+pub mod api_redis;
 pub mod awaiting;
 pub mod buffer_pool;
 pub mod client;

@@ -35,8 +35,9 @@ pub struct Router<'a> {
     pub rooms: &'a mut LocalRooms,
     pub port: &'a mut MeshPort,
     pub metrics: &'a WorkerMetrics,
-    /// The connection being read.
+    /// The connection being read, and its generation.
     pub key: usize,
+    pub generation: u32,
     pub attachment: Option<Attachment>,
     /// The connection's admission key; moved to the client a trusted
     /// proxy names (`on_client`).
@@ -313,6 +314,9 @@ impl Router<'_> {
                 .is_some_and(|v| v.eq_ignore_ascii_case("transport")),
             body,
         };
+        if let Some(later) = self.api_reads_from_redis(&request, keep_alive) {
+            return later;
+        }
         let mut backend = ApiBackend {
             shared: self.shared,
             rooms: self.rooms,
@@ -322,6 +326,49 @@ impl Router<'_> {
         let r = api::handle(&request, &self.shared.config.api_key, &mut backend);
         let bytes = http_response(r.status, "", r.content_type, &r.body, keep_alive);
         answer(bytes, keep_alive)
+    }
+
+    /// With `broker = "redis"`: a request that reads history or presence
+    /// sends those reads to Redis and is answered when they are
+    /// (`api_redis.rs`); `None`: answer it now.
+    fn api_reads_from_redis(
+        &mut self,
+        request: &api::ApiRequest<'_>,
+        keep_alive: bool,
+    ) -> Option<Response> {
+        self.rooms.broker()?;
+        let mut recorder = crate::server::api_redis::Recorder::new(&self.shared.hub);
+        let _ = api::handle(request, &self.shared.config.api_key, &mut recorder);
+        if !recorder.needs_redis() {
+            return None;
+        }
+        let (slots, tokens) = recorder.send(self.rooms.broker_mut()?);
+        let pending = crate::server::api_redis::PendingApi {
+            key: self.key,
+            generation: self.generation,
+            method: request.method.to_string(),
+            api_key: request.api_key.map(str::to_string),
+            transport_errors: request.transport_errors,
+            body: request.body.to_vec(),
+            keep_alive,
+            waiting: tokens.len(),
+            slots,
+        };
+        if tokens.is_empty() {
+            // Every read refused at once: answered now, from the refusals.
+            return Some(answer(
+                crate::server::api_redis::replay(
+                    pending,
+                    self.shared,
+                    self.rooms,
+                    self.port,
+                    self.metrics,
+                ),
+                keep_alive,
+            ));
+        }
+        self.awaiting.hold_api(pending, &tokens);
+        Some(Response::later(keep_alive))
     }
 
     /// The demo page and its token route (`demo = true` only).

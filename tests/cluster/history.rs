@@ -96,7 +96,10 @@ fn a_client_recovers_on_another_node_every_publication_in_order_once() {
             "publish",
             &json!({"channel": ch, "data": format!("m{i}")}),
         );
-        assert_eq!((status, &r["result"]), (200, &json!({})), "{r}");
+        // Answered once Redis kept it, with its position.
+        assert_eq!(status, 200, "{r}");
+        assert_eq!(r["result"]["offset"], i, "{r}");
+        assert_eq!(r["result"]["epoch"], json!(epoch), "{r}");
     }
     // Back on node 3, recovering from offset 3.
     let mut back = Client::connected(c);
@@ -128,6 +131,41 @@ fn a_client_recovers_on_another_node_every_publication_in_order_once() {
     let r =
         back.call(json!({"history": {"channel": ch, "since": {"offset": 1, "epoch": "other"}}}));
     assert_eq!(r["error"]["code"], 112, "{r}");
+    // The server API reads the same stream from any node (answered once
+    // Redis answered), alone and in a batch.
+    let (status, r) = api(
+        nodes[1].addr,
+        "history",
+        &json!({"channel": ch, "limit": 3, "reverse": true}),
+    );
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["result"]["offset"], 9, "{r}");
+    assert_eq!(r["result"]["epoch"], json!(epoch), "{r}");
+    let offsets = |v: &Value| -> Vec<u64> {
+        v.as_array()
+            .map(|a| a.iter().filter_map(|p| p["offset"].as_u64()).collect())
+            .unwrap_or_default()
+    };
+    assert_eq!(offsets(&r["result"]["publications"]), [9, 8, 7], "{r}");
+    assert_eq!(r["result"]["publications"][0]["data"], "m9", "{r}");
+    let (status, r) = api(
+        nodes[2].addr,
+        "batch",
+        &json!({"commands": [
+            {"history": {"channel": ch, "limit": -1, "since": {"offset": 7, "epoch": epoch}}},
+            {"history": {"channel": "nohist", "limit": 1}},
+            {"history": {"channel": ch, "since": {"offset": 1, "epoch": "other"}}},
+        ]}),
+    );
+    assert_eq!(status, 200, "{r}");
+    let replies = &r["replies"];
+    assert_eq!(
+        offsets(&replies[0]["history"]["publications"]),
+        [8, 9],
+        "{r}"
+    );
+    assert_eq!(replies[1]["error"]["code"], 108, "{r}");
+    assert_eq!(replies[2]["error"]["code"], 112, "{r}");
 }
 
 #[test]
@@ -187,6 +225,17 @@ fn presence_lists_clients_of_every_node_and_forgets_those_that_left() {
     let r = clients[2].call(json!({"presence_stats": {"channel": ch}}));
     assert_eq!(r["presence_stats"]["num_clients"], 3, "{r}");
     assert_eq!(r["presence_stats"]["num_users"], 1, "{r}");
+    // The server API on any node says the same.
+    let (status, r) = api(nodes[1].addr, "presence", &json!({"channel": ch}));
+    assert_eq!(status, 200, "{r}");
+    let mut listed: Vec<String> = r["result"]["presence"]
+        .as_object()
+        .map(|m| m.keys().cloned().collect())
+        .unwrap_or_default();
+    listed.sort();
+    assert_eq!(listed, want, "{r}");
+    let (_, r) = api(nodes[2].addr, "presence_stats", &json!({"channel": ch}));
+    assert_eq!(r["result"]["num_clients"], 3, "{r}");
     // One unsubscribes, one disconnects: gone from presence everywhere.
     let r = clients[1].call(json!({"unsubscribe": {"channel": ch}}));
     assert!(r.get("unsubscribe").is_some(), "{r}");

@@ -116,7 +116,10 @@ impl BrokerPort {
         cmd: Vec<u8>,
     ) -> Result<Token, BrokerError> {
         let shard = self.shard(channel);
-        if !self.shared.shards[shard].cmd_up.load(Ordering::SeqCst) {
+        // Either connection down means Redis is (or is being) lost: the
+        // two notice a shutdown one after the other, and `/healthz` says
+        // degraded on the first, so requests fail from then on too.
+        if !self.shared.shard_up(shard) {
             BrokerMetrics::inc(&self.shared.metrics.request_errors);
             return Err(BrokerError::Unavailable);
         }

@@ -70,6 +70,7 @@ impl World {
             port: &mut self.port,
             metrics: &self.metrics,
             key: 1,
+            generation: 0,
             attachment: None,
             peer: IpKey::new("127.0.0.1".parse().unwrap(), 128),
             upgraded: false,

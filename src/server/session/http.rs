@@ -28,6 +28,9 @@ pub struct HttpPhase {
     waiting: Option<Box<(HttpRequest, usize)>>,
     /// The connection comes from a trusted proxy.
     pub(super) via: Option<Via>,
+    /// A request's answer comes later ([`Response::later`]): with
+    /// keep-alive or not. Nothing is read meanwhile.
+    pub(super) later: Option<bool>,
 }
 
 /// A connection from a trusted proxy, while it is in the HTTP phase.
@@ -46,7 +49,7 @@ const KEEP_CAPACITY: usize = 4096;
 
 impl HttpPhase {
     pub fn is_empty(&self) -> bool {
-        self.buf.is_empty()
+        self.buf.is_empty() && self.later.is_none()
     }
 
     pub fn awaits_proxy_header(&self) -> bool {
@@ -250,6 +253,15 @@ impl Session {
             http.reset();
         }
         let keep = response.keep_alive;
+        if response.is_later() {
+            if let Phase::Http(http) = &mut self.phase {
+                http.later = Some(keep);
+            }
+            // The handshake deadline stays armed: an answer that never
+            // comes ends the connection then.
+            self.deadline = now + self.ctx.config.handshake_timeout_ms;
+            return if keep { used } else { all };
+        }
         self.answer(response, now);
         if keep {
             used

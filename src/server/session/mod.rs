@@ -131,10 +131,26 @@ impl SessionContext {
 /// An HTTP answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Response {
-    /// Status line, headers and body.
+    /// Status line, headers and body; empty: answered later (see
+    /// [`Response::later`]).
     pub bytes: Vec<u8>,
     /// Keep the connection for another request.
     pub keep_alive: bool,
+}
+
+impl Response {
+    /// The answer comes later, through [`Session::answer_later`] (a
+    /// server API read from Redis): nothing more is read meanwhile.
+    pub fn later(keep_alive: bool) -> Response {
+        Response {
+            bytes: Vec::new(),
+            keep_alive,
+        }
+    }
+
+    pub fn is_later(&self) -> bool {
+        self.bytes.is_empty()
+    }
 }
 
 /// What to do with a request head.
@@ -289,7 +305,7 @@ impl Session {
             return false;
         }
         match &self.phase {
-            Phase::Http(_) => self.out.is_empty(),
+            Phase::Http(h) => self.out.is_empty() && h.later.is_none(),
             Phase::Open(o) => {
                 o.close.state() != CloseState::Closed
                     && !(self.ping_stalled && self.out.pong_pending())
@@ -328,6 +344,19 @@ impl Session {
             Phase::Http(_) => self.http_input(input, now, h),
             Phase::Open(_) => self.open_input(input, now, h),
         }
+    }
+
+    /// The answer to the request answered [`Response::later`]; `false`
+    /// if none was awaited. Reading resumes once it is written.
+    pub fn answer_later(&mut self, bytes: Vec<u8>, now: u64) -> bool {
+        let Phase::Http(h) = &mut self.phase else {
+            return false;
+        };
+        let Some(keep_alive) = h.later.take() else {
+            return false;
+        };
+        self.answer(Response { bytes, keep_alive }, now);
+        true
     }
 
     /// The peer closed its side (EOF) or the socket failed.

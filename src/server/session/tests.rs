@@ -37,6 +37,8 @@ struct Echo {
     /// Clients named through `on_client`, and whether to refuse them.
     clients: Vec<std::net::IpAddr>,
     refuse_client: bool,
+    /// `POST /body` is answered later (`Response::later`).
+    answer_later: bool,
 }
 
 impl Handler for Echo {
@@ -53,8 +55,11 @@ impl Handler for Echo {
         })
     }
 
-    fn on_request(&mut self, _req: &HttpRequest, body: &[u8]) -> Response {
+    fn on_request(&mut self, req: &HttpRequest, body: &[u8]) -> Response {
         self.bodies.push(body.to_vec());
+        if self.answer_later {
+            return Response::later(req.keep_alive());
+        }
         Response {
             bytes: b"HTTP/1.1 202 Accepted\r\n\r\n".to_vec(),
             keep_alive: true,
@@ -1137,4 +1142,35 @@ fn a_batch_is_compressed_once_and_shared_by_compressing_sessions() {
     // Counted once (one encoding), not once per recipient.
     assert_eq!(a.metrics.deflate.messages_out.get(), 1);
     assert_eq!(b.metrics.deflate.messages_out.get(), 0);
+}
+
+#[test]
+fn a_request_answered_later_holds_the_next_one_until_then() {
+    let mut t = Harness::new(config(), 1);
+    t.h.answer_later = true;
+    let req = b"POST /body HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhiGET /x HTTP/1.1\r\nHost: a\r\n\r\n";
+    let first = req.len() - b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n".len();
+    assert_eq!(t.input(req, 2), first, "the second request waits");
+    assert!(t.output().is_empty());
+    assert!(!t.s.wants_read() && !t.s.is_idle_http());
+    assert_eq!(t.input(&req[first..], 3), 0, "nothing read meanwhile");
+    assert_eq!(t.h.bodies, [b"hi".to_vec()]);
+    assert!(t
+        .s
+        .answer_later(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n".to_vec(), 4));
+    assert!(!t.s.answer_later(b"again".to_vec(), 4), "answered once");
+    assert!(t.output().starts_with(b"HTTP/1.1 200 OK"));
+    assert!(t.s.wants_read());
+    assert_eq!(t.input(&req[first..], 5), req.len() - first);
+    assert!(t.output().ends_with(b"/x"));
+    // An answer that never comes: the connection ends at the deadline.
+    let mut t = Harness::new(config(), 1);
+    t.h.answer_later = true;
+    t.input(
+        b"POST /body HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n",
+        10,
+    );
+    let deadline = t.s.poll_timeout().unwrap();
+    t.s.handle_timeout(deadline);
+    assert_eq!(t.s.poll_finish(), Some(Finish::Abort));
 }

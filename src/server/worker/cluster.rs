@@ -7,6 +7,7 @@
 use super::pubsub::frame_of;
 use super::*;
 use crate::broker::{BrokerError, BrokerEvent, BrokerMetrics, Reply};
+use crate::server::api_redis::{replay, PendingApi};
 use crate::server::awaiting::Call;
 use crate::server::client::send_read;
 use crate::server::router::ping_secs;
@@ -22,6 +23,14 @@ impl Worker {
         let mut replies = std::mem::take(&mut self.scratch_broker_replies);
         port.recv_replies(&mut replies);
         for (token, r) in replies.drain(..) {
+            let r = match self.awaiting.answer_api(token, r) {
+                Ok(Some(api)) => {
+                    self.complete_api(api);
+                    continue;
+                }
+                Ok(None) => continue,
+                Err(r) => r,
+            };
             match self.awaiting.take(token) {
                 Some(call) => self.complete_call(call, r),
                 // A raw member's or an HTTP publication, a presence
@@ -155,6 +164,26 @@ impl Worker {
         }
         let (mut out, rooms) = self.fanout();
         rooms.sweep_dead(&mut out);
+        self.settle(key);
+    }
+
+    /// Answers a server API request whose Redis reads are all answered
+    /// (run even if its connection is gone: its writes were asked for).
+    fn complete_api(&mut self, api: PendingApi) {
+        let (key, generation) = (api.key, api.generation);
+        let bytes = replay(
+            api,
+            &self.shared,
+            &mut self.rooms,
+            &mut self.port,
+            &self.metrics,
+        );
+        let Some(conn) = self.table.get_mut(key) else {
+            return;
+        };
+        if conn.generation != generation || !conn.session.answer_later(bytes, self.now) {
+            return;
+        }
         self.settle(key);
     }
 

@@ -550,6 +550,7 @@ impl Worker {
             }
         }
         let mut router = Router {
+            generation: conn.generation,
             awaiting,
             shared,
             rooms,
