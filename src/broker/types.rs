@@ -91,6 +91,17 @@ pub struct PresenceEntry {
     pub chan_info: Option<Vec<u8>>,
 }
 
+impl From<PresenceEntry> for crate::pubsub::presence::ClientInfo {
+    fn from(e: PresenceEntry) -> Self {
+        crate::pubsub::presence::ClientInfo {
+            client: e.client.into(),
+            user: e.user.into(),
+            conn_info: e.conn_info.map(Into::into),
+            chan_info: e.chan_info.map(Into::into),
+        }
+    }
+}
+
 impl PresenceEntry {
     /// `presence_stats` of a channel from its entries: (clients, distinct
     /// users).

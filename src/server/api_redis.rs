@@ -317,15 +317,9 @@ impl ApiEngine for Replayer<'_, '_> {
     fn presence(&mut self, channel: &str) -> Result<Vec<ClientInfo>, ErrorCode> {
         match self.next() {
             None => self.engine.presence(channel),
-            Some(Ok(Reply::Presence(entries))) => Ok(entries
-                .into_iter()
-                .map(|e| ClientInfo {
-                    client: e.client.into(),
-                    user: e.user.into(),
-                    conn_info: e.conn_info.map(Into::into),
-                    chan_info: e.chan_info.map(Into::into),
-                })
-                .collect()),
+            Some(Ok(Reply::Presence(entries))) => {
+                Ok(entries.into_iter().map(ClientInfo::from).collect())
+            }
             Some(Ok(_)) => Err(ErrorCode::Internal),
             Some(Err(e)) => Err(failed(e)),
         }

@@ -352,15 +352,7 @@ impl Client {
                 );
             }
             (What::Presence, Ok(Reply::Presence(entries))) => {
-                let clients: Vec<ClientInfo> = entries
-                    .into_iter()
-                    .map(|e| ClientInfo {
-                        client: e.client.into(),
-                        user: e.user.into(),
-                        conn_info: e.conn_info.map(Into::into),
-                        chan_info: e.chan_info.map(Into::into),
-                    })
-                    .collect();
+                let clients: Vec<ClientInfo> = entries.into_iter().map(ClientInfo::from).collect();
                 separate(out);
                 encode_presence(id, &clients, out);
             }
