@@ -109,6 +109,11 @@ impl ConnTable {
         self.slab.get_mut(key)
     }
 
+    /// Every key is below this (walks of the table in steps).
+    pub fn key_bound(&self) -> usize {
+        self.slab.capacity()
+    }
+
     pub fn keys(&self) -> Vec<usize> {
         self.slab.iter().map(|(k, _)| k).collect()
     }

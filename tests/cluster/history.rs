@@ -17,11 +17,16 @@ const NS: &str = "[[namespaces]]\nname = \"hist\"\nhistory_size = 100\nhistory_t
     allow_subscribe_for_anonymous = true\nallow_presence_for_client = true\n";
 
 fn nodes() -> Option<(RedisServer, Vec<Node>)> {
+    nodes_with("")
+}
+
+/// Three nodes with these top-level keys too.
+fn nodes_with(keys: &str) -> Option<(RedisServer, Vec<Node>)> {
     if !have_redis() {
         return None;
     }
     let redis = RedisServer::start();
-    let extra = format!("{JL}{NS}");
+    let extra = format!("{keys}{JL}{NS}");
     let nodes: Vec<Node> = (0..3).map(|_| Node::start(&redis.url(), &extra)).collect();
     for n in &nodes {
         n.wait_health("ok");
@@ -355,4 +360,37 @@ fn server_side_subscriptions_wait_for_redis_and_recover_on_another_node() {
         seen(&again.pub_objects(ch, 2, Duration::from_secs(2))),
         expect(5..=5)
     );
+}
+
+#[test]
+fn presence_is_refreshed_while_clients_stay_and_expires_when_their_node_dies() {
+    // presence_ttl 1 s: entries live 1 s unless refreshed (every 333 ms).
+    let Some((_redis, mut nodes)) = nodes_with("presence_ttl = \"1s\"\n") else {
+        return;
+    };
+    let ch = "pres:ttl";
+    let mut stays = Client::connected(nodes[1].addr);
+    subscribe(&mut stays, ch, None);
+    let mut doomed = Client::connected(nodes[2].addr);
+    subscribe(&mut doomed, ch, None);
+    let mut watcher = Client::connected(nodes[0].addr);
+    let listed = |w: &mut Client| {
+        let r = w.call(json!({"presence": {"channel": ch}}));
+        let mut ids: Vec<String> = r["presence"]["presence"]
+            .as_object()
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default();
+        ids.sort();
+        ids
+    };
+    let mut both = vec![stays.id.clone(), doomed.id.clone()];
+    both.sort();
+    // Well past the TTL, both are still there: refreshed.
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(listed(&mut watcher), both);
+    // Node 3 dies without a word: its client is gone after the TTL.
+    drop(nodes.pop());
+    std::thread::sleep(Duration::from_millis(2000));
+    assert_eq!(listed(&mut watcher), vec![stays.id.clone()]);
+    drop(doomed);
 }

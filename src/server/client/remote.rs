@@ -166,17 +166,22 @@ impl Client {
         }
     }
 
-    /// Refreshes this client's presence entries in Redis.
-    pub fn refresh_presence(&self, rooms: &mut LocalRooms) {
+    /// Refreshes this client's presence entries in Redis; `false` if the
+    /// bridge refused one (down or full: try again later).
+    pub fn refresh_presence(&self, rooms: &mut LocalRooms) -> bool {
         for sub in self.subs.iter().filter(|s| s.presence) {
             let Some(name) = rooms.name_of(sub.room_id).map(str::to_owned) else {
                 continue;
             };
             let entry = self.presence_entry(self.chan_info(sub.room_id));
-            if let Some(port) = rooms.broker_mut() {
-                let _ = port.presence_add(&name, &entry);
+            let Some(port) = rooms.broker_mut() else {
+                return true;
+            };
+            if port.presence_add(&name, &entry).is_err() {
+                return false;
             }
         }
+        true
     }
 
     /// Leaves a channel's presence, in Redis or in this node's hub.

@@ -363,12 +363,14 @@ impl LocalRooms {
             s.pending = 0;
             s.skip_upto = last;
         }
+        // The room's cursor follows live delivery here; only a room that
+        // follows no stream yet (or another epoch) starts from this read.
+        // Moving it ahead of live delivery would make the others skip
+        // what is still in flight: this subscriber skips that itself.
         let c = &mut room.cursor;
         if c.next == 0 || c.epoch.as_ref() != Some(&top.epoch) {
             c.next = last + 1;
             c.epoch = Some(top.epoch.clone());
-        } else {
-            c.next = c.next.max(last + 1);
         }
         pending_ended(&mut room.remote);
         Some(a)

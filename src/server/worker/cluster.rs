@@ -189,21 +189,46 @@ impl Worker {
 
     /// Every third of `presence_ttl`, refreshes this worker's clients'
     /// presence entries in Redis (they expire otherwise: a node that dies
-    /// leaves no ghosts).
+    /// leaves no ghosts). A pass walks the connection table a step per
+    /// loop iteration, so a hundred thousand entries never meet a full
+    /// outbox at once; a refusal is retried from the same client.
     pub(super) fn refresh_presence(&mut self) {
-        if self.rooms.broker().is_none() || self.now < self.presence_refresh_at {
+        if self.rooms.broker().is_none() {
             return;
         }
-        let period = (self.shared.config.presence_ttl.as_millis() as u64 / 3).max(1);
-        let first = self.presence_refresh_at == 0;
-        self.presence_refresh_at = self.now + period;
-        if first {
-            return;
-        }
-        for conn in self.table.iter_mut() {
-            if let Some(Attachment::Client(c)) = &conn.attachment {
-                c.refresh_presence(&mut self.rooms);
+        if self.presence_cursor.is_none() {
+            let period = (self.shared.config.presence_ttl.as_millis() as u64 / 3).max(1);
+            if self.presence_refresh_at == 0 {
+                self.presence_refresh_at = self.now + period;
+                return;
             }
+            if self.now < self.presence_refresh_at {
+                return;
+            }
+            self.presence_refresh_at = self.now + period;
+            self.presence_cursor = Some(0);
         }
+        let Some(mut key) = self.presence_cursor else {
+            return;
+        };
+        let bound = self.table.key_bound();
+        let end = key.saturating_add(PRESENCE_REFRESH_STEP).min(bound);
+        while key < end {
+            if let Some(Some(Attachment::Client(c))) = self.table.get(key).map(|c| &c.attachment) {
+                if !c.refresh_presence(&mut self.rooms) {
+                    break;
+                }
+            }
+            key += 1;
+        }
+        self.presence_cursor = (key < bound).then_some(key);
+    }
+
+    /// A presence refresh pass is under way (the loop comes back soon).
+    pub(super) fn refreshing_presence(&self) -> bool {
+        self.presence_cursor.is_some()
     }
 }
+
+/// Connection slots a presence refresh pass looks at per loop iteration.
+const PRESENCE_REFRESH_STEP: usize = 512;

@@ -93,8 +93,10 @@ pub struct Worker {
     deadlines: ClientDeadlines,
     /// Protocol commands waiting for Redis (`broker = "redis"`).
     awaiting: crate::server::awaiting::Awaiting,
-    /// When this worker next refreshes its clients' presence in Redis.
+    /// When this worker next refreshes its clients' presence in Redis,
+    /// and where the pass under way stands (a connection key).
     presence_refresh_at: u64,
+    presence_cursor: Option<usize>,
     /// Broker events and replies of one iteration (reused).
     scratch_broker_events: Vec<crate::broker::BrokerEvent>,
     scratch_broker_replies: Vec<(
@@ -171,6 +173,7 @@ impl Worker {
             scratch_broker_replies: Vec::new(),
             awaiting: Default::default(),
             presence_refresh_at: 0,
+            presence_cursor: None,
             shared,
         })
     }
@@ -278,6 +281,11 @@ impl Worker {
         let mut wait = self.housekeeping.due_in(self.now).min(1000);
         if self.port.has_blocked() || self.rooms.broker().is_some_and(|b| b.has_pending()) {
             wait = 1;
+        }
+        if self.refreshing_presence() {
+            wait = wait.min(10);
+        } else if self.presence_refresh_at != 0 {
+            wait = wait.min(self.presence_refresh_at.saturating_sub(self.now));
         }
         for t in [
             self.table.next_due_in(self.now),
