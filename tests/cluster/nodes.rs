@@ -136,16 +136,36 @@ fn info_and_channels_answer_for_every_live_node() {
         .collect();
     assert_eq!(eventually(&want, || channels(&nodes[2], None)), want);
 
+    let seen = || metric(&nodes[0].metrics(), "wsrelay_broker_nodes");
+    assert_eq!(eventually(&2.0, seen), 2.0);
+
+    // Subscriber connections killed: `P.nodes` is subscribed again (node
+    // 2's new client reaches node 1 only in a record sent afterwards).
+    let killed = redis.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+    assert_eq!(killed.trim(), "3", "one subscriber connection per node");
+    clients.push(Client::connected(nodes[1].addr));
+    let want: BTreeMap<String, u64> = [
+        (name(&nodes[0]), 1),
+        (name(&nodes[1]), 3),
+        (name(&nodes[2]), 4),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(eventually(&want, || clients_by_node(&nodes[0])), want);
+    assert!(metric(&nodes[0].metrics(), "wsrelay_broker_reconnects_total") >= 1.0);
+
     // Node 3 dies (SIGKILL): gone from `info` and `channels` after three
     // intervals without its record.
     let killed = name(&nodes[2]);
-    clients.truncate(3);
+    clients.truncate(3); // node 1's client and node 2's first two
     drop(nodes.pop());
     let want: BTreeMap<String, u64> = [(name(&nodes[0]), 1), (name(&nodes[1]), 2)]
         .into_iter()
         .collect();
     let got = eventually(&want, || clients_by_node(&nodes[0]));
     assert_eq!(got, want, "{killed} still listed");
+    let seen = || metric(&nodes[0].metrics(), "wsrelay_broker_nodes");
+    assert_eq!(eventually(&1.0, seen), 1.0);
     let want: BTreeMap<String, u64> = [("shared".to_string(), 2)].into_iter().collect();
     assert_eq!(eventually(&want, || channels(&nodes[0], None)), want);
 }

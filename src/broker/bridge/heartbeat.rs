@@ -10,7 +10,11 @@ pub(super) fn heartbeat_loop(shared: Arc<Shared>, stop: Receiver<()>) {
     let interval = shared.settings.node_info_interval;
     loop {
         publish_record(&shared);
-        lock(&shared.nodes).expire(Instant::now());
+        let mut nodes = lock(&shared.nodes);
+        nodes.expire(Instant::now());
+        let live = nodes.len() as u64;
+        drop(nodes);
+        shared.metrics.nodes.store(live, Ordering::Relaxed);
         select! {
             recv(stop) -> _ => return,
             default(interval) => {}
@@ -61,7 +65,11 @@ pub(super) fn heard(shared: &Shared, payload: &[u8]) {
     match NodeRecord::decode(payload, shared.settings.node_channels_max) {
         Ok(r) if r.node == shared.settings.node => {}
         Ok(r) => {
-            lock(&shared.nodes).heard(r, Instant::now());
+            let mut nodes = lock(&shared.nodes);
+            nodes.heard(r, Instant::now());
+            let live = nodes.len() as u64;
+            drop(nodes);
+            shared.metrics.nodes.store(live, Ordering::Relaxed);
         }
         Err(e) => {
             BrokerMetrics::inc(&shared.metrics.decode_errors);
