@@ -7,7 +7,8 @@ use super::directory::RoomShared;
 use super::Shared;
 use crate::broker::NodeRecord;
 use crate::pubsub::api::NodeInfo;
-use std::sync::Arc;
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
 
 /// This node's `info` entry, from its live figures.
 pub fn own_info(shared: &Shared) -> NodeInfo {
@@ -15,7 +16,7 @@ pub fn own_info(shared: &Shared) -> NodeInfo {
     let hub = &shared.hub;
     NodeInfo {
         uid: hub.node_id.clone(),
-        name: format!("wsrelay@{}", shared.config.listen),
+        name: node_name(shared.config.listen, hostname()),
         version: super::client::VERSION.to_string(),
         num_clients: hub.clients() as u64,
         num_users: hub.users() as u64,
@@ -23,6 +24,34 @@ pub fn own_info(shared: &Shared) -> NodeInfo {
         num_subs: rooms.iter().map(|r| u64::from(r.subscribers())).sum(),
         uptime: hub.uptime_secs(),
     }
+}
+
+/// `wsrelay@<listen>`; with an unspecified listen address (`0.0.0.0`,
+/// `[::]`: every node of a cluster alike) the host name instead, so the
+/// nodes in `info` can be told apart (Centrifugo: host name and port).
+fn node_name(listen: SocketAddr, host: Option<&str>) -> String {
+    match host {
+        Some(h) if listen.ip().is_unspecified() => format!("wsrelay@{h}:{}", listen.port()),
+        _ => format!("wsrelay@{listen}"),
+    }
+}
+
+/// The machine's host name, read once.
+fn hostname() -> Option<&'static str> {
+    static HOST: OnceLock<Option<String>> = OnceLock::new();
+    HOST.get_or_init(|| {
+        let mut buf = [0u8; 256];
+        // SAFETY: gethostname writes at most `buf.len()` bytes into `buf`,
+        // which we own for the duration of the call.
+        let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+        if rc != 0 {
+            return None;
+        }
+        let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+        let name = std::str::from_utf8(&buf[..end]).ok()?;
+        (!name.is_empty()).then(|| name.to_string())
+    })
+    .as_deref()
 }
 
 /// Rooms with at least one protocol subscriber on this node.
@@ -69,6 +98,24 @@ fn busiest(mut channels: Vec<(String, u32)>, max: usize) -> (Vec<(String, u32)>,
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_name_is_the_listen_address_or_the_host_name_on_all_addresses() {
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert_eq!(
+            node_name(a("10.0.0.5:8000"), Some("web-1")),
+            "wsrelay@10.0.0.5:8000"
+        );
+        assert_eq!(
+            node_name(a("0.0.0.0:8000"), Some("web-1")),
+            "wsrelay@web-1:8000"
+        );
+        assert_eq!(
+            node_name(a("[::]:8000"), Some("web-1")),
+            "wsrelay@web-1:8000"
+        );
+        assert_eq!(node_name(a("0.0.0.0:8000"), None), "wsrelay@0.0.0.0:8000");
+    }
 
     #[test]
     fn busiest_keeps_the_channels_with_most_subscribers() {
