@@ -9,6 +9,9 @@
 //!   rustls with aws-lc-rs against Redis' OpenSSL), certificates from
 //!   rcgen.
 //!
+//! - `node_record/{encode,decode}/10000`: a node record with 10,000
+//!   channels (cluster-wide `info`/`channels`), no Redis.
+//!
 //! Throughput is set to the burst, so "elements/s" is envelopes published
 //! and delivered per second (Redis, both bridges and the bench on the same
 //! cores). Skipped with a message without redis-server.
@@ -23,8 +26,11 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use mio::{Events, Poll, Token as MioToken, Waker};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
-use wsrelay::broker::{Broker, BrokerEvent, BrokerPort, BrokerSettings, Envelope, Kind};
+use wsrelay::broker::{
+    Broker, BrokerEvent, BrokerPort, BrokerSettings, Envelope, Kind, NodeId, NodeRecord,
+};
 use wsrelay::config::Config;
+use wsrelay::pubsub::api::NodeInfo;
 
 // Shared with the test crates; the bench needs only part of it.
 #[allow(dead_code)]
@@ -187,5 +193,37 @@ fn broker_burst(c: &mut Criterion) {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-criterion_group!(benches, broker_burst);
+/// A node record at the default bound (10,000 channels, 20-byte names):
+/// what a node spends every `redis_node_info_interval` to encode its own
+/// and, per other node, to decode theirs (no Redis needed).
+fn node_record(c: &mut Criterion) {
+    let record = NodeRecord {
+        node: NodeId([7; 16]),
+        info: NodeInfo {
+            uid: "0123456789abcdef".into(),
+            name: "wsrelay@web-1:8000".into(),
+            version: "1.0.0".into(),
+            num_clients: 100_000,
+            num_users: 90_000,
+            num_channels: 10_000,
+            num_subs: 500_000,
+            uptime: 86_400,
+        },
+        channels: (0..10_000u32)
+            .map(|i| (format!("chat:room-{i:010}"), i % 97 + 1))
+            .collect(),
+        truncated: false,
+    };
+    let bytes = record.encode();
+    eprintln!("node record, 10,000 channels: {} bytes", bytes.len());
+    let mut g = c.benchmark_group("node_record");
+    g.throughput(Throughput::Elements(record.channels.len() as u64));
+    g.bench_function("encode/10000", |b| b.iter(|| record.encode()));
+    g.bench_function("decode/10000", |b| {
+        b.iter(|| NodeRecord::decode(&bytes, 10_000).expect("a record"))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, broker_burst, node_record);
 criterion_main!(benches);

@@ -671,7 +671,7 @@ pub fn render_broker(o: &mut String, m: &crate::broker::BrokerMetrics, shards: u
     use crate::broker::BrokerMetrics as B;
     let up = B::get(&m.shards_up);
     type Row = (&'static str, &'static str, &'static str, u64);
-    let rows: [Row; 13] = [
+    let rows: [Row; 14] = [
         ("wsrelay_broker_up", "gauge", "1 while every Redis shard's connections are up; 0: degraded (cross-node delivery stopped, local delivery goes on).", u64::from(up == shards as u64)),
         ("wsrelay_broker_shards_up", "gauge", "Redis shards whose subscriber and command connections are both up.", up),
         ("wsrelay_broker_reconnects_total", "counter", "Redis connections made again after a loss.", B::get(&m.reconnects)),
@@ -682,9 +682,10 @@ pub fn render_broker(o: &mut String, m: &crate::broker::BrokerMetrics, shards: u
         ("wsrelay_broker_inflight", "gauge", "Broker requests queued or in flight.", B::get(&m.inflight)),
         ("wsrelay_broker_messages_in_total", "counter", "Envelopes received from Redis.", B::get(&m.messages_in)),
         ("wsrelay_broker_dropped_total", "counter", "Envelopes dropped because a worker's broker inbox was full (missed by its subscribers).", B::get(&m.inbox_dropped)),
-        ("wsrelay_broker_decode_errors_total", "counter", "Payloads on wsrelay's Redis channels that are not envelopes.", B::get(&m.decode_errors)),
+        ("wsrelay_broker_decode_errors_total", "counter", "Payloads on wsrelay's Redis channels that are not envelopes (or node records).", B::get(&m.decode_errors)),
         ("wsrelay_broker_channels", "gauge", "Redis channels this node is subscribed (or subscribing) to.", B::get(&m.channels)),
         ("wsrelay_broker_subscribe_pending", "gauge", "SUBSCRIBEs sent and not yet confirmed (subscription lag).", B::get(&m.subscribe_pending)),
+        ("wsrelay_broker_nodes", "gauge", "Other nodes heard within 3 redis_node_info_interval (server API info lists them).", B::get(&m.nodes)),
     ];
     for (name, kind, help, v) in rows {
         family(o, name, kind, help);

@@ -29,7 +29,7 @@ pub const MAX_EPOCH_BYTES: usize = 64;
 pub const MAX_CHANNEL_BYTES: usize = u16::MAX as usize;
 
 /// A node's identity, random per process start.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct NodeId(pub [u8; 16]);
 
 impl NodeId {

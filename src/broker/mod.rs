@@ -6,6 +6,8 @@
 //! - [`scripts`]: the Lua scripts (publish with history, history read,
 //!   presence with expiry);
 //! - [`sequence`]: gap detection on live publications (sans-IO);
+//! - [`nodes`]: the record each node publishes about itself and the
+//!   registry of the others' (cluster-wide `info` and `channels`);
 //! - [`bridge`]: the threads per Redis shard and each worker's
 //!   [`BrokerPort`], the way workers talk to them (bounded queues + mio
 //!   wakers, like [`crate::server::mesh`]): no worker ever blocks on Redis.
@@ -17,6 +19,7 @@
 pub mod bridge;
 mod conn;
 pub mod envelope;
+pub mod nodes;
 pub mod scripts;
 pub mod sequence;
 pub mod subscriptions;
@@ -25,6 +28,7 @@ mod types;
 
 pub use bridge::{Broker, BrokerEvent, BrokerPort};
 pub use envelope::{Envelope, Kind, NodeId};
+pub use nodes::{NodeRecord, NodeRegistry};
 pub use sequence::{LiveSequence, Step};
 pub use subscriptions::{SubCommand, Subscriptions};
 pub use types::{BrokerError, BrokerMetrics, HistoryReply, PresenceEntry, Reply, Token};
@@ -141,6 +145,10 @@ pub struct BrokerSettings {
     pub inbox_len: usize,
     pub batch: usize,
     pub presence_ttl: Duration,
+    /// How often this node publishes its [`NodeRecord`].
+    pub node_info_interval: Duration,
+    /// Most channels a [`NodeRecord`] carries (sent and kept).
+    pub node_channels_max: usize,
     /// This process' identity (random per start).
     pub node: NodeId,
 }
@@ -176,6 +184,8 @@ impl BrokerSettings {
             inbox_len: c.redis_inbox_len,
             batch: c.redis_batch,
             presence_ttl: c.presence_ttl,
+            node_info_interval: c.redis_node_info_interval,
+            node_channels_max: c.redis_node_channels_max,
             node: NodeId::random(),
         }))
     }
@@ -193,6 +203,11 @@ impl BrokerSettings {
     /// The Redis Pub/Sub channel of `channel`.
     pub fn pubsub_channel(&self, channel: &str) -> String {
         format!("{}.ch.{channel}", self.prefix)
+    }
+
+    /// The control Pub/Sub channel of node records (on shard 0).
+    pub fn nodes_channel(&self) -> String {
+        format!("{}.nodes", self.prefix)
     }
 
     pub(crate) fn key(&self, kind: &str, channel: &str) -> String {

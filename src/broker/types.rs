@@ -192,10 +192,13 @@ pub struct BrokerMetrics {
     /// Per-worker deliveries dropped because the worker's inbox was full
     /// (the worker is told the channel may have missed publications).
     pub inbox_dropped: AtomicU64,
-    /// Payloads on our channels that are not envelopes.
+    /// Payloads on our channels that are not envelopes (or, on
+    /// `P.nodes`, node records).
     pub decode_errors: AtomicU64,
     /// Channels this node is subscribed to or subscribing (gauge).
     pub channels: AtomicU64,
+    /// Other nodes heard on `P.nodes` within the expiry (gauge).
+    pub nodes: AtomicU64,
     /// Channels whose SUBSCRIBE is sent but not yet confirmed (gauge):
     /// the subscription lag.
     pub subscribe_pending: AtomicU64,

@@ -306,6 +306,10 @@ config_keys! {
         "With broker = redis: capacity (events) of each worker's queue from the broker; a full queue drops the message for that worker and tells it the channel may have missed publications";
     redis_batch: usize as Count<usize> = 512, Range(1, 1 << 16),
         "With broker = redis: max channels per SUBSCRIBE/UNSUBSCRIBE command and commands per pipelined write";
+    redis_node_info_interval: Duration as Dur = Duration::from_secs(3), Range(ms(10), Duration::from_secs(600)),
+        "With broker = redis: every node publishes its figures and channels (server API `info`, `channels`) this often; a node silent for 3 intervals is gone (same value on every node)";
+    redis_node_channels_max: usize as Count<usize> = 10_000, Range(0, 1 << 20),
+        "With broker = redis: most channels (those with the most subscribers) a node publishes for the server API `channels` of the others; beyond, `channels` is incomplete for that node";
     presence_ttl: Duration as Dur = Duration::from_secs(60), Range(Duration::from_secs(1), DAY),
         "With broker = redis: presence entries not refreshed within this expire (a node that dies leaves no ghosts); nodes refresh at a third of it";
 }

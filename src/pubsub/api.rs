@@ -202,6 +202,12 @@ pub trait ApiEngine {
 
     fn info(&mut self) -> Result<NodeInfo, ErrorCode>;
 
+    /// Every live node for `info`: this one ([`Self::info`]) and, in a
+    /// cluster, the others.
+    fn nodes(&mut self) -> Result<Vec<NodeInfo>, ErrorCode> {
+        Ok(vec![self.info()?])
+    }
+
     /// Closes the matching connections with `target.code`/`reason`.
     /// Success means accepted: connections on other workers may close a
     /// little later (Centrifugo is asynchronous across nodes too).
@@ -934,7 +940,7 @@ impl<'a> Call<'a> {
                 };
                 engine.channels(glob.as_ref()).map(Answer::Channels)
             }
-            Call::Info => engine.info().map(Answer::Info),
+            Call::Info => engine.nodes().map(Answer::Info),
             Call::Disconnect(r) => {
                 let (code, reason) = match r.disconnect {
                     None => (
@@ -981,7 +987,7 @@ enum Answer {
     Presence(Vec<ClientInfo>),
     PresenceStats(PresenceStats),
     Channels(Vec<(String, u64)>),
-    Info(NodeInfo),
+    Info(Vec<NodeInfo>),
     /// `{}`: history_remove, disconnect, unsubscribe.
     Empty,
 }
@@ -1186,22 +1192,25 @@ impl Answer {
                     .collect();
                 write_json(&Out { channels }, out);
             }
-            Answer::Info(node) => {
+            Answer::Info(nodes) => {
                 #[derive(Serialize)]
                 struct Out<'a> {
-                    nodes: [NodeOut<'a>; 1],
+                    nodes: Vec<NodeOut<'a>>,
                 }
-                let node = NodeOut {
-                    uid: &node.uid,
-                    name: &node.name,
-                    version: &node.version,
-                    num_clients: node.num_clients,
-                    num_users: node.num_users,
-                    num_channels: node.num_channels,
-                    uptime: node.uptime,
-                    num_subs: node.num_subs,
-                };
-                write_json(&Out { nodes: [node] }, out);
+                let nodes = nodes
+                    .iter()
+                    .map(|node| NodeOut {
+                        uid: &node.uid,
+                        name: &node.name,
+                        version: &node.version,
+                        num_clients: node.num_clients,
+                        num_users: node.num_users,
+                        num_channels: node.num_channels,
+                        uptime: node.uptime,
+                        num_subs: node.num_subs,
+                    })
+                    .collect();
+                write_json(&Out { nodes }, out);
             }
             Answer::Empty => out.extend_from_slice(b"{}"),
         }

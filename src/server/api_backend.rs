@@ -9,6 +9,7 @@
 
 use super::local_rooms::{LocalRooms, Sequencer};
 use super::mesh::{Control, MeshPort, WorkerMsg};
+use super::node_status;
 use super::Shared;
 use crate::metrics::WorkerMetrics;
 use crate::protocol::MessageKind;
@@ -17,6 +18,7 @@ use crate::pubsub::history::{HistoryError, HistoryResult, Publication, StreamPos
 use crate::pubsub::hub::Hub;
 use crate::pubsub::presence::{ClientInfo, PresenceStats};
 use crate::pubsub::proto::ErrorCode;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 pub struct ApiBackend<'a> {
@@ -188,30 +190,36 @@ impl ApiEngine for ApiBackend<'_> {
     }
 
     fn channels(&mut self, pattern: Option<&Glob>) -> Result<Vec<(String, u64)>, ErrorCode> {
-        Ok(self
-            .shared
-            .directory
-            .names()
-            .into_iter()
-            .filter(|r| r.subscribers() > 0)
-            .filter(|r| pattern.is_none_or(|p| p.matches(&r.name)))
+        let matches = |name: &str| pattern.is_none_or(|p| p.matches(name));
+        let mut merged: HashMap<String, u64> = node_status::subscribed_rooms(self.shared)
+            .iter()
+            .filter(|r| matches(&r.name))
             .map(|r| (r.name.to_string(), u64::from(r.subscribers())))
-            .collect())
+            .collect();
+        // With Redis: the other nodes' channels from their latest records
+        // (each at most `redis_node_channels_max`), counts summed.
+        if let Some(port) = self.rooms.broker() {
+            for node in port.nodes() {
+                for (name, n) in node.channels.iter().filter(|(c, _)| matches(c)) {
+                    *merged.entry(name.clone()).or_default() += u64::from(*n);
+                }
+            }
+        }
+        Ok(merged.into_iter().filter(|(_, n)| *n > 0).collect())
     }
 
     fn info(&mut self) -> Result<NodeInfo, ErrorCode> {
-        let rooms = self.shared.directory.names();
-        let hub = self.hub();
-        Ok(NodeInfo {
-            uid: hub.node_id.clone(),
-            name: format!("wsrelay@{}", self.shared.config.listen),
-            version: crate::server::client::VERSION.to_string(),
-            num_clients: hub.clients() as u64,
-            num_users: hub.users() as u64,
-            num_channels: rooms.iter().filter(|r| r.subscribers() > 0).count() as u64,
-            num_subs: rooms.iter().map(|r| u64::from(r.subscribers())).sum(),
-            uptime: hub.uptime_secs(),
-        })
+        Ok(node_status::own_info(self.shared))
+    }
+
+    fn nodes(&mut self) -> Result<Vec<NodeInfo>, ErrorCode> {
+        // This node from its live figures, the others (Redis) from their
+        // latest records.
+        let mut nodes = vec![node_status::own_info(self.shared)];
+        if let Some(port) = self.rooms.broker() {
+            nodes.extend(port.nodes().iter().map(|r| r.info.clone()));
+        }
+        Ok(nodes)
     }
 
     fn disconnect(&mut self, target: &DisconnectTarget<'_>) -> Result<(), ErrorCode> {

@@ -348,6 +348,10 @@ impl ApiEngine for Replayer<'_, '_> {
         self.engine.info()
     }
 
+    fn nodes(&mut self) -> Result<Vec<NodeInfo>, ErrorCode> {
+        self.engine.nodes()
+    }
+
     fn disconnect(&mut self, target: &DisconnectTarget<'_>) -> Result<(), ErrorCode> {
         self.engine.disconnect(target)
     }

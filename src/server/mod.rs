@@ -21,6 +21,7 @@ pub mod http;
 pub mod local_rooms;
 pub mod memory;
 pub mod mesh;
+pub mod node_status;
 pub mod outbound;
 pub mod push;
 pub mod rate_limit;
@@ -379,6 +380,14 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
         broker: broker_status,
         config,
     });
+    if let Some(b) = &broker {
+        // Weak: the bridge outlives nothing of the engine's, and a record
+        // is simply not sent once the engine is gone.
+        let weak = Arc::downgrade(&shared);
+        b.set_reporter(Box::new(move |max| {
+            weak.upgrade().map(|s| node_status::record(&s, max))
+        }));
+    }
     let cores = if pin {
         core_affinity::get_core_ids().unwrap_or_default()
     } else {

@@ -7,12 +7,14 @@
 //! fail fast, `/healthz` and `/metrics` say degraded, cross-node delivery
 //! resumes after the restart); `CLIENT KILL TYPE pubsub` (resubscribed);
 //! join/leave pushes across nodes; subscription on demand; history,
-//! recovery and presence across nodes (`history.rs`).
+//! recovery and presence across nodes (`history.rs`); cluster-wide
+//! server API `info` and `channels` (`nodes.rs`).
 //!
 //! Skipped, with a message, only when redis-server is not installed
 //! (`.ci/run` installs it).
 
 mod history;
+mod nodes;
 mod support;
 
 use serde_json::json;

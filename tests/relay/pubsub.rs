@@ -638,6 +638,12 @@ fn server_api_publishes_and_reads() {
     assert!(r["result"]["channels"].get("news").is_none());
     let (_, r) = api(addr, "info", "api-secret", &json!({}));
     assert_eq!(r["result"]["nodes"][0]["num_clients"], 1, "{r}");
+    // Without a broker: this node alone.
+    assert_eq!(
+        r["result"]["nodes"].as_array().map(Vec::len),
+        Some(1),
+        "{r}"
+    );
     // Errors: unknown namespace, no history, wrong key.
     let (_, r) = api(
         addr,

@@ -15,7 +15,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::{self, Write};
 use std::sync::atomic::{fence, AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -25,6 +25,7 @@ use redis::Value;
 
 use super::conn::{self, Stream};
 use super::envelope::{Envelope, NodeId};
+use super::nodes::{NodeRecord, NodeRegistry};
 use super::scripts::{self, Script};
 use super::subscriptions::{SubCommand, Subscriptions};
 use super::types::{BrokerError, BrokerMetrics, HistoryReply, PresenceEntry, Reply, Token};
@@ -120,8 +121,22 @@ struct ShardShared {
     cmd_socket: Mutex<Option<Stream>>,
 }
 
+/// Reads this node's figures and channels for its [`NodeRecord`] (at most
+/// the given number of channels); `None` while the engine is not there.
+/// Called on a bridge thread, never on a worker.
+pub type NodeReporter = Box<dyn Fn(usize) -> Option<NodeRecord> + Send + Sync>;
+
+/// The worker index of requests no worker waits for (the bridge's own,
+/// such as node records): their replies are counted and dropped.
+const NO_WORKER: usize = usize::MAX;
+
 struct Shared {
     settings: BrokerSettings,
+    /// The other nodes' latest records (filled by shard 0's subscriber
+    /// reader).
+    nodes: Mutex<NodeRegistry>,
+    /// Set once by the engine ([`Broker::set_reporter`]).
+    reporter: OnceLock<NodeReporter>,
     shards: Vec<ShardShared>,
     workers: Vec<WorkerLink>,
     metrics: Arc<BrokerMetrics>,
@@ -223,6 +238,8 @@ impl Broker {
             shard_rx.push((irx, orx));
         }
         let shared = Arc::new(Shared {
+            nodes: Mutex::new(NodeRegistry::for_interval(settings.node_info_interval)),
+            reporter: OnceLock::new(),
             settings,
             shards,
             workers,
@@ -245,6 +262,12 @@ impl Broker {
                     .spawn(move || command::command_loop(sh, i, orx, st))?,
             );
         }
+        let (sh, st) = (shared.clone(), stop_rx.clone());
+        threads.push(
+            std::thread::Builder::new()
+                .name("redis-nodes".to_string())
+                .spawn(move || heartbeat::heartbeat_loop(sh, st))?,
+        );
         let ports = event_rxs
             .into_iter()
             .enumerate()
@@ -269,6 +292,13 @@ impl Broker {
     /// This node's id (the origin of its envelopes).
     pub fn node(&self) -> NodeId {
         self.shared.settings.node
+    }
+
+    /// Gives the bridge what it publishes about this node every
+    /// `redis_node_info_interval` (until set, nothing is published). A
+    /// second call is ignored.
+    pub fn set_reporter(&self, reporter: NodeReporter) {
+        let _ = self.shared.reporter.set(reporter);
     }
 
     /// Every shard's connections are up (`/healthz`: degraded otherwise).
@@ -337,6 +367,7 @@ impl Backoff {
 }
 
 mod command;
+mod heartbeat;
 mod port;
 mod subscriber;
 

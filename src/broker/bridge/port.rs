@@ -49,6 +49,18 @@ impl BrokerPort {
         self.shared.settings.node
     }
 
+    /// The other live nodes' latest records (cluster-wide `info` and
+    /// `channels`), by uid. Takes a lock the bridge holds only to insert
+    /// a decoded record, and clones `Arc`s.
+    pub fn nodes(&self) -> Vec<Arc<NodeRecord>> {
+        lock(&self.shared.nodes).live(Instant::now())
+    }
+
+    /// Most channels a node record carries (`redis_node_channels_max`).
+    pub fn node_channels_max(&self) -> usize {
+        self.shared.settings.node_channels_max
+    }
+
     /// The bridge's counters.
     pub fn metrics(&self) -> &BrokerMetrics {
         &self.shared.metrics

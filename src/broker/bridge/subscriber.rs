@@ -71,7 +71,18 @@ pub(super) fn subscriber_loop(
                                     continue;
                                 }
                                 let mut stream = stream;
-                                if send_sub_commands(&shared, &state, &mut stream, all).is_err() {
+                                // Shard 0 carries the node records, always
+                                // (not on demand, no linger).
+                                let control = if shard == 0 {
+                                    redis::cmd("SUBSCRIBE")
+                                        .arg(st.nodes_channel())
+                                        .get_packed_command()
+                                } else {
+                                    Vec::new()
+                                };
+                                if stream.write_all(&control).is_err()
+                                    || send_sub_commands(&shared, &state, &mut stream, all).is_err()
+                                {
                                     stream.shutdown();
                                 } else {
                                     shared.set_up(&me.sub_up, true, &me.cmd_up);
@@ -225,6 +236,7 @@ fn subscriber_reader(
     dead: Sender<()>,
 ) {
     let prefix = format!("{}.ch.", shared.settings.prefix);
+    let nodes_channel = shared.settings.nodes_channel();
     let node = shared.settings.node;
     loop {
         let v = match conn::read_value(&mut parser, &mut stream) {
@@ -256,6 +268,14 @@ fn subscriber_reader(
         };
         match kind {
             b"message" => {
+                if let (Some(Value::BulkString(c)), Some(Value::BulkString(payload))) =
+                    (items.get(1), items.get(2))
+                {
+                    if c.as_slice() == nodes_channel.as_bytes() {
+                        heartbeat::heard(&shared, payload);
+                        continue;
+                    }
+                }
                 BrokerMetrics::inc(&shared.metrics.messages_in);
                 let (Some(channel), Some(Value::BulkString(payload))) =
                     (channel_of(items.get(1)), items.get(2))

@@ -105,6 +105,8 @@ fn alt() -> Config {
         redis_outbox_len: 1000,
         redis_inbox_len: 2000,
         redis_batch: 64,
+        redis_node_info_interval: Duration::from_millis(1500),
+        redis_node_channels_max: 500,
         presence_ttl: Duration::from_secs(90),
     }
 }
@@ -209,6 +211,8 @@ fn third() -> Config {
         redis_outbox_len: 1,
         redis_inbox_len: 1,
         redis_batch: 1,
+        redis_node_info_interval: Duration::from_millis(700),
+        redis_node_channels_max: 0,
         presence_ttl: Duration::from_secs(7),
     }
 }

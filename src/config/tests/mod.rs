@@ -448,6 +448,8 @@ pub(super) fn non_default() -> Config {
         redis_outbox_len: 100,
         redis_inbox_len: 200,
         redis_batch: 16,
+        redis_node_info_interval: Duration::from_millis(5000),
+        redis_node_channels_max: 2000,
         presence_ttl: Duration::from_secs(30),
     }
 }
