@@ -179,6 +179,8 @@ pub struct LocalRooms {
     incoming: Vec<u64>,
     /// Names the next pending subscription (never 0).
     next_pending: u32,
+    /// Channels with history keep it in Redis (there is a broker).
+    history_in_redis: bool,
     max_outbound_bytes: usize,
     /// With `broker = "redis"`: this worker's end of the bridge. Local
     /// publications go out through it; interest follows the rooms'
@@ -204,6 +206,7 @@ impl LocalRooms {
             dead: Vec::new(),
             incoming: Vec::new(),
             next_pending: 0,
+            history_in_redis: false,
             max_outbound_bytes,
             broker: None,
         }
@@ -211,6 +214,7 @@ impl LocalRooms {
 
     /// Connects this worker's rooms to the broker (`broker = "redis"`).
     pub fn set_broker(&mut self, port: BrokerPort) {
+        self.history_in_redis = true;
         self.broker = Some(Box::new(port));
     }
 
@@ -314,7 +318,7 @@ impl LocalRooms {
                         subscribers: Vec::new(),
                         members: 0,
                         batch: Batch::default(),
-                        remote: (self.broker.is_some()
+                        remote: (self.history_in_redis
                             && options.as_ref().is_some_and(|o| o.has_history()))
                         .then(Box::default),
                         options,

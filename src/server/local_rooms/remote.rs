@@ -478,6 +478,51 @@ mod tests {
     }
 
     #[test]
+    fn answering_a_subscription_never_moves_the_room_ahead_of_live_delivery() {
+        let directory = RoomDirectory::new(10);
+        let mut rooms = LocalRooms::new(0, 1 << 20, false);
+        rooms.history_in_redis = true;
+        let opts = Arc::new(ChannelOptions {
+            history_size: 10,
+            history_ttl: std::time::Duration::from_secs(60),
+            ..ChannelOptions::default()
+        });
+        // The first subscriber, answered at 10: the room follows from 11.
+        let (slot1, p1) = rooms
+            .subscribe_pending(&directory, "c", opts.clone(), 1)
+            .unwrap();
+        assert!(!p1.live, "not live before the bridge says so");
+        assert!(rooms.stream_live("c"));
+        assert!(rooms.is_live(p1.room_id));
+        let a = rooms
+            .activate(p1.room_id, slot1, p1.id, &top(10, "e"))
+            .unwrap();
+        assert!(a.frames.is_empty() && !a.insufficient);
+        let room = &rooms.rooms[&p1.room_id];
+        assert_eq!((room.cursor.next, room.subscribers[0].skip_upto), (11, 10));
+        // A second one answered at 15 while live delivery is still at 10
+        // (11..15 in flight): it skips them itself; the room still
+        // expects 11, so the first subscriber gets them.
+        let (slot2, p2) = rooms.subscribe_pending(&directory, "c", opts, 2).unwrap();
+        assert!(p2.live);
+        assert_eq!(
+            rooms
+                .activate(p2.room_id, slot2, p1.id, &top(15, "e"))
+                .map(|_| ()),
+            None,
+            "another subscription's answer"
+        );
+        rooms
+            .activate(p2.room_id, slot2, p2.id, &top(15, "e"))
+            .unwrap();
+        let room = &rooms.rooms[&p1.room_id];
+        assert_eq!(room.cursor.next, 11);
+        assert_eq!(room.subscribers[1].skip_upto, 15);
+        assert!(room.subscribers.iter().all(|s| s.pending == 0));
+        assert_eq!(room.remote.as_ref().map(|r| r.pending), Some(0));
+    }
+
+    #[test]
     fn runs_split_at_holes_and_epoch_changes() {
         let e = [
             env(1, "a", "1"),
