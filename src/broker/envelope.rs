@@ -21,6 +21,8 @@
 
 use std::fmt;
 
+use super::reader::{Reader, Truncated};
+
 /// Current envelope version.
 pub const VERSION: u8 = 1;
 /// Longest epoch an envelope carries.
@@ -116,6 +118,12 @@ pub enum DecodeError {
     Channel,
     Position,
     Trailing,
+}
+
+impl From<Truncated> for DecodeError {
+    fn from(_: Truncated) -> Self {
+        DecodeError::Truncated
+    }
 }
 
 impl fmt::Display for DecodeError {
@@ -258,30 +266,6 @@ fn parse_position(b: &[u8]) -> Result<(u64, String), DecodeError> {
     }
     let offset = o.parse::<u64>().map_err(|_| DecodeError::Position)?;
     Ok((offset, e.to_string()))
-}
-
-struct Reader<'a>(&'a [u8]);
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
-        if self.0.len() < n {
-            return Err(DecodeError::Truncated);
-        }
-        let (a, b) = self.0.split_at(n);
-        self.0 = b;
-        Ok(a)
-    }
-    fn u8(&mut self) -> Result<u8, DecodeError> {
-        Ok(self.take(1)?[0])
-    }
-    fn u16(&mut self) -> Result<u16, DecodeError> {
-        let b = self.take(2)?;
-        Ok(u16::from_be_bytes([b[0], b[1]]))
-    }
-    fn u32(&mut self) -> Result<u32, DecodeError> {
-        let b = self.take(4)?;
-        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
-    }
 }
 
 #[cfg(test)]

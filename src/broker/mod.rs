@@ -20,6 +20,7 @@ pub mod bridge;
 mod conn;
 pub mod envelope;
 pub mod nodes;
+mod reader;
 pub mod scripts;
 pub mod sequence;
 pub mod subscriptions;

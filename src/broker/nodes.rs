@@ -27,6 +27,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::envelope::NodeId;
+use super::reader::{Reader, Truncated};
 use crate::pubsub::api::NodeInfo;
 
 /// Current record version.
@@ -67,6 +68,21 @@ pub enum DecodeError {
     Text,
     Flags(u8),
     Trailing,
+}
+
+impl From<Truncated> for DecodeError {
+    fn from(_: Truncated) -> Self {
+        DecodeError::Truncated
+    }
+}
+
+/// A `u8`-length-prefixed UTF-8 text.
+fn text(r: &mut Reader<'_>) -> Result<String, DecodeError> {
+    let n = r.u8()? as usize;
+    let b = r.take(n)?;
+    Ok(std::str::from_utf8(b)
+        .map_err(|_| DecodeError::Text)?
+        .to_string())
 }
 
 impl fmt::Display for DecodeError {
@@ -143,9 +159,9 @@ impl NodeRecord {
         }
         let mut node = [0u8; 16];
         node.copy_from_slice(r.take(16)?);
-        let uid = r.text()?;
-        let name = r.text()?;
-        let version = r.text()?;
+        let uid = text(&mut r)?;
+        let name = text(&mut r)?;
+        let version = text(&mut r)?;
         let mut n = [0u64; 5];
         for v in &mut n {
             *v = r.u64()?;
@@ -185,43 +201,6 @@ impl NodeRecord {
             channels,
             truncated: flags & FLAG_TRUNCATED != 0 || count > max_channels,
         })
-    }
-}
-
-struct Reader<'a>(&'a [u8]);
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
-        if self.0.len() < n {
-            return Err(DecodeError::Truncated);
-        }
-        let (a, b) = self.0.split_at(n);
-        self.0 = b;
-        Ok(a)
-    }
-    fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
-        let mut a = [0u8; N];
-        a.copy_from_slice(self.take(N)?);
-        Ok(a)
-    }
-    fn u8(&mut self) -> Result<u8, DecodeError> {
-        Ok(self.take(1)?[0])
-    }
-    fn u16(&mut self) -> Result<u16, DecodeError> {
-        Ok(u16::from_be_bytes(self.array()?))
-    }
-    fn u32(&mut self) -> Result<u32, DecodeError> {
-        Ok(u32::from_be_bytes(self.array()?))
-    }
-    fn u64(&mut self) -> Result<u64, DecodeError> {
-        Ok(u64::from_be_bytes(self.array()?))
-    }
-    fn text(&mut self) -> Result<String, DecodeError> {
-        let n = self.u8()? as usize;
-        let b = self.take(n)?;
-        Ok(std::str::from_utf8(b)
-            .map_err(|_| DecodeError::Text)?
-            .to_string())
     }
 }
 
